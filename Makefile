@@ -1,0 +1,39 @@
+# Two commands do all the set-up (README "Quick start"):
+#   make demo   create .venv, install ragqa and its starter models, answer a question about corpora/
+#   make test   the same set-up, then the whole test suite (unit + integration)
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned for the install only: an unpinned torch pulls a multi-GB CUDA build, and this
+# CPU wheel is what ragqa is tested with. A user with a GPU installs their own torch first.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup demo test unit integration clean
+
+$(BIN)/ragqa: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[test]" "$(TORCH_PIN)"
+	# unstructured[pdf] drags in timm -> torchvision. PyPI's torchvision is built for CUDA torch and
+	# breaks `import transformers` next to a CPU torch ("operator torchvision::nms does not exist").
+	# ragqa reads the PDF text layer only and never uses it, so it goes.
+	$(BIN)/python -m pip uninstall -q -y torchvision || true
+	touch $(BIN)/ragqa
+
+setup: $(BIN)/ragqa
+
+demo: setup
+	$(BIN)/ragqa ask corpora/en/heron_festival.md "When is the Zorblat festival held, and what does it celebrate?"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache

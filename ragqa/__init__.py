@@ -1,0 +1,56 @@
+"""ragqa: local question answering and summarization over your own documents.
+
+Importing ragqa loads no heavy library (torch, faiss, llama_cpp, gradio); they load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Answer",
+    "ChineseTextSplitter",
+    "Pipeline",
+    "RagqaError",
+    "Settings",
+    "Source",
+    "get_chat_format",
+    "load_documents",
+    "load_settings",
+    "make_embeddings",
+    "make_qa_chain",
+]
+
+_LAZY = {
+    "Answer": "ragqa.pipeline",
+    "Pipeline": "ragqa.pipeline",
+    "Source": "ragqa.pipeline",
+    "ChineseTextSplitter": "ragqa.splitting",
+    "RagqaError": "ragqa.errors",
+    "Settings": "ragqa.config",
+    "load_settings": "ragqa.config",
+    "get_chat_format": "ragqa.chat_formats",
+    "load_documents": "ragqa.loaders",
+    "make_embeddings": "ragqa.embeddings",
+    "make_qa_chain": "ragqa.chains",
+}
+
+if TYPE_CHECKING:
+    from ragqa.chains import make_qa_chain
+    from ragqa.chat_formats import get_chat_format
+    from ragqa.config import Settings, load_settings
+    from ragqa.embeddings import make_embeddings
+    from ragqa.errors import RagqaError
+    from ragqa.loaders import load_documents
+    from ragqa.pipeline import Answer, Pipeline, Source
+    from ragqa.splitting import ChineseTextSplitter
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ragqa' has no attribute {name!r}")

@@ -1,0 +1,180 @@
+"""QA chains (stuff, refine) as LangChain Runnables, with prompts fitted to the context window.
+
+``stuff`` puts the retrieved chunks into one prompt. ``refine`` answers from the first chunk, then
+shows the model each further chunk with its answer so far and lets it improve the answer.
+
+Every prompt is measured with the model's tokenizer before it is sent. Chunks that do not fit
+``n_ctx - max_new_tokens`` are dropped (lowest-ranked first) or, if even the best one does not
+fit, cut; each such change is reported in the result's ``notes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables.utils import AddableDict
+
+from ragqa.chat_formats import ChatFormat
+from ragqa.errors import InputError
+from ragqa.prompts import detect_lang, fill_prompt
+
+log = logging.getLogger(__name__)
+
+CHAIN_TYPES = ("stuff", "refine")
+
+
+@dataclass
+class PromptBuilder:
+    """Turns an instruction into the exact model prompt and keeps it inside the token budget."""
+
+    chat_format: ChatFormat
+    count_tokens: Callable[[str], int]
+    budget: int  # tokens the prompt may use: n_ctx - max_new_tokens
+    system_prompt: str | None = None
+    lang: str = "auto"
+
+    def language(self, question: str) -> str:
+        return detect_lang(question) if self.lang == "auto" else self.lang
+
+    def render(self, instruction: str) -> str:
+        return self.chat_format.prompt(instruction, self.system_prompt)
+
+    def fits(self, prompt: str) -> bool:
+        return self.count_tokens(prompt) <= self.budget
+
+    def fit_text(self, make_prompt: Callable[[str], str], text: str) -> tuple[str, str]:
+        """Longest prefix of ``text`` whose prompt fits (binary search); -> (prompt, prefix)."""
+        if self.fits(prompt := make_prompt(text)):
+            return prompt, text
+        lo, hi = 0, len(text)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.fits(make_prompt(text[:mid])):
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0:
+            raise InputError(
+                f"the question and instructions alone need more than the {self.budget}-token budget "
+                "(shorten the question, raise n_ctx or lower max_new_tokens)"
+            )
+        return make_prompt(text[:lo]), text[:lo]
+
+
+def format_context(docs: Sequence[Document]) -> str:
+    """Numbered passages, so an answer can point at [1], [2], ..."""
+    return "\n\n".join(f"[{i}] {d.page_content}" for i, d in enumerate(docs, 1))
+
+
+def build_stuff_prompt(
+    question: str, docs: Sequence[Document], pb: PromptBuilder
+) -> tuple[str, list[Document], list[str]]:
+    """The stuff prompt with as many top-ranked chunks as fit; -> (prompt, used chunks, notes)."""
+    lang = pb.language(question)
+
+    def make(chunks: Sequence[Document]) -> str:
+        return pb.render(fill_prompt("qa_stuff", lang, context=format_context(chunks), question=question))
+
+    kept: list[Document] = []
+    for doc in docs:
+        if not pb.fits(make([*kept, doc])):
+            break
+        kept.append(doc)
+    notes = []
+    if kept:
+        if len(kept) < len(docs):
+            notes.append(
+                f"context budget: used {len(kept)} of {len(docs)} retrieved chunks "
+                f"({len(docs) - len(kept)} dropped to fit {pb.budget} prompt tokens)"
+            )
+        return make(kept), kept, notes
+    if not docs:
+        return make([]), [], ["no chunks were retrieved"]
+    first = docs[0]
+    prompt, cut = pb.fit_text(lambda t: make([Document(page_content=t, metadata=first.metadata)]), first.page_content)
+    notes.append(
+        f"context budget: the best chunk was cut to {len(cut)} of {len(first.page_content)} characters "
+        f"and {len(docs) - 1} others dropped to fit {pb.budget} prompt tokens"
+    )
+    return prompt, [Document(page_content=cut, metadata=first.metadata)], notes
+
+
+def _refine_prompt(question: str, doc: Document, answer: str | None, pb: PromptBuilder) -> tuple[str, list[str]]:
+    lang = pb.language(question)
+    if answer is None:
+        make = lambda t: pb.render(fill_prompt("qa_refine_initial", lang, context_str=t, question=question))  # noqa: E731
+    else:
+        make = lambda t: pb.render(  # noqa: E731
+            fill_prompt("qa_refine", lang, question=question, existing_answer=answer, context_str=t)
+        )
+    prompt, used = pb.fit_text(make, doc.page_content)
+    notes = []
+    if len(used) < len(doc.page_content):
+        notes.append(f"context budget: a chunk was cut to {len(used)} of {len(doc.page_content)} characters")
+    return prompt, notes
+
+
+def _text(chunk: Any) -> str:
+    """LLMs stream str; chat models stream message chunks."""
+    return chunk if isinstance(chunk, str) else str(getattr(chunk, "content", chunk))
+
+
+def _question(inputs: Any) -> str:
+    question = inputs if isinstance(inputs, str) else inputs.get("question", "")
+    question = (question or "").strip()
+    if not question:
+        raise InputError("the question is empty")
+    return question
+
+
+def make_qa_chain(
+    llm: Runnable, retriever: BaseRetriever, pb: PromptBuilder, chain_type: str = "stuff"
+) -> Runnable:
+    """A Runnable: ``{"question": str}`` (or a str) -> ``{"answer", "source_documents", "prompts", "notes"}``.
+
+    ``stream`` yields the sources and prompt first, then the answer token by token.
+    """
+    if chain_type not in CHAIN_TYPES:
+        raise InputError(f"unknown chain {chain_type!r}; choose one of: {', '.join(CHAIN_TYPES)}")
+
+    def run(inputs: Any) -> Iterator[AddableDict]:
+        question = _question(inputs)
+        docs = retriever.invoke(question)
+        if chain_type == "stuff":
+            prompt, used, notes = build_stuff_prompt(question, docs, pb)
+            yield AddableDict(source_documents=used, prompts=[prompt], notes=notes)
+            for chunk in llm.stream(prompt):
+                yield AddableDict(answer=_text(chunk))
+            return
+        if not docs:
+            yield AddableDict(source_documents=[], prompts=[], notes=["no chunks were retrieved"], answer="")
+            return
+        yield AddableDict(source_documents=list(docs))
+        answer: str | None = None
+        for i, doc in enumerate(docs):
+            prompt, notes = _refine_prompt(question, doc, answer, pb)
+            yield AddableDict(prompts=[prompt], notes=notes)
+            if i < len(docs) - 1:
+                log.info("refine: step %d of %d", i + 1, len(docs))
+                answer = _text(llm.invoke(prompt)).strip()
+                continue
+            for chunk in llm.stream(prompt):
+                yield AddableDict(answer=_text(chunk))
+
+    return RunnableLambda(run, name=f"ragqa_qa_{chain_type}")
+
+
+def first_prompt(question: str, docs: Sequence[Document], pb: PromptBuilder, chain_type: str) -> tuple[str, list[str]]:
+    """The first prompt a chain would send (what ``--dry-run`` shows)."""
+    if chain_type == "stuff":
+        prompt, _, notes = build_stuff_prompt(question, docs, pb)
+        return prompt, notes
+    if not docs:
+        return "", ["no chunks were retrieved"]
+    return _refine_prompt(question, docs[0], None, pb)

@@ -1,0 +1,157 @@
+"""The ``ragqa`` command. A thin shell over ragqa.pipeline: parse flags, print, map errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ragqa.errors import RagqaError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Ask questions about your own documents and summarize them, locally. 中文优先。",
+)
+
+SNIPPET_CHARS = 160
+
+
+@app.callback()
+def _group() -> None:
+    """Ask questions about your own documents and summarize them, locally."""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"ragqa: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "sentence_transformers", "transformers", "huggingface_hub", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _snippet(text: str, n: int = SNIPPET_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= n else flat[: n - 1] + "…"
+
+
+# Options shared by commands that run the pipeline. None = not given (env/config/defaults apply).
+ModelOpt = typer.Option(None, "--model", "-m", help="LLM: 'smollm2' (starter) or a .gguf path.")
+EmbOpt = typer.Option(None, "--embedding-model", "-e", help="'all-MiniLM-L6-v2' (starter), a folder or a hub id.")
+FormatOpt = typer.Option(None, "--chat-format", help="auto, alpaca-2, llama-2, chatml.")
+ConfigOpt = typer.Option(None, "--config", help="TOML file of settings (keys as RAGQA_* without the prefix).")
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def ask(
+    args: list[str] = typer.Argument(..., metavar="PATH... QUESTION", help="Files or folders, then the question."),
+    model: Optional[str] = ModelOpt,
+    embedding_model: Optional[str] = EmbOpt,
+    chat_format: Optional[str] = FormatOpt,
+    chain: Optional[str] = typer.Option(None, "--chain", help="stuff (default) or refine."),
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Chunks to retrieve (default 4)."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Characters per chunk (default 600)."),
+    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap characters (default 100)."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="Prompt language: auto, zh, en."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Override the system prompt."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window in tokens (default 4096)."),
+    n_threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: physical cores)."),
+    n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers", help="Layers to offload to GPU (-1 all)."),
+    rope_freq_base: Optional[float] = typer.Option(None, "--rope-freq-base", help="RoPE base (NTK); 0 = model's."),
+    rope_freq_scale: Optional[float] = typer.Option(None, "--rope-freq-scale", help="RoPE scale; 0 = model's."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default 0.2."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default 40."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default 0.9."),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Default 1.1."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default 42)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Index cache (default ~/.cache/ragqa)."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact prompt; load no LLM weights."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+) -> None:
+    """Answer QUESTION from the documents at PATH..., streaming the answer, then its sources.
+
+    Example: ragqa ask notes.txt reports/ "合同的有效期是多久？"
+    """
+    _setup_logging(verbose)
+    if len(args) < 2:
+        _fail("give at least one PATH and then the QUESTION (ragqa ask FILE \"question\")", 2)
+    *paths, question = args
+    if not question.strip():
+        _fail("the question is empty", 2)
+    overrides = dict(
+        model=model, embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
+        chunk_size=chunk_size, chunk_overlap=chunk_overlap, lang=lang, system_prompt=system_prompt,
+        n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, rope_freq_base=rope_freq_base,
+        rope_freq_scale=rope_freq_scale, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, cache_dir=cache_dir,
+    )
+    try:
+        from ragqa.config import load_settings
+        from ragqa.pipeline import Pipeline
+
+        settings = load_settings(config, **overrides)
+        pipeline = Pipeline(settings)
+        streamed = not as_json and not dry_run
+
+        def on_token(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        answer = pipeline.ask(paths, question, on_token=on_token if streamed else None, dry_run=dry_run)
+    except RagqaError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+    for note in answer.notes:
+        typer.echo(f"note: {note}", err=True)
+    if as_json:
+        sys.stdout.write(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2) + "\n")
+        return
+    if dry_run:
+        sys.stdout.write(answer.prompts[0] + "\n")
+        _print_sources(answer, err=True)
+        return
+    sys.stdout.write("\n")
+    _print_sources(answer, err=False)
+    _print_timings(answer.timings)
+
+
+def _print_sources(answer: Any, err: bool) -> None:
+    if not answer.sources:
+        return
+    typer.echo("\nSources:", err=err)
+    for i, s in enumerate(answer.sources, 1):
+        typer.echo(f"  [{i}] {s.location()}  (score {s.score:.3f})  {_snippet(s.text)}", err=err)
+
+
+def _print_timings(t: dict[str, Any]) -> None:
+    parts = [f"index {t.get('index_s', 0):.2f}s ({t.get('files_cached', 0)}/{t.get('files', 0)} cached)"]
+    if "answer_s" in t:
+        parts.append(f"answer {t['answer_s']:.2f}s")
+    if t.get("decode_tokens_per_s"):
+        parts.append(f"{t['decode_tokens_per_s']:.1f} tok/s")
+    typer.echo("[" + ", ".join(parts) + "]", err=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

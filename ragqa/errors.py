@@ -1,0 +1,37 @@
+"""The errors ragqa raises. Each message says what was wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class RagqaError(Exception):
+    """Base class: a problem the user can fix. The CLI prints it as one line, no traceback."""
+
+    exit_code = 1
+
+
+class InputError(RagqaError):
+    """A document, question or argument the user gave cannot be used."""
+
+    exit_code = 2
+
+
+class ModelError(RagqaError):
+    """A model name or path cannot be resolved or loaded."""
+
+    exit_code = 3
+
+
+class ConfigError(RagqaError):
+    """A setting, config file or chat-format file is invalid."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(RagqaError):
+    """An optional library is not installed."""
+
+    exit_code = 4
+
+    def __init__(self, module: str, extra: str | None = None) -> None:
+        hint = f"pip install 'ragqa[{extra}]'" if extra else f"pip install {module}"
+        super().__init__(f"this needs the Python package {module!r}, which is not installed ({hint})")

@@ -1,0 +1,230 @@
+"""The only place that wires the steps: files -> chunks -> index -> retrieval -> chain -> answer.
+
+``Pipeline`` keeps the loaded embedding model and LLM, so a web page or a batch loads each once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.documents import Document
+
+from ragqa.config import Settings
+from ragqa.errors import InputError
+from ragqa.loaders import expand_paths, load_file, read_bytes
+from ragqa.models import resolve_embedding
+from ragqa.splitting import ChineseTextSplitter
+from ragqa.store import ChunkIndex, FileIndex, IndexCache, content_hash, index_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """One retrieved chunk: where it is and how well it matched."""
+
+    source: str
+    text: str
+    start: int
+    score: float
+    page: int | None = None
+
+    @classmethod
+    def from_document(cls, doc: Document) -> "Source":
+        m = doc.metadata
+        return cls(m.get("source", ""), doc.page_content, int(m.get("start", 0)), float(m.get("score", 0.0)), m.get("page"))
+
+    def location(self) -> str:
+        page = f" p.{self.page}" if self.page is not None else ""
+        return f"{self.source}{page} @{self.start}"
+
+
+@dataclass
+class Answer:
+    answer: str
+    sources: list[Source]
+    timings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"answer": self.answer, "sources": [asdict(s) for s in self.sources], "timings": self.timings}
+        for s in d["sources"]:
+            if s["page"] is None:
+                del s["page"]
+        if self.notes:
+            d["notes"] = self.notes
+        return d
+
+
+@dataclass
+class IndexReport:
+    files: int = 0
+    cached: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+
+
+class Pipeline:
+    """Holds settings and the lazily loaded models; ``ask`` answers one question."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache = IndexCache(settings.cache_dir)
+        self.splitter = ChineseTextSplitter(settings.chunk_size, settings.chunk_overlap)
+        self.embedding_spec = resolve_embedding(settings.embedding_model)
+        self._embeddings: Any = None
+        self._backends: dict[bool, Any] = {}
+        self.timings: dict[str, float] = {}
+
+    # -- models, loaded on first use
+    @property
+    def embeddings(self) -> Any:
+        if self._embeddings is None:
+            from ragqa.embeddings import make_embeddings
+
+            t = time.perf_counter()
+            self._embeddings = make_embeddings(self.embedding_spec, show_progress=_stderr_is_tty())
+            self.timings["embedding_load_s"] = round(time.perf_counter() - t, 3)
+        return self._embeddings
+
+    def backend(self, *, vocab_only: bool = False) -> Any:
+        """The LLM backend; a full model also serves where only the tokenizer is needed."""
+        if False in self._backends:
+            return self._backends[False]
+        if vocab_only not in self._backends:
+            from ragqa.llms import load_backend
+
+            t = time.perf_counter()
+            self._backends[vocab_only] = load_backend(self.settings, vocab_only=vocab_only)
+            self.timings["llm_load_s"] = round(time.perf_counter() - t, 3)
+        return self._backends[vocab_only]
+
+    # -- indexing
+    def splitter_settings(self) -> dict[str, Any]:
+        return {"kind": "zh-sentence", "chunk_size": self.settings.chunk_size, "overlap": self.settings.chunk_overlap}
+
+    def index_file(self, path: Path) -> tuple[FileIndex, bool]:
+        """One file's index from the cache, or built and cached; -> (index, was_cached)."""
+        data = read_bytes(path, self.settings.max_file_mb)
+        key = index_key(content_hash(data), self.embedding_spec.cache_id, self.splitter_settings())
+        cached = self.cache.load(key, str(path))
+        if cached is not None:
+            return cached, True
+        chunks = self.splitter.split_documents(load_file(path, data))
+        if not chunks:
+            raise InputError(f"{path}: no text to index")
+        import numpy as np
+
+        vectors = np.asarray(self.embeddings.embed_documents([c.page_content for c in chunks]), dtype="float32")
+        self.cache.save(key, chunks, vectors, {"source": str(path), "embedding": self.embedding_spec.cache_id})
+        log.info("indexed %s: %d chunks", path, len(chunks))
+        return FileIndex(chunks, vectors), False
+
+    def build_index(self, paths: Iterable[str | Path]) -> tuple[ChunkIndex, IndexReport]:
+        t = time.perf_counter()
+        files = expand_paths(paths)
+        report = IndexReport(files=len(files))
+        indexes = []
+        from tqdm import tqdm
+
+        for path in tqdm(files, desc="indexing", unit="file", disable=len(files) < 2 or not _stderr_is_tty()):
+            index, was_cached = self.index_file(path)
+            report.cached += was_cached
+            report.chunks += len(index.chunks)
+            indexes.append(index)
+        report.seconds = time.perf_counter() - t
+        return ChunkIndex(indexes), report
+
+    def retriever(self, index: ChunkIndex) -> Any:
+        from ragqa.retrieval import VectorRetriever
+
+        return VectorRetriever(index=index, embeddings=self.embeddings, k=self.settings.k)
+
+    # -- answering
+    def prompt_builder(self, backend: Any) -> Any:
+        from ragqa.chains import PromptBuilder
+
+        s = self.settings
+        fmt = backend.chat_format(s.chat_format)
+        return PromptBuilder(
+            chat_format=fmt,
+            count_tokens=backend.count_tokens,
+            budget=backend.context_size() - s.max_new_tokens,
+            system_prompt=s.system_prompt,
+            lang=s.lang,
+        )
+
+    def ask(
+        self,
+        paths: Sequence[str | Path],
+        question: str,
+        *,
+        on_token: Callable[[str], None] | None = None,
+        dry_run: bool = False,
+    ) -> Answer:
+        """Answer ``question`` from the files; ``on_token`` sees the answer as it streams.
+
+        With ``dry_run`` the model's weights are not loaded: the answer is empty and
+        ``prompts[0]`` is the exact first prompt the model would get.
+        """
+        question = (question or "").strip()
+        if not question:
+            raise InputError("the question is empty")
+        if not paths:
+            raise InputError("no documents given")
+        self.timings = {}
+        index, report = self.build_index(paths)
+        timings: dict[str, Any] = {
+            "index_s": round(report.seconds, 3),
+            "files": report.files,
+            "files_cached": report.cached,
+            "chunks": report.chunks,
+        }
+        retriever = self.retriever(index)
+        backend = self.backend(vocab_only=dry_run)
+        pb = self.prompt_builder(backend)
+        notes = list(getattr(backend, "notes", []))
+        if dry_run:
+            from ragqa.chains import first_prompt
+
+            t = time.perf_counter()
+            docs = retriever.invoke(question)
+            timings["retrieve_s"] = round(time.perf_counter() - t, 3)
+            prompt, fit_notes = first_prompt(question, docs, pb, self.settings.chain)
+            timings.update(self.timings)
+            return Answer("", [Source.from_document(d) for d in docs], timings, notes + fit_notes, [prompt])
+
+        from ragqa.chains import make_qa_chain
+        from ragqa.llms import GenerationParams, RagqaLLM
+
+        llm = RagqaLLM(backend=backend, params=asdict(GenerationParams.from_settings(self.settings)),
+                       stop_default=list(pb.chat_format.stop))
+        chain = make_qa_chain(llm, retriever, pb, self.settings.chain)
+        t = time.perf_counter()
+        result: dict[str, Any] = {}
+        for part in chain.stream({"question": question}):
+            if "answer" in part and on_token:
+                on_token(part["answer"])
+            result = part if not result else result + part
+        timings["answer_s"] = round(time.perf_counter() - t, 3)
+        timings.update(self.timings)
+        timings.update(backend.stats.as_dict())
+        return Answer(
+            answer=result.get("answer", "").strip(),
+            sources=[Source.from_document(d) for d in result.get("source_documents", [])],
+            timings=timings,
+            notes=notes + result.get("notes", []),
+            prompts=result.get("prompts", []),
+        )
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
