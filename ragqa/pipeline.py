@@ -105,6 +105,15 @@ class Pipeline:
             self.timings["llm_load_s"] = round(time.perf_counter() - t, 3)
         return self._backends[vocab_only]
 
+    def check_models(self) -> None:
+        """Fail on a bad model path or chat format before any slow work starts."""
+        from ragqa.chat_formats import AUTO, get_chat_format
+        from ragqa.models import resolve_llm_path
+
+        resolve_llm_path(self.settings.model)
+        if self.settings.chat_format.strip().lower() != AUTO:
+            get_chat_format(self.settings.chat_format)
+
     # -- indexing
     def splitter_settings(self) -> dict[str, Any]:
         return {"kind": "zh-sentence", "chunk_size": self.settings.chunk_size, "overlap": self.settings.chunk_overlap}
@@ -178,6 +187,7 @@ class Pipeline:
             raise InputError("the question is empty")
         if not paths:
             raise InputError("no documents given")
+        self.check_models()
         self.timings = {}
         index, report = self.build_index(paths)
         timings: dict[str, Any] = {

@@ -22,8 +22,10 @@ from ragqa.errors import ConfigError
 
 # sentence end: CJK/ASCII terminators (runs of them: "？！", "……"), then closing quotes/brackets;
 # an ASCII '.' only counts when whitespace or the end follows, so "3.14" and "a.b" stay whole.
+# A blank line (paragraph break) also ends a unit; a single newline does not, because hard-wrapped
+# text breaks lines in mid-sentence.
 _SENTENCE_END = re.compile(
-    r"(?:[。！？；…!?;]+|\.(?=\s|$))[”’\"'」』）)\]】》]*\s*|\n\s*"
+    r"(?:[。！？；…!?;]+|\.(?=\s|$))[”’\"'」』）)\]】》]*\s*|\n[ \t\r\f\v]*\n\s*"
 )
 # places to cut a sentence that is longer than a whole chunk
 _SOFT_BREAK = re.compile(r"[，,、：:]\s*|\s+")

@@ -1,0 +1,104 @@
+"""`ragqa ask` through the CLI with the real starter models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+# Facts that exist only in this file, so the model cannot know them from training. Each paragraph is
+# its own chunk (chunk size 200), so retrieval has to pick the right one out of several.
+DOC = """\
+The Orvane Lighthouse stands on Kestrel Point. It was built in 1871 by the engineer Marta Quell.
+Its lamp can be seen from 31 kilometres away on a clear night.
+
+The keeper of the Orvane Lighthouse feeds a grey cat called Biscuit. Biscuit sleeps in the lamp room
+every afternoon and has lived at the lighthouse for nine years.
+
+The village below the lighthouse holds a regatta on the first Sunday of July. The winning crew receives
+a brass anchor. Last year the anchor went to the crew of the boat Sea Lark.
+
+Visitors reach Kestrel Point by a ferry from Dunmore that runs three times a day. The crossing takes
+forty minutes and costs six pounds for adults.
+"""
+
+
+@pytest.fixture
+def doc(tmp_path: Path) -> Path:
+    path = tmp_path / "orvane.txt"
+    path.write_text(DOC, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("chain", ["stuff", "refine"])
+def test_ask_answers_from_the_document(ask_json, doc: Path, chain: str) -> None:
+    out = ask_json(str(doc), "Who built the Orvane Lighthouse?", "--chain", chain,
+                   "--chunk-size", "200", "--chunk-overlap", "0", "-k", "2", "--max-new-tokens", "60")
+    assert "Quell" in out["answer"], out["answer"]
+    top = out["sources"][0]
+    assert "Marta Quell" in top["text"]
+    assert top["source"] == str(doc)
+    assert DOC[top["start"]: top["start"] + len(top["text"])] == top["text"]
+    assert out["timings"]["completion_tokens"] > 0
+
+
+def test_ask_second_time_uses_the_cache(ask_json, doc: Path) -> None:
+    args = (str(doc), "What is the name of the keeper's cat?", "--max-new-tokens", "40")
+    first = ask_json(*args)
+    second = ask_json(*args)
+    assert first["timings"]["files_cached"] == 0
+    assert second["timings"]["files_cached"] == 1
+    assert "Biscuit" in first["answer"] and "Biscuit" in second["answer"]
+    assert "Biscuit" in second["sources"][0]["text"]
+
+
+def test_ask_streams_answer_then_sources(run_ragqa, doc: Path) -> None:
+    proc = run_ragqa("ask", str(doc), "What does the winning crew of the regatta receive?",
+                     "--chunk-size", "200", "--chunk-overlap", "0", "--max-new-tokens", "40")
+    answer, _, sources = proc.stdout.partition("\nSources:\n")
+    assert "anchor" in answer.lower()
+    assert str(doc) in sources and "brass anchor" in sources
+    assert "Traceback" not in proc.stderr
+
+
+def test_dry_run_prints_the_exact_chatml_prompt_and_loads_no_weights(run_ragqa, doc: Path) -> None:
+    proc = run_ragqa("ask", str(doc), "How long is the ferry crossing?", "--dry-run")
+    prompt = proc.stdout
+    # SmolLM2's GGUF carries a ChatML template; `auto` must use it, not the Alpaca-2 wrapper.
+    assert prompt.startswith("<|im_start|>system\n")
+    assert prompt.endswith("<|im_start|>assistant\n\n")
+    assert "forty minutes" in prompt and "How long is the ferry crossing?" in prompt
+    assert "[INST]" not in prompt
+
+
+def test_dry_run_with_alpaca2_format_is_byte_exact(run_ragqa, doc: Path) -> None:
+    proc = run_ragqa("ask", str(doc), "How long is the ferry crossing?", "--dry-run", "--chat-format", "alpaca-2")
+    prompt = proc.stdout[:-1]
+    assert prompt.startswith("[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n")
+    assert prompt.endswith("Question: How long is the ferry crossing? [/INST]")
+
+
+def test_gbk_chinese_file_is_loaded_and_the_right_chunk_retrieved(ask_json, tmp_path: Path) -> None:
+    text = (
+        "白沙湖渔村在湖的北岸，村里共有三百二十户人家。村民世代以捕鱼为生，最常捕到的是银鲤和青虾。\n\n"
+        "渔村每年十月举行谢湖会，感谢湖水一年的馈赠。谢湖会上，渔民会把第一网捕到的鱼放回湖中。\n\n"
+        "村口有一棵三百多年的老樟树，村民叫它守湖树。据说只要老樟树还在，湖里的鱼就不会减少。\n\n"
+        "渔村的小学只有两个班，一共四十六名学生，老师是从县城来的林秀芳。\n"
+    )
+    path = tmp_path / "渔村.txt"
+    path.write_bytes(text.encode("gbk"))
+    out = ask_json(str(path), "村口的老樟树有多少年了？", "--dry-run",
+                   "--chunk-size", "60", "--chunk-overlap", "0", "-k", "2")
+    top = out["sources"][0]["text"]
+    assert "老樟树" in top and "三百多年" in top
+    assert text[out["sources"][0]["start"]:].startswith(top)
+
+
+def test_bad_model_path_fails_in_one_line_before_indexing(run_ragqa, doc: Path) -> None:
+    proc = run_ragqa("ask", str(doc), "Who built it?", "--model", str(doc), check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("ragqa: error:")
+    assert "not a GGUF" in proc.stderr
+    assert not (run_ragqa.cache / "index").exists()
