@@ -170,11 +170,14 @@ def make_qa_chain(
     return RunnableLambda(run, name=f"ragqa_qa_{chain_type}")
 
 
-def first_prompt(question: str, docs: Sequence[Document], pb: PromptBuilder, chain_type: str) -> tuple[str, list[str]]:
-    """The first prompt a chain would send (what ``--dry-run`` shows)."""
+def first_prompt(
+    question: str, docs: Sequence[Document], pb: PromptBuilder, chain_type: str
+) -> tuple[str, list[Document], list[str]]:
+    """The first prompt a chain would send (what ``--dry-run`` shows), the chunks the chain uses,
+    and the context-budget notes."""
     if chain_type == "stuff":
-        prompt, _, notes = build_stuff_prompt(question, docs, pb)
-        return prompt, notes
+        return build_stuff_prompt(question, docs, pb)
     if not docs:
-        return "", ["no chunks were retrieved"]
-    return _refine_prompt(question, docs[0], None, pb)
+        return "", [], ["no chunks were retrieved"]
+    prompt, notes = _refine_prompt(question, docs[0], None, pb)
+    return prompt, list(docs), notes

@@ -147,7 +147,7 @@ def decode_text(data: bytes, path: Path | str = "<text>") -> str:
             text = data.decode(encoding)
         except UnicodeDecodeError:
             continue
-        if _mostly_printable(text):
+        if _mostly_printable(text) and (encoding == "utf-8" or _looks_chinese(text)):
             return text
     from charset_normalizer import from_bytes
 
@@ -158,6 +158,26 @@ def decode_text(data: bytes, path: Path | str = "<text>") -> str:
             log.info("%s: decoded as %s", path, best.encoding)
             return text
     raise InputError(f"{path}: cannot detect the text encoding (save it as UTF-8) or it is binary")
+
+
+def _looks_chinese(text: str) -> bool:
+    """GB18030 decodes almost any bytes (Latin-1 "möchte" becomes "m鯿hte"). Real Chinese text is
+    nearly all common characters: simplified ones in GB2312, traditional ones in Big5; garble is
+    mostly rare characters (a German sentence: 40% common; Chinese of either script: ~100%)."""
+    wide = [ch for ch in text[:20000] if ord(ch) > 0x7F]
+    if not wide:
+        return True
+    return sum(_common_cjk(ch) for ch in wide) / len(wide) >= 0.9
+
+
+def _common_cjk(ch: str) -> bool:
+    for encoding in ("gb2312", "big5"):
+        try:
+            ch.encode(encoding)
+            return True
+        except UnicodeEncodeError:
+            pass
+    return False
 
 
 def _mostly_printable(text: str) -> bool:

@@ -206,9 +206,9 @@ class Pipeline:
             t = time.perf_counter()
             docs = retriever.invoke(question)
             timings["retrieve_s"] = round(time.perf_counter() - t, 3)
-            prompt, fit_notes = first_prompt(question, docs, pb, self.settings.chain)
+            prompt, used, fit_notes = first_prompt(question, docs, pb, self.settings.chain)
             timings.update(self.timings)
-            return Answer("", [Source.from_document(d) for d in docs], timings, notes + fit_notes, [prompt])
+            return Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
 
         from ragqa.chains import make_qa_chain
         from ragqa.llms import GenerationParams, RagqaLLM

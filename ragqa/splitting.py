@@ -69,9 +69,14 @@ class ChineseTextSplitter(TextSplitter):
                 out.append((start + len(chunk) - len(chunk.lstrip()), stripped))
             if j >= n:
                 break
-            # step back over whole sentences to share up to `overlap` characters; always advance
+            # step back over whole sentences to share up to `overlap` characters, but only as far
+            # as still leaves room for the next new sentence: every chunk must add new text
             k = j
-            while k - 1 > i and units[j - 1][1] - units[k - 1][0] <= overlap:
+            while (
+                k - 1 > i
+                and units[j - 1][1] - units[k - 1][0] <= overlap
+                and units[j][1] - units[k - 1][0] <= size
+            ):
                 k -= 1
             i = k
         return out

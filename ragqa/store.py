@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,14 +86,14 @@ class IndexCache:
             vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), "float32")
             if len(records) != len(vectors):
                 raise ValueError("chunk and vector counts differ")
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            chunks = [
+                Document(page_content=r["text"], metadata={"source": source, **r["metadata"]})
+                for r in records
+            ]
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable cached index %s (%s); rebuilding", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        chunks = [
-            Document(page_content=r["text"], metadata={"source": source, **r["metadata"]})
-            for r in records
-        ]
         return FileIndex(chunks, vectors)
 
     def save(self, key: str, chunks: Sequence[Document], vectors: "np.ndarray", meta: dict[str, Any]) -> None:
@@ -100,9 +101,13 @@ class IndexCache:
         import numpy as np
 
         faiss = _faiss()
-        self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(key)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temps()
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        except OSError as exc:
+            raise RagqaError(f"cannot write the index cache in {self.root}: {exc.strerror or exc}") from None
         try:
             vectors = np.ascontiguousarray(vectors, dtype="float32")
             index = faiss.IndexFlatIP(vectors.shape[1])
@@ -126,6 +131,17 @@ class IndexCache:
             raise RagqaError(f"cannot write the index cache in {self.root}: {exc.strerror or exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+    def _remove_stale_temps(self, max_age_s: float = 3600.0) -> None:
+        """Temp folders of writers killed mid-save (kill -9) are never loaded; sweep old ones."""
+        now = time.time()
+        for entry in self.root.glob(".*"):
+            try:
+                if entry.is_dir() and now - entry.stat().st_mtime > max_age_s:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,148 @@
+"""The stuff and refine QA chains as Runnables, driven by LangChain's fake LLMs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.language_models import FakeListLLM, FakeStreamingListLLM
+
+from ragqa.chains import PromptBuilder, make_qa_chain
+from ragqa.chat_formats import get_chat_format
+from ragqa.errors import InputError
+
+DOCS = [
+    Document(page_content="熊猫主要吃竹子。", metadata={"source": "a.txt", "start": 0}),
+    Document(page_content="熊猫每天睡十个小时。", metadata={"source": "a.txt", "start": 8}),
+    Document(page_content="成都有熊猫基地。", metadata={"source": "b.txt", "start": 0}),
+]
+
+
+class RecordingLLM(FakeListLLM):
+    """FakeListLLM that keeps every prompt it was given."""
+
+    seen: list[str] = []
+
+    def _call(self, prompt: str, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> str:
+        self.seen.append(prompt)
+        return super()._call(prompt, stop, run_manager, **kwargs)
+
+
+class RecordingStreamingLLM(FakeStreamingListLLM):
+    seen: list[str] = []
+
+    def _call(self, prompt: str, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> str:
+        self.seen.append(prompt)
+        return super()._call(prompt, stop, run_manager, **kwargs)
+
+
+@pytest.fixture
+def pb() -> PromptBuilder:
+    return PromptBuilder(chat_format=get_chat_format("chatml"), count_tokens=len, budget=100_000)
+
+
+def test_stuff_invoke_returns_answer_and_sources(pb, fixed_retriever) -> None:
+    llm = RecordingLLM(responses=["熊猫吃竹子。[1]"], seen=[])
+    chain = make_qa_chain(llm, fixed_retriever(DOCS), pb, "stuff")
+    result = chain.invoke({"question": "熊猫吃什么？"})
+    assert result["answer"] == "熊猫吃竹子。[1]"
+    assert result["source_documents"] == DOCS
+    assert result["notes"] == []
+    assert len(llm.seen) == 1
+    assert result["prompts"] == llm.seen
+    prompt = llm.seen[0]
+    for i, d in enumerate(DOCS, 1):
+        assert f"[{i}] {d.page_content}" in prompt
+    assert "熊猫吃什么？" in prompt
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_plain_string_input_works_too(pb, fixed_retriever) -> None:
+    retriever = fixed_retriever(DOCS)
+    chain = make_qa_chain(FakeListLLM(responses=["ok"]), retriever, pb)
+    assert chain.invoke("  熊猫吃什么？ ")["answer"] == "ok"
+    assert retriever.questions == ["熊猫吃什么？"]  # stripped before retrieval
+
+
+def test_stuff_stream_yields_sources_before_answer_tokens(pb, fixed_retriever) -> None:
+    llm = FakeStreamingListLLM(responses=["竹子"])
+    chain = make_qa_chain(llm, fixed_retriever(DOCS), pb, "stuff")
+    parts = list(chain.stream({"question": "熊猫吃什么？"}))
+    first_sources = next(i for i, p in enumerate(parts) if "source_documents" in p)
+    answer_parts = [i for i, p in enumerate(parts) if "answer" in p]
+    assert first_sources < answer_parts[0]
+    assert len(answer_parts) == 2  # streamed: one part per character
+    assert "".join(parts[i]["answer"] for i in answer_parts) == "竹子"
+    assert parts[first_sources]["source_documents"] == DOCS
+
+
+def test_refine_calls_the_llm_once_per_chunk_and_returns_the_last_answer(pb, fixed_retriever) -> None:
+    llm = RecordingStreamingLLM(responses=["第一版回答", "第二版回答", "最终回答"], seen=[])
+    chain = make_qa_chain(llm, fixed_retriever(DOCS), pb, "refine")
+    result = chain.invoke({"question": "熊猫吃什么？"})
+    assert len(llm.seen) == len(DOCS)
+    assert result["answer"] == "最终回答"
+    assert result["source_documents"] == DOCS
+    assert result["prompts"] == llm.seen
+    for prompt, doc in zip(llm.seen, DOCS):
+        assert doc.page_content in prompt
+    # each later step sees the answer so far and only its own chunk
+    assert "第一版回答" in llm.seen[1] and DOCS[0].page_content not in llm.seen[1]
+    assert "第二版回答" in llm.seen[2]
+    assert "以下是一段背景资料" in llm.seen[0] and "目前的回答" in llm.seen[1]
+
+
+def test_refine_stream_sends_sources_first(pb, fixed_retriever) -> None:
+    llm = FakeStreamingListLLM(responses=["a", "b", "cd"])
+    parts = list(make_qa_chain(llm, fixed_retriever(DOCS), pb, "refine").stream("熊猫吃什么？"))
+    assert "source_documents" in parts[0]
+    assert "".join(p.get("answer", "") for p in parts) == "cd"
+
+
+def test_refine_with_no_chunks_answers_empty_with_a_note(pb, fixed_retriever) -> None:
+    llm = RecordingLLM(responses=["never"], seen=[])
+    result = make_qa_chain(llm, fixed_retriever([]), pb, "refine").invoke("熊猫吃什么？")
+    assert result["answer"] == "" and result["source_documents"] == []
+    assert result["notes"] == ["no chunks were retrieved"]
+    assert llm.seen == []
+
+
+@pytest.mark.parametrize("question", ["", "   ", {"question": " \n"}, {}])
+@pytest.mark.parametrize("chain_type", ["stuff", "refine"])
+def test_empty_question_is_an_input_error(pb, fixed_retriever, question, chain_type) -> None:
+    llm = RecordingLLM(responses=["never"], seen=[])
+    chain = make_qa_chain(llm, fixed_retriever(DOCS), pb, chain_type)
+    with pytest.raises(InputError, match="empty"):
+        chain.invoke(question)
+    assert llm.seen == []
+
+
+def test_unknown_chain_type_is_an_input_error(pb, fixed_retriever) -> None:
+    with pytest.raises(InputError) as err:
+        make_qa_chain(FakeListLLM(responses=["x"]), fixed_retriever(DOCS), pb, "map_reduce")
+    assert "stuff" in str(err.value) and "refine" in str(err.value)
+
+
+def test_batch_answers_each_question_with_its_own_prompt(pb, fixed_retriever) -> None:
+    llm = FakeListLLM(responses=["同一个回答"])
+    chain = make_qa_chain(llm, fixed_retriever(DOCS), pb, "stuff")
+    questions = ["熊猫吃什么？", "熊猫睡多久？", "熊猫住在哪里？"]
+    results = chain.batch([{"question": q} for q in questions])
+    assert len(results) == 3
+    for q, r in zip(questions, results):
+        assert r["answer"] == "同一个回答"
+        assert q in r["prompts"][0]
+        assert r["source_documents"] == DOCS
+
+
+def test_budget_notes_reach_the_chain_result(fixed_retriever) -> None:
+    from ragqa.chains import format_context
+    from ragqa.prompts import fill_prompt
+
+    fmt = get_chat_format("chatml")
+    budget = len(fmt.prompt(fill_prompt("qa_stuff", "zh", context=format_context(DOCS[:1]), question="熊猫吃什么？")))
+    pb = PromptBuilder(chat_format=fmt, count_tokens=len, budget=budget)
+    result = make_qa_chain(FakeListLLM(responses=["x"]), fixed_retriever(DOCS), pb).invoke("熊猫吃什么？")
+    assert result["source_documents"] == DOCS[:1]
+    assert len(result["notes"]) == 1 and "1 of 3" in result["notes"][0]

@@ -1,0 +1,159 @@
+"""Chat formats, checked by exact string equality (a wrong byte changes what the model does)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragqa.chat_formats import (
+    ALPACA2_DEFAULT_SYSTEM,
+    get_chat_format,
+    jinja_chat_format,
+    list_chat_formats,
+)
+from ragqa.errors import ConfigError
+
+CONVERSATION = [
+    {"role": "user", "content": "q1"},
+    {"role": "assistant", "content": "a1"},
+    {"role": "user", "content": "q2"},
+]
+
+
+# --------------------------------------------------------------------------- alpaca-2
+
+
+def test_alpaca2_single_turn_is_byte_exact() -> None:
+    prompt = get_chat_format("alpaca-2").prompt("{instruction}")
+    assert prompt == (
+        "[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n{instruction} [/INST]"
+    )
+    assert ALPACA2_DEFAULT_SYSTEM == "You are a helpful assistant. 你是一个乐于助人的助手。"
+
+
+def test_alpaca2_multi_turn_is_byte_exact() -> None:
+    prompt = get_chat_format("alpaca-2").render(CONVERSATION, "S")
+    assert prompt == "[INST] <<SYS>>\nS\n<</SYS>>\n\nq1 [/INST] a1</s><s>[INST] q2 [/INST]"
+
+
+def test_alpaca2_three_user_turns() -> None:
+    msgs = CONVERSATION + [{"role": "assistant", "content": "a2"}, {"role": "user", "content": "q3"}]
+    assert get_chat_format("alpaca-2").render(msgs, "S") == (
+        "[INST] <<SYS>>\nS\n<</SYS>>\n\nq1 [/INST] a1</s><s>[INST] q2 [/INST] a2</s><s>[INST] q3 [/INST]"
+    )
+
+
+def test_alpaca2_stops_at_end_of_sequence() -> None:
+    assert get_chat_format("alpaca-2").stop == ("</s>",)
+
+
+def test_custom_system_prompt_replaces_the_default() -> None:
+    prompt = get_chat_format("alpaca-2").prompt("问题", "你是法律助手。")
+    assert prompt == "[INST] <<SYS>>\n你是法律助手。\n<</SYS>>\n\n问题 [/INST]"
+    assert ALPACA2_DEFAULT_SYSTEM not in prompt
+
+
+def test_system_message_in_the_conversation_replaces_the_default() -> None:
+    msgs = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "q"}]
+    assert get_chat_format("alpaca-2").render(msgs) == "[INST] <<SYS>>\nSYS\n<</SYS>>\n\nq [/INST]"
+
+
+# --------------------------------------------------------------------------- llama-2, chatml
+
+
+def test_llama2_has_no_default_system_block() -> None:
+    assert get_chat_format("llama-2").prompt("q") == "[INST] q [/INST]"
+
+
+def test_llama2_multi_turn_is_byte_exact() -> None:
+    assert get_chat_format("llama-2").render(CONVERSATION, "S") == (
+        "[INST] <<SYS>>\nS\n<</SYS>>\n\nq1 [/INST] a1 </s><s>[INST] q2 [/INST]"
+    )
+
+
+def test_chatml_single_turn_is_byte_exact() -> None:
+    assert get_chat_format("chatml").prompt("你好") == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n你好<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_chatml_multi_turn_with_custom_system_is_byte_exact() -> None:
+    assert get_chat_format("chatml").render(CONVERSATION, "S") == (
+        "<|im_start|>system\nS<|im_end|>\n"
+        "<|im_start|>user\nq1<|im_end|>\n"
+        "<|im_start|>assistant\na1<|im_end|>\n"
+        "<|im_start|>user\nq2<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert get_chat_format("chatml").stop == ("<|im_end|>",)
+
+
+def test_chatml_empty_system_prompt_drops_the_system_turn() -> None:
+    assert get_chat_format("chatml").prompt("q", "") == (
+        "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+# --------------------------------------------------------------------------- registry, errors
+
+
+def test_names_are_case_and_space_insensitive() -> None:
+    assert get_chat_format(" ALPACA-2 ").name == "alpaca-2"
+
+
+def test_unknown_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        get_chat_format("vicuna")
+    message = str(err.value)
+    assert "vicuna" in message
+    for name in ("alpaca-2", "llama-2", "chatml", "auto"):
+        assert name in message
+    assert set(list_chat_formats()) >= {"alpaca-2", "llama-2", "chatml", "auto"}
+
+
+@pytest.mark.parametrize(
+    "msgs",
+    [
+        [{"role": "user", "content": "q1"}, {"role": "user", "content": "q2"}],
+        [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        [],
+    ],
+    ids=["two-users", "starts-with-assistant", "ends-with-assistant", "empty"],
+)
+def test_turns_must_alternate_and_end_with_user(msgs: list) -> None:
+    with pytest.raises(ConfigError):
+        get_chat_format("alpaca-2").render(msgs)
+
+
+# --------------------------------------------------------------------------- jinja (GGUF templates)
+
+CHATML_JINJA = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_jinja_template_renders_like_chatml() -> None:
+    fmt = jinja_chat_format("auto (test.gguf)", CHATML_JINJA, bos_token="<s>", eos_token="<|im_end|>")
+    assert fmt.render(CONVERSATION, "S") == get_chat_format("chatml").render(CONVERSATION, "S")
+    assert fmt.prompt("q") == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+    assert fmt.stop == ("<|im_end|>",)
+
+
+def test_jinja_template_sees_bos_token() -> None:
+    template = "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+    fmt = jinja_chat_format("t", template, bos_token="<BOS>", eos_token="")
+    assert fmt.prompt("hi", "sys") == "<BOS>[system]sys[user]hi"
+    assert fmt.stop == ()
+
+
+def test_jinja_template_raise_exception_becomes_config_error() -> None:
+    template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}x"
+    fmt = jinja_chat_format("t", template, bos_token="", eos_token="</s>")
+    assert fmt.prompt("q") == "x"
+    with pytest.raises(ConfigError, match="no system role"):
+        fmt.prompt("q", "a system prompt")

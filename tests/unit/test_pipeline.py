@@ -1,0 +1,172 @@
+"""Pipeline.ask end to end with a fake embedding model and a fake LLM backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ragqa.errors import InputError
+from ragqa.pipeline import Answer, Source
+
+TEXT = (
+    "熊猫是中国特有的动物。它们主要生活在四川、陕西和甘肃的山区。熊猫的主要食物是竹子，每天要吃十几个小时！"
+    "成年熊猫体重可达一百多公斤。它们看起来很笨拙，其实很会爬树。你知道熊猫为什么是黑白色的吗？"
+    "科学家认为这有助于伪装。"
+)
+
+
+@pytest.fixture
+def doc(tmp_path: Path) -> Path:
+    path = tmp_path / "panda.txt"
+    path.write_text(TEXT, "utf-8")
+    return path
+
+
+def test_ask_streams_the_answer_and_returns_sources(make_pipeline, fake_backend_cls, doc) -> None:
+    backend = fake_backend_cls(["熊猫 主要 吃 竹子。 [1]"])
+    pipeline = make_pipeline(backend=backend, chunk_size=50, chunk_overlap=0, k=3)
+    tokens: list[str] = []
+    answer = pipeline.ask([doc], "熊猫吃什么？", on_token=tokens.append)
+
+    assert answer.answer == "熊猫 主要 吃 竹子。 [1]"
+    assert "".join(tokens) == answer.answer and len(tokens) == 5
+    assert len(answer.sources) == 3
+    for s in answer.sources:
+        assert s.source == str(doc)
+        assert TEXT[s.start:s.start + len(s.text)] == s.text  # offsets point into the file
+    assert [s.score for s in answer.sources] == sorted((s.score for s in answer.sources), reverse=True)
+    # the model saw exactly the retrieved chunks, in rank order
+    [call] = backend.calls
+    assert answer.prompts == [call["prompt"]]
+    positions = [call["prompt"].index(f"[{i}] {s.text}") for i, s in enumerate(answer.sources, 1)]
+    assert positions == sorted(positions)
+
+
+def test_generation_settings_and_stop_tokens_reach_the_backend(make_pipeline, fake_backend_cls, doc) -> None:
+    backend = fake_backend_cls()
+    pipeline = make_pipeline(backend=backend, temperature=0.7, top_k=10, top_p=0.5, repeat_penalty=1.3,
+                             max_new_tokens=123)
+    pipeline.ask([doc], "熊猫吃什么？")
+    [call] = backend.calls
+    assert call["params"] == {"max_tokens": 123, "temperature": 0.7, "top_k": 10, "top_p": 0.5,
+                              "repeat_penalty": 1.3}
+    assert "<|im_end|>" in call["stop"]  # the chat format's end-of-turn stops generation
+
+
+def test_chat_format_and_system_prompt_settings_shape_the_prompt(make_pipeline, fake_backend_cls, doc) -> None:
+    backend = fake_backend_cls()
+    pipeline = make_pipeline(backend=backend, chat_format="alpaca-2", system_prompt="你是熊猫专家。")
+    pipeline.ask([doc], "熊猫吃什么？")
+    [call] = backend.calls
+    assert call["prompt"].startswith("[INST] <<SYS>>\n你是熊猫专家。\n<</SYS>>\n\n")
+    assert call["prompt"].endswith("问题：熊猫吃什么？ [/INST]")
+    assert "</s>" in call["stop"]
+
+
+def test_timings_report_indexing_and_generation(make_pipeline, doc) -> None:
+    pipeline = make_pipeline()
+    first = pipeline.ask([doc], "熊猫吃什么？")
+    second = make_pipeline().ask([doc], "熊猫吃什么？")
+    assert (first.timings["files"], first.timings["files_cached"]) == (1, 0)
+    assert (second.timings["files"], second.timings["files_cached"]) == (1, 1)
+    assert first.timings["chunks"] >= 1
+    assert first.timings["completion_tokens"] == 4
+    assert first.timings["decode_tokens_per_s"] == pytest.approx(150.0)
+    assert "answer_s" in first.timings and "index_s" in first.timings
+
+
+def test_dry_run_shows_the_exact_prompt_without_generating(make_pipeline, fake_backend_cls, doc) -> None:
+    backend = fake_backend_cls()
+    dry = make_pipeline(backend=backend).ask([doc], "熊猫吃什么？", dry_run=True)
+    assert backend.calls == []
+    assert dry.answer == ""
+    assert len(dry.prompts) == 1 and "熊猫吃什么？" in dry.prompts[0]
+    assert dry.sources
+    real = make_pipeline(backend=backend).ask([doc], "熊猫吃什么？")
+    assert backend.calls[0]["prompt"] == dry.prompts[0]
+    assert [s.text for s in real.sources] == [s.text for s in dry.sources]
+
+
+def test_refine_chain_calls_the_model_once_per_chunk(make_pipeline, fake_backend_cls, doc) -> None:
+    backend = fake_backend_cls(["草稿一", "草稿二", "最终 回答"])
+    answer = make_pipeline(backend=backend, chain="refine", k=3, chunk_size=50, chunk_overlap=0).ask(
+        [doc], "熊猫吃什么？"
+    )
+    assert len(backend.calls) == 3
+    assert answer.answer == "最终 回答"
+    assert "草稿一" in backend.calls[1]["prompt"] and "草稿二" in backend.calls[2]["prompt"]
+    assert len(answer.prompts) == 3
+
+
+def test_small_context_drops_chunks_and_says_so(make_pipeline, fake_backend_cls, doc) -> None:
+    # budget = n_ctx - max_new_tokens; one character per token; room for roughly one chunk
+    backend = fake_backend_cls(n_ctx=260)
+    answer = make_pipeline(backend=backend, chunk_size=50, chunk_overlap=0, k=4, max_new_tokens=10).ask(
+        [doc], "熊猫吃什么？"
+    )
+    assert len(backend.calls[0]["prompt"]) <= 250
+    assert len(answer.sources) < 4
+    assert any("context budget" in n for n in answer.notes)
+
+
+def test_backend_notes_are_passed_on(make_pipeline, fake_backend_cls, doc) -> None:
+    backend = fake_backend_cls()
+    backend.notes.append("n_ctx is over the model's trained context")
+    answer = make_pipeline(backend=backend).ask([doc], "熊猫吃什么？")
+    assert "n_ctx is over the model's trained context" in answer.notes
+
+
+@pytest.mark.parametrize("question", ["", "   \n"])
+def test_empty_question_fails_before_any_indexing(make_pipeline, counting_embeddings_cls, doc, index_dirs, question) -> None:
+    emb = counting_embeddings_cls()
+    with pytest.raises(InputError, match="question is empty"):
+        make_pipeline(embeddings=emb).ask([doc], question)
+    assert emb.document_calls == 0
+    assert index_dirs() == []
+
+
+def test_no_documents_is_an_input_error(make_pipeline) -> None:
+    with pytest.raises(InputError, match="no documents"):
+        make_pipeline().ask([], "熊猫吃什么？")
+
+
+def test_several_files_and_folders_are_searched_together(make_pipeline, tmp_path, doc) -> None:
+    folder = tmp_path / "more"
+    folder.mkdir()
+    (folder / "b.md").write_text("成都大熊猫繁育研究基地在成都北郊。", "utf-8")
+    answer = make_pipeline(k=20).ask([doc, folder], "基地在哪里？")
+    assert answer.timings["files"] == 2
+    assert {s.source for s in answer.sources} == {str(doc), str(folder / "b.md")}
+
+
+def test_answer_to_dict_is_json_with_page_only_when_known() -> None:
+    answer = Answer(
+        answer="竹子",
+        sources=[Source("a.pdf", "熊猫吃竹子。", 3, 0.91, page=2), Source("b.txt", "成都。", 0, 0.5)],
+        timings={"answer_s": 1.0},
+    )
+    d = json.loads(json.dumps(answer.to_dict(), ensure_ascii=False))
+    assert d["answer"] == "竹子"
+    assert d["sources"][0]["page"] == 2 and "page" not in d["sources"][1]
+    assert "notes" not in d
+    assert answer.sources[0].location() == "a.pdf p.2 @3"
+    assert answer.sources[1].location() == "b.txt @0"
+
+
+def test_file_over_the_size_limit_is_refused(make_pipeline, counting_embeddings_cls, doc, index_dirs) -> None:
+    emb = counting_embeddings_cls()
+    with pytest.raises(InputError) as err:
+        make_pipeline(embeddings=emb, max_file_mb=0.0001).ask([doc], "熊猫吃什么？")  # ~100 bytes
+    assert str(doc) in str(err.value) and "max_file_mb" in str(err.value)
+    assert emb.document_calls == 0 and index_dirs() == []
+
+
+def test_gbk_document_is_answered_from_correctly_decoded_text(make_pipeline, fake_backend_cls, tmp_path) -> None:
+    path = tmp_path / "gbk.txt"
+    path.write_bytes(TEXT.encode("gbk"))
+    backend = fake_backend_cls()
+    answer = make_pipeline(backend=backend, k=1).ask([path], "熊猫吃什么？")
+    assert answer.sources[0].text in TEXT
+    assert answer.sources[0].text in backend.calls[0]["prompt"]
