@@ -28,7 +28,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,6 +89,47 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
+
+
+def _busy_ticks() -> int | None:
+    """System-wide busy CPU time (all CPUs) in clock ticks, from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(f[:8]) - f[3] - f[4]  # user..steal minus idle and iowait
+
+
+class CpuMeter:
+    """How much CPU *other* processes used while we measured something.
+
+    other = system-wide busy CPU time - our own CPU time (this process, or the children it
+    waited for); ``other_cpu_pct`` is that as a share of all CPUs over the wall time. On a quiet
+    machine it stays near 0; a high value means the timing was taken while something else ran.
+    """
+
+    def __init__(self, children: bool) -> None:
+        self.who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+
+    def _own(self) -> float:
+        r = resource.getrusage(self.who)
+        return r.ru_utime + r.ru_stime
+
+    def __enter__(self) -> "CpuMeter":
+        self.busy0, self.own0, self.t0 = _busy_ticks(), self._own(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.own_cpu_s = self._own() - self.own0
+        busy1 = _busy_ticks()
+        if self.busy0 is None or busy1 is None or self.wall <= 0:
+            self.other_cpu_pct = None
+            return
+        busy_s = (busy1 - self.busy0) / os.sysconf("SC_CLK_TCK")
+        other = max(0.0, busy_s - self.own_cpu_s)
+        self.other_cpu_pct = round(100 * other / (self.wall * (os.cpu_count() or 1)), 1)
 
 
 def machine_facts(threads: int, model_path: Path) -> dict[str, Any]:
@@ -172,9 +213,9 @@ class Gen:
 def run_ask(doc: Path, question: str, gen: Gen, cache_dir: Path, *, dry_run: bool = False) -> dict[str, Any]:
     cmd = ragqa_command() + ["ask", str(doc), question, *gen.cli_flags(), "--cache-dir", str(cache_dir)]
     cmd.append("--dry-run" if dry_run else "--json")
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), cwd=REPO)
-    wall = time.perf_counter() - t
+    with CpuMeter(children=True) as meter:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), cwd=REPO)
+    wall = meter.wall
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         raise BenchError(f"ragqa ask exited {proc.returncode}: {' '.join(cmd)}\n{tail}")
@@ -189,6 +230,8 @@ def run_ask(doc: Path, question: str, gen: Gen, cache_dir: Path, *, dry_run: boo
     t = out.get("timings", {})
     return {
         "wall_s": round(wall, 3),
+        "cpu_s": round(meter.own_cpu_s, 2),
+        "other_cpu_pct": meter.other_cpu_pct,
         "index_s": t.get("index_s"),
         "files": t.get("files"),
         "files_cached": t.get("files_cached"),
@@ -220,11 +263,17 @@ def cold_vs_cached(label: str, doc: Path, question: str, gen: Gen, cache_dir: Pa
         r = run_ask(doc, question, gen, cache_dir)
         progress(
             f"  wall {r['wall_s']:.2f}s, index_s {r['index_s']}, files_cached {r['files_cached']}/{r['files']}, "
-            f"chunks {r['chunks']}, decode {r['decode_tokens_per_s']} tok/s"
+            f"chunks {r['chunks']}, decode {r['decode_tokens_per_s']} tok/s, other CPU {r['other_cpu_pct']}%"
         )
         runs[kind] = r
     if runs["cold"]["files_cached"] != 0 or runs["cached"]["files_cached"] != runs["cached"]["files"]:
         progress(f"WARNING {label}: expected files_cached 0 then {runs['cached']['files']}; the cache did not behave as expected")
+    cold = runs["cold"]
+    # A cold run loads the embedding model inside indexing (to embed the chunks); a cached run
+    # loads it afterwards (to embed the question), outside index_s. Report both views.
+    cold_index_net = None
+    if cold["index_s"] is not None and cold["embedding_load_s"] is not None:
+        cold_index_net = round(cold["index_s"] - cold["embedding_load_s"], 3)
     return {
         "label": label,
         "doc": str(doc),
@@ -234,6 +283,8 @@ def cold_vs_cached(label: str, doc: Path, question: str, gen: Gen, cache_dir: Pa
         "cold": runs["cold"],
         "cached": runs["cached"],
         "index_ratio_cold_over_cached": ratio(runs["cold"]["index_s"], runs["cached"]["index_s"]),
+        "cold_index_s_excl_embedding_load": cold_index_net,
+        "index_ratio_excl_embedding_load": ratio(cold_index_net, runs["cached"]["index_s"]),
         "wall_ratio_cold_over_cached": ratio(runs["cold"]["wall_s"], runs["cached"]["wall_s"]),
     }
 
@@ -250,12 +301,14 @@ def raw_generate(llm: Any, prompt: str, stop: list[str], gen: Gen) -> dict[str, 
         prompt, stop=stop, stream=True, max_tokens=gen.max_new_tokens, temperature=gen.temperature,
         top_k=TOP_K, top_p=TOP_P, repeat_penalty=REPEAT_PENALTY,
     ):
-        now = time.perf_counter()
-        if first is None:
-            first = now
-        last = now
-        chunks += 1
-        text.append(part["choices"][0]["text"])
+        choice = part["choices"][0]
+        if choice.get("finish_reason") is None:  # token chunks only, as ragqa counts them
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            last = now
+            chunks += 1
+        text.append(choice["text"])
     decode_s = (last - first) if first is not None else 0.0
     return {
         "completion_tokens": chunks,
@@ -286,8 +339,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "max_tokens_per_s": max(tps) if tps else None,
         "completion_tokens": sorted({r["completion_tokens"] for r in runs}),
         "median_prompt_s": statistics.median(r["prompt_s"] for r in runs) if runs else None,
+        "max_other_cpu_pct": _max_other(runs),
         "runs": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "text"} for r in runs],
     }
+
+
+def _max_other(runs: list[dict[str, Any]]) -> float | None:
+    vals = [r["other_cpu_pct"] for r in runs if r.get("other_cpu_pct") is not None]
+    return max(vals) if vals else None
 
 
 def decode_speed(prompt: str, model_path: Path, gen: Gen, repeats: int, warmup: int) -> dict[str, Any]:
@@ -322,15 +381,18 @@ def decode_speed(prompt: str, model_path: Path, gen: Gen, repeats: int, warmup: 
     for r in range(repeats):
         order = ("raw", "ragqa") if r % 2 == 0 else ("ragqa", "raw")
         for who in order:
-            res = raw_generate(raw, prompt, stop, gen) if who == "raw" else ragqa_generate(backend, prompt, stop, params)
+            with CpuMeter(children=False) as meter:
+                res = raw_generate(raw, prompt, stop, gen) if who == "raw" else ragqa_generate(backend, prompt, stop, params)
             res["order"] = r
+            res["other_cpu_pct"] = meter.other_cpu_pct
             results[who].append(res)
             progress(
                 f"decode: repeat {r + 1}/{repeats} {who:5s}: {res['decode_tokens_per_s']:.2f} tok/s, "
-                f"{res['completion_tokens']} chunks, prompt {res['prompt_s']:.2f}s"
+                f"{res['completion_tokens']} chunks, prompt {res['prompt_s']:.2f}s, other CPU {res['other_cpu_pct']}%"
             )
     texts = {r["text"] for rs in results.values() for r in rs}
     return {
+        "raw_text": results["raw"][0]["text"],
         "prompt_tokens": prompt_tokens,
         "prompt_chars": len(prompt),
         "stop": stop,
@@ -363,6 +425,16 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+OTHER_CPU_WARN = 10.0
+
+
+def _all_other(res: dict[str, Any]) -> list[float | None]:
+    vals = [c[k]["other_cpu_pct"] for c in res["cold_vs_cached"] for k in ("cold", "cached")]
+    d = res["decode"]
+    vals += [r.get("other_cpu_pct") for key in ("raw", "ragqa", "cli") for r in d[key]["runs"]]
+    return vals
+
+
 def report(res: dict[str, Any], markdown: bool) -> str:
     h = (lambda s: f"### {s}") if markdown else (lambda s: f"== {s} ==")
     m = res["machine"]
@@ -386,13 +458,15 @@ def report(res: dict[str, Any], markdown: bool) -> str:
             rows.append([
                 c["label"], kind, fmt(r["wall_s"]), fmt(r["index_s"], 3),
                 f"{r['files_cached']}/{r['files']}", fmt(r["chunks"]), fmt(r["embedding_load_s"]),
-                fmt(r["answer_s"]),
+                fmt(r["answer_s"]), fmt(r["other_cpu_pct"], 1),
             ])
-    out += [table(["document", "run", "wall s", "index_s", "files_cached", "chunks", "embed load s", "answer s"], rows, markdown), ""]
+    out += [table(["document", "run", "wall s", "index_s", "files_cached", "chunks", "embed load s", "answer s",
+                   "other CPU %"], rows, markdown), ""]
     for c in res["cold_vs_cached"]:
         out.append(
-            f"{'- ' if markdown else ''}{c['label']}: cold/cached index_s = {fmt(c['index_ratio_cold_over_cached'], 1)}x, "
-            f"wall = {fmt(c['wall_ratio_cold_over_cached'], 2)}x"
+            f"{'- ' if markdown else ''}{c['label']}: cold/cached index_s = {fmt(c['index_ratio_cold_over_cached'], 1)}x "
+            f"({fmt(c['index_ratio_excl_embedding_load'], 1)}x without the {fmt(c['cold']['embedding_load_s'])}s "
+            f"embedding-model load inside cold indexing), wall = {fmt(c['wall_ratio_cold_over_cached'], 2)}x"
         )
     out.append("")
 
@@ -403,23 +477,31 @@ def report(res: dict[str, Any], markdown: bool) -> str:
         ["raw llama-cpp-python", fmt(d["raw"]["median_tokens_per_s"]),
          f"{fmt(d['raw']['min_tokens_per_s'])}-{fmt(d['raw']['max_tokens_per_s'])}",
          fmt(d["raw"]["completion_tokens"]), fmt(d["prompt_tokens"]), fmt(d["raw"]["median_prompt_s"]),
-         str(len(d["raw"]["runs"]))],
+         str(len(d["raw"]["runs"])), fmt(d["raw"]["max_other_cpu_pct"], 1)],
         ["ragqa backend (in-process)", fmt(d["ragqa"]["median_tokens_per_s"]),
          f"{fmt(d['ragqa']['min_tokens_per_s'])}-{fmt(d['ragqa']['max_tokens_per_s'])}",
          fmt(d["ragqa"]["completion_tokens"]), fmt(d["prompt_tokens"]), fmt(d["ragqa"]["median_prompt_s"]),
-         str(len(d["ragqa"]["runs"]))],
+         str(len(d["ragqa"]["runs"])), fmt(d["ragqa"]["max_other_cpu_pct"], 1)],
         ["ragqa ask --json (CLI)", fmt(cli["median_tokens_per_s"]),
          f"{fmt(cli['min_tokens_per_s'])}-{fmt(cli['max_tokens_per_s'])}",
          fmt(cli["completion_tokens"]), fmt(cli["prompt_tokens"]), fmt(cli["median_prompt_s"]),
-         str(len(cli["runs"]))],
+         str(len(cli["runs"])), fmt(cli["max_other_cpu_pct"], 1)],
     ]
-    out += [table(["path", "median tok/s", "min-max", "completion tokens", "prompt tokens", "median prompt s", "runs"], rows, markdown), ""]
+    out += [table(["path", "median tok/s", "min-max", "completion tokens", "prompt tokens", "median prompt s", "runs",
+                   "max other CPU %"], rows, markdown), ""]
     b = "- " if markdown else ""
     out.append(f"{b}ragqa backend / raw decode tok/s = {fmt(d['ratio_ragqa_over_raw'], 3)}")
     out.append(f"{b}ragqa CLI / raw decode tok/s = {fmt(d['ratio_cli_over_raw'], 3)}")
     out.append(f"{b}identical generated text in every raw and in-process ragqa run: {'yes' if d['same_text_all_runs'] else 'NO'}")
+    out.append(f"{b}CLI answers equal the raw text (stripped): {'yes' if d['cli_same_text_as_raw'] else 'NO'}")
     out.append(f"{b}decode prompt: `ragqa ask --dry-run` on {Path(d['doc']).name}; stop {d['stop']}")
-    out.append(f"{b}completion tokens = streamed chunks, counted the way ragqa counts them (includes the final empty chunk)")
+    out.append(f"{b}completion tokens = streamed token chunks, counted the way ragqa counts them (the final, empty finish chunk excluded)")
+    out.append(f"{b}other CPU % = CPU time used by other processes during a measurement, as a share of all CPUs")
+    busy = [v for v in _all_other(res) if v is not None and v >= OTHER_CPU_WARN]
+    if busy:
+        out.append(f"{b}WARNING: {len(busy)} measurement(s) ran while other processes used >= {OTHER_CPU_WARN:.0f}% "
+                   "of the CPUs; llama.cpp with one thread per core slows down sharply when it must share them. "
+                   "Re-run on a quiet machine for numbers to quote.")
     return "\n".join(out) + "\n"
 
 
@@ -475,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = Gen(args, threads)
     machine = machine_facts(threads, model_path)
     load1 = float(machine["loadavg_start"].split()[0]) if machine["loadavg_start"] != "n/a" else 0.0
-    if load1 > 0.5:
+    if load1 > 0.5 * (os.cpu_count() or 1):
         progress(f"note: load average is {machine['loadavg_start']} before starting; other work on this machine will skew timings")
 
     with tempfile.TemporaryDirectory(prefix="ragqa-bench-") as tmp:
@@ -520,10 +602,13 @@ def main(argv: list[str] | None = None) -> int:
             "completion_tokens": sorted({r["completion_tokens"] for r in cli_runs}),
             "prompt_tokens": sorted({r["prompt_tokens"] for r in cli_runs}),
             "median_prompt_s": statistics.median(r["prompt_s"] for r in cli_runs),
-            "runs": [{k: r[k] for k in ("decode_tokens_per_s", "completion_tokens", "prompt_tokens", "prompt_s", "decode_s", "wall_s", "files_cached")} for r in cli_runs],
+            "max_other_cpu_pct": _max_other(cli_runs),
+            "runs": [{k: r[k] for k in ("decode_tokens_per_s", "completion_tokens", "prompt_tokens", "prompt_s", "decode_s", "wall_s", "files_cached", "other_cpu_pct")} for r in cli_runs],
         }
         if decode["cli"]["prompt_tokens"] != [decode["prompt_tokens"]]:
             progress(f"WARNING: CLI prompt tokens {decode['cli']['prompt_tokens']} != dry-run prompt {decode['prompt_tokens']}")
+        # the CLI strips the answer it prints
+        decode["cli_same_text_as_raw"] = all(r["answer"] == decode["raw_text"].strip() for r in cli_runs)
         raw_med = decode["raw"]["median_tokens_per_s"]
         decode["ratio_ragqa_over_raw"] = ratio(decode["ragqa"]["median_tokens_per_s"], raw_med)
         decode["ratio_cli_over_raw"] = ratio(decode["cli"]["median_tokens_per_s"], raw_med)

@@ -166,14 +166,15 @@ class LlamaCppBackend:
             t0 = time.perf_counter()
             first = last = None
             for part in self.llm.create_completion(prompt, stop=stop or [], stream=True, **params):
-                now = time.perf_counter()
-                if first is None:
-                    first = now
-                last = now
-                stats.completion_tokens += 1
-                text = part["choices"][0]["text"]
-                if text:
-                    yield text
+                choice = part["choices"][0]
+                if choice.get("finish_reason") is None:  # one chunk per token; the last says why it ended
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                    last = now
+                    stats.completion_tokens += 1
+                if choice["text"]:
+                    yield choice["text"]
             if first is not None:
                 stats.prompt_seconds = first - t0
                 stats.decode_seconds = (last or first) - first
