@@ -49,7 +49,7 @@ def _snippet(text: str, n: int = SNIPPET_CHARS) -> str:
 
 # Options shared by commands that run the pipeline. None = not given (env/config/defaults apply).
 ModelOpt = typer.Option(None, "--model", "-m", help="LLM: 'smollm2' (starter) or a .gguf path.")
-EmbOpt = typer.Option(None, "--embedding-model", "-e", help="'all-MiniLM-L6-v2' (starter), a folder or a hub id.")
+EmbOpt = typer.Option(None, "--embedding-model", "-e", help="'multilingual-e5-small' (default), 'all-MiniLM-L6-v2', a folder or a hub id.")
 FormatOpt = typer.Option(None, "--chat-format", help="auto, alpaca-2, llama-2, chatml.")
 ConfigOpt = typer.Option(None, "--config", help="TOML file of settings (keys as RAGQA_* without the prefix).")
 
@@ -62,6 +62,8 @@ def ask(
     chat_format: Optional[str] = FormatOpt,
     chain: Optional[str] = typer.Option(None, "--chain", help="stuff (default) or refine."),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Chunks to retrieve (default 4)."),
+    retriever: Optional[str] = typer.Option(None, "--retriever", help="hybrid (default), vector or bm25."),
+    reranker: Optional[str] = typer.Option(None, "--reranker", help="Cross-encoder to re-score candidates (off by default)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Characters per chunk (default 600)."),
     chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap characters (default 100)."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Prompt language: auto, zh, en."),
@@ -95,6 +97,7 @@ def ask(
         _fail("the question is empty", 2)
     overrides = dict(
         model=model, embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
+        retriever=retriever, reranker=reranker,
         chunk_size=chunk_size, chunk_overlap=chunk_overlap, lang=lang, system_prompt=system_prompt,
         n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, rope_freq_base=rope_freq_base,
         rope_freq_scale=rope_freq_scale, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -147,6 +150,66 @@ def _print_timings(t: dict[str, Any]) -> None:
     if t.get("decode_tokens_per_s"):
         parts.append(f"{t['decode_tokens_per_s']:.1f} tok/s")
     typer.echo("[" + ", ".join(parts) + "]", err=True)
+
+
+@app.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+def eval_command(
+    data: Path = typer.Argument(..., help="SQuAD-format JSON (e.g. ../shared/eval/zh_mrc/cmrc2018_trial.squad.json)."),
+    embedding_model: Optional[str] = EmbOpt,
+    retriever: Optional[str] = typer.Option(None, "--retriever", help="vector, bm25 or hybrid."),
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Chunks an answer would use (default 4)."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size"),
+    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N questions."),
+    max_contexts: Optional[int] = typer.Option(None, "--max-contexts", help="Only the first N contexts."),
+    answers: int = typer.Option(0, "--answers", help="Also answer the first N questions with the LLM (EM/F1)."),
+    seed_baseline: bool = typer.Option(False, "--seed-baseline", help="The seed scripts' retrieval: LangChain default separators, 600/100, k=1, vector."),
+    model: Optional[str] = ModelOpt,
+    chat_format: Optional[str] = FormatOpt,
+    chain: Optional[str] = typer.Option(None, "--chain", help="For --answers: stuff or refine."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Measure retrieval recall@1/3/5/10 and MRR on SQuAD-format data; optionally EM/F1 of answers.
+
+    Example: ragqa eval ../shared/eval/zh_mrc/cmrc2018_trial.squad.json --retriever hybrid
+    """
+    _setup_logging(verbose)
+    try:
+        from ragqa.config import load_settings
+        from ragqa.evaluation import evaluate
+        from ragqa.pipeline import Pipeline
+
+        settings = load_settings(
+            config, embedding_model=embedding_model, retriever=retriever, k=k, chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap, model=model, chat_format=chat_format, chain=chain,
+            max_new_tokens=max_new_tokens, cache_dir=cache_dir,
+        )
+        if limit is not None and limit < 1 or answers < 0:
+            raise RagqaError("--limit must be at least 1 and --answers at least 0")
+        pipeline = Pipeline(settings)
+        if answers:
+            pipeline.check_models()
+        report = evaluate(data, pipeline, max_contexts=max_contexts, limit=limit, answers=answers,
+                          seed_baseline=seed_baseline, progress=sys.stderr.isatty())
+    except RagqaError as exc:
+        _fail(str(exc), getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    if as_json:
+        sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        return
+    st = report["settings"]
+    typer.echo(f"{report['questions']} questions, {report['contexts']} contexts, {report['chunks']} chunks; "
+               f"retriever {st['retriever']}, embedding {st['embedding_model']}, k {st['k']}")
+    typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith(("recall@", "mrr"))))
+    typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith("answer_in_context@")))
+    if "answers" in report:
+        a = report["answers"]
+        typer.echo(f"answers (n={a['n']}): EM {a['em']:.3f}  F1 {a['f1']:.3f}  contains answer {a['contains_answer']:.3f}")
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from pydantic_settings import (
 from ragqa.errors import ConfigError
 
 DEFAULT_LLM = "smollm2"
-DEFAULT_EMBEDDING = "all-MiniLM-L6-v2"
+# chosen by `ragqa eval` on CMRC2018, DRCD and SQuAD (README "Retrieval"): best for zh and en
+DEFAULT_EMBEDDING = "multilingual-e5-small"
 
 
 def default_cache_dir() -> Path:
@@ -43,8 +44,8 @@ class Settings(BaseSettings):
     )
     embedding_model: str = Field(
         DEFAULT_EMBEDDING,
-        description="Embeddings: 'all-MiniLM-L6-v2' (bundled starter), a local "
-        "sentence-transformers folder, or a hub id such as shibing624/text2vec-base-chinese.",
+        description="Embeddings: 'multilingual-e5-small' or 'all-MiniLM-L6-v2' (bundled starters), a "
+        "local sentence-transformers folder, or a hub id such as shibing624/text2vec-base-chinese.",
     )
     chat_format: str = Field(
         "auto",
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
 
     # -- retrieval and chains
     k: int = Field(4, ge=1, le=100, description="Chunks retrieved per question.")
+    retriever: Literal["vector", "bm25", "hybrid"] = Field(
+        "hybrid", description="vector (embeddings), bm25 (jieba words) or hybrid (rank fusion of both)."
+    )
+    reranker: str | None = Field(
+        None, description="Cross-encoder to re-score candidates (name or folder); off by default."
+    )
+    rerank_candidates: int = Field(20, ge=1, le=500, description="Candidates the reranker sees.")
     chain: Literal["stuff", "refine"] = Field("stuff", description="QA chain: stuff or refine.")
     lang: Literal["auto", "zh", "en"] = Field(
         "auto", description="Prompt language; auto follows the question."

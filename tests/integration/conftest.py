@@ -1,4 +1,4 @@
-"""Integration tests: the real starter models (SmolLM2 GGUF, all-MiniLM-L6-v2) end to end."""
+"""Integration tests: the real starter models (SmolLM2 GGUF, multilingual-e5-small) end to end."""
 
 from __future__ import annotations
 

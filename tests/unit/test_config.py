@@ -29,7 +29,7 @@ def test_defaults() -> None:
     assert s.top_p == 0.9
     assert s.repeat_penalty == 1.1
     assert s.max_new_tokens == 400
-    assert (s.model, s.embedding_model, s.chat_format, s.chain) == ("smollm2", "all-MiniLM-L6-v2", "auto", "stuff")
+    assert (s.model, s.embedding_model, s.chat_format, s.chain) == ("smollm2", "multilingual-e5-small", "auto", "stuff")
 
 
 def test_default_cache_dir_follows_xdg(tmp_path: Path, monkeypatch) -> None:

@@ -170,3 +170,19 @@ def test_gbk_document_is_answered_from_correctly_decoded_text(make_pipeline, fak
     answer = make_pipeline(backend=backend, k=1).ask([path], "熊猫吃什么？")
     assert answer.sources[0].text in TEXT
     assert answer.sources[0].text in backend.calls[0]["prompt"]
+
+
+def test_bm25_retriever_answers_without_embedding_the_question(make_pipeline, counting_embeddings_cls, doc) -> None:
+    embeddings = counting_embeddings_cls()
+    pipeline = make_pipeline(embeddings=embeddings, retriever="bm25", chunk_size=50, chunk_overlap=0, k=1)
+    answer = pipeline.ask([doc], "熊猫吃什么？")
+    assert embeddings.query_calls == 0  # keyword search needs no model at question time
+    assert "竹" in answer.sources[0].text
+
+
+def test_hybrid_is_the_default_and_finds_the_chunk_by_its_words(make_pipeline, doc) -> None:
+    pipeline = make_pipeline(chunk_size=50, chunk_overlap=0, k=1)
+    assert pipeline.settings.retriever == "hybrid"
+    answer = pipeline.ask([doc], "熊猫吃什么？")
+    # the fake embedding ranks chunks at random; BM25's half of the fusion finds 竹子
+    assert "竹" in answer.sources[0].text

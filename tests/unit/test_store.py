@@ -268,9 +268,10 @@ def test_index_cache_roundtrip_without_pipeline(tmp_path: Path) -> None:
     cache = IndexCache(tmp_path)
     chunks = [Document(page_content="甲。", metadata={"source": "x.txt", "start": 0, "page": 2})]
     vectors = np.array([[0.6, 0.8]], dtype="float32")
-    cache.save("k1", chunks, vectors, {"source": "x.txt"})
+    cache.save("k1", FileIndex(chunks, vectors, [["甲"]]), {"source": "x.txt"})
     loaded = cache.load("k1", "y.txt")
     assert loaded is not None
+    assert loaded.tokens == [["甲"]]  # BM25 words come back without re-segmenting
     assert loaded.chunks[0].page_content == "甲。"
     assert loaded.chunks[0].metadata == {"source": "y.txt", "start": 0, "page": 2}
     assert np.allclose(loaded.vectors, vectors)
