@@ -30,6 +30,7 @@ DATASETS = {
 MINILM, E5 = "all-MiniLM-L6-v2", "multilingual-e5-small"
 CONFIGS = [
     ("seed: MiniLM vector, LangChain splitter 600/100, k=1", ["-e", MINILM, "--seed-baseline"]),
+    ("seed splitter and k=1 with e5-small vector", ["-e", E5, "--seed-baseline"]),
     ("MiniLM vector, k=4", ["-e", MINILM, "--retriever", "vector"]),
     ("BM25 (jieba), k=4", ["-e", MINILM, "--retriever", "bm25"]),
     ("MiniLM + BM25 hybrid, k=4", ["-e", MINILM, "--retriever", "hybrid"]),
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None, help="index cache (default: a temporary folder)")
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--only", default=None, help="run only datasets whose name contains this")
+    ap.add_argument("--config", default=None, help="run only configurations whose name contains this")
     args = ap.parse_args()
     cache = args.cache_dir or tempfile.mkdtemp(prefix="ragqa-eval-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}
@@ -58,6 +60,8 @@ def main() -> None:
             print(f"skipping {dname}: {path} not found", file=sys.stderr)
             continue
         for cname, flags in CONFIGS:
+            if args.config and args.config not in cname:
+                continue
             cmd = [sys.executable, "-m", "ragqa", "eval", str(path), "--json", *flags]
             if max_ctx:
                 cmd += ["--max-contexts", str(max_ctx)]
