@@ -181,3 +181,122 @@ def first_prompt(
         return "", [], ["no chunks were retrieved"]
     prompt, notes = _refine_prompt(question, docs[0], None, pb)
     return prompt, list(docs), notes
+
+
+# -- summarization ------------------------------------------------------------------------------
+
+SUMMARY_CHAINS = ("auto", "stuff", "refine", "map_reduce")
+
+
+@dataclass
+class SummaryResult:
+    summary: str
+    chain: str  # the chain actually used (auto resolves to stuff or map_reduce)
+    llm_calls: int
+    notes: list[str]
+
+
+def _summary_prompt(name: str, lang: str, pb: PromptBuilder, text: str, **extra: str) -> tuple[str, str]:
+    """The prompt with as much of ``text`` as fits; -> (prompt, the text that went in)."""
+    return pb.fit_text(lambda t: pb.render(fill_prompt(name, lang, text=t, **extra)), text)
+
+
+def summarize_chunks(
+    llm: Runnable, chunks: Sequence[str], pb: PromptBuilder, chain_type: str = "auto", lang: str = "zh",
+    on_step: Callable[[str], None] | None = None,
+) -> SummaryResult:
+    """Summarize one document given as ordered chunks.
+
+    - ``stuff``: the whole text in one prompt (cut, with a note, if it does not fit).
+    - ``refine``: summarize the first chunk, then improve the summary with each next chunk.
+    - ``map_reduce``: summarize each chunk, then combine the summaries; groups of summaries that
+      still do not fit one prompt are combined first, level by level, until one prompt holds all.
+    - ``auto``: stuff when the whole text fits the context budget, else map_reduce.
+    """
+    if chain_type not in SUMMARY_CHAINS:
+        raise InputError(f"unknown summary chain {chain_type!r}; choose one of: {', '.join(SUMMARY_CHAINS)}")
+    chunks = [c for c in chunks if c.strip()]
+    if not chunks:
+        raise InputError("nothing to summarize: the document has no text")
+    notes: list[str] = []
+    calls = 0
+    step = on_step or (lambda _: None)
+
+    def call(prompt: str) -> str:
+        nonlocal calls
+        calls += 1
+        return _text(llm.invoke(prompt)).strip()
+
+    def fitted(name: str, text: str, **extra: str) -> str:
+        prompt, used = _summary_prompt(name, lang, pb, text, **extra)
+        if len(used) < len(text):
+            notes.append(f"context budget: {name} input cut to {len(used)} of {len(text)} characters")
+        return prompt
+
+    full = "\n\n".join(chunks)
+    if chain_type == "auto":
+        chain_type = "stuff" if pb.fits(pb.render(fill_prompt("sum_stuff", lang, text=full))) else "map_reduce"
+    if chain_type == "stuff":
+        step("stuff")
+        return SummaryResult(call(fitted("sum_stuff", full)), "stuff", calls, notes)
+    if chain_type == "refine":
+        summary = ""
+        for i, chunk in enumerate(chunks):
+            step(f"refine {i + 1}/{len(chunks)}")
+            if i == 0:
+                summary = call(fitted("sum_stuff", chunk))
+            else:
+                summary = call(fitted("sum_refine", chunk, existing_answer=summary)) or summary
+        return SummaryResult(summary, "refine", calls, notes)
+
+    summaries = []
+    for i, chunk in enumerate(chunks):
+        step(f"map {i + 1}/{len(chunks)}")
+        summaries.append(call(fitted("sum_stuff", chunk)))
+    level = 0
+    while True:
+        level += 1
+        groups = _group_to_fit(summaries, lambda t: pb.fits(pb.render(fill_prompt("sum_reduce", lang, text=t))))
+        if len(groups) == 1:
+            step("reduce")
+            return SummaryResult(call(fitted("sum_reduce", groups[0])), "map_reduce", calls, notes)
+        step(f"reduce level {level}: {len(summaries)} summaries in {len(groups)} groups")
+        summaries = [call(fitted("sum_reduce", g)) for g in groups]
+
+
+def _group_to_fit(parts: Sequence[str], fits: Callable[[str], bool]) -> list[str]:
+    """Join consecutive parts into as few groups as fit; a part too big alone is its own group.
+
+    >>> _group_to_fit(["aa", "bb", "cc"], lambda t: len(t) <= 6)
+    ['aa\\n\\nbb', 'cc']
+    """
+    groups: list[str] = []
+    current = ""
+    for part in parts:
+        candidate = f"{current}\n\n{part}" if current else part
+        if current and not fits(candidate):
+            groups.append(current)
+            current = part
+        else:
+            current = candidate
+    if current:
+        groups.append(current)
+    if len(groups) == len(parts) and len(parts) > 1:
+        # no two parts fit together: pair them anyway so every level halves the count (the
+        # reduce prompt then cuts each group's tail, with a note)
+        groups = [f"{a}\n\n{b}" for a, b in zip(groups[::2], groups[1::2])] + ([groups[-1]] if len(groups) % 2 else [])
+    return groups
+
+
+def make_summarize_chain(llm: Runnable, pb: PromptBuilder, chain_type: str = "auto", lang: str = "auto") -> Runnable:
+    """A Runnable: ``{"chunks": [str, ...]}`` or a str -> ``{"summary", "chain", "llm_calls", "notes"}``."""
+    if chain_type not in SUMMARY_CHAINS:
+        raise InputError(f"unknown summary chain {chain_type!r}; choose one of: {', '.join(SUMMARY_CHAINS)}")
+
+    def run(inputs: Any) -> dict[str, Any]:
+        chunks = [inputs] if isinstance(inputs, str) else list(inputs["chunks"])
+        language = detect_lang("".join(chunks)[:2000]) if lang == "auto" else lang
+        result = summarize_chunks(llm, chunks, pb, chain_type, language)
+        return {"summary": result.summary, "chain": result.chain, "llm_calls": result.llm_calls, "notes": result.notes}
+
+    return RunnableLambda(run, name=f"ragqa_summarize_{chain_type}")

@@ -152,6 +152,72 @@ def _print_timings(t: dict[str, Any]) -> None:
     typer.echo("[" + ", ".join(parts) + "]", err=True)
 
 
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def summarize(
+    paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files, folders or glob patterns."),
+    out: Path = typer.Option(..., "--out", "-o", help="OUT.jsonl (one JSON object per document) or a folder (Markdown + index.md)."),
+    chain: Optional[str] = typer.Option(None, "--chain", help="auto (default), stuff, refine or map_reduce."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="Prompt language: auto (per document), zh, en."),
+    force: bool = typer.Option(False, "--force", help="Redo documents already summarized with the same settings."),
+    model: Optional[str] = ModelOpt,
+    chat_format: Optional[str] = FormatOpt,
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt"),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window in tokens (default 4096)."),
+    n_threads: Optional[int] = typer.Option(None, "--threads", "-t"),
+    n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    config: Optional[Path] = ConfigOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Summarize every document at PATH... into OUT, one result per document as soon as it is done.
+
+    Running the same command again skips documents already summarized with the same content and
+    settings, so an interrupted batch resumes. Exit code 1 if any document failed.
+
+    Example: ragqa summarize reports/ "notes/*.txt" --out summaries.jsonl
+    """
+    _setup_logging(verbose)
+    try:
+        from ragqa.config import load_settings
+        from ragqa.pipeline import Pipeline
+
+        settings = load_settings(
+            config, summary_chain=chain, lang=lang, model=model, chat_format=chat_format,
+            system_prompt=system_prompt, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+            max_new_tokens=max_new_tokens, temperature=temperature,
+        )
+        pipeline = Pipeline(settings)
+        progress = sys.stderr.isatty()
+
+        def on_file(rec: dict) -> None:
+            name = rec["source"]
+            if rec["status"] == "ok":
+                line = f"ok      {name} ({rec['chain']}, {rec['chunks']} chunk{'s' if rec['chunks'] != 1 else ''}, {rec['seconds']:.1f}s)"
+            elif rec["status"] == "skipped":
+                line = f"skipped {name} (already summarized)"
+            else:
+                line = f"failed  {rec['error']}" if rec["error"].startswith(name) else f"failed  {name}: {rec['error']}"
+            if progress:
+                from tqdm import tqdm
+
+                tqdm.write(line, file=sys.stderr)
+            else:
+                typer.echo(line, err=True)
+
+        report = pipeline.summarize_batch(paths, out, force=force, on_file=on_file, progress=progress)
+    except RagqaError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; finished documents are saved, run the same command to resume", 130)
+    typer.echo(
+        f"summarized {report.summarized}, skipped {report.skipped}, failed {report.failed} "
+        f"in {report.seconds:.1f}s -> {out}", err=True,
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @app.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
 def eval_command(
     data: Path = typer.Argument(..., help="SQuAD-format JSON (e.g. ../shared/eval/zh_mrc/cmrc2018_trial.squad.json)."),

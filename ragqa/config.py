@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     )
     rerank_candidates: int = Field(20, ge=1, le=500, description="Candidates the reranker sees.")
     chain: Literal["stuff", "refine"] = Field("stuff", description="QA chain: stuff or refine.")
+    summary_chain: Literal["auto", "stuff", "refine", "map_reduce"] = Field(
+        "auto", description="Summary chain; auto = stuff when the document fits the context, else map_reduce."
+    )
     lang: Literal["auto", "zh", "en"] = Field(
         "auto", description="Prompt language; auto follows the question."
     )

@@ -18,6 +18,9 @@ PROMPT_VARIABLES: dict[str, set[str]] = {
     "qa_stuff": {"context", "question"},
     "qa_refine_initial": {"context_str", "question"},
     "qa_refine": {"question", "existing_answer", "context_str"},
+    "sum_stuff": {"text"},  # also the first step of refine and each map step of map-reduce
+    "sum_refine": {"existing_answer", "text"},
+    "sum_reduce": {"text"},  # combines partial summaries
 }
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
