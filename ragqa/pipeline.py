@@ -184,9 +184,7 @@ class Pipeline:
         if data is None:
             data = read_bytes(path, self.settings.max_file_mb)
         text = "\n\n".join(d.page_content for d in load_file(path, data))
-        if self._summarizer is None:
-            self._summarizer = _Summarizer(self)
-        sm = self._summarizer
+        sm = self.summarizer()
         lang = detect_lang(text[:3000]) if self.settings.lang == "auto" else self.settings.lang
         chunks = self.summary_chunks(text, sm, lang)
         result = summarize_chunks(sm.llm, chunks, sm.pb, self.settings.summary_chain, lang, on_step)
@@ -195,6 +193,12 @@ class Pipeline:
             "seconds": round(time.perf_counter() - t, 2), "status": "ok", "lang": lang,
             "key": _summary_key(content_hash(data), self.settings), **({"notes": result.notes} if result.notes else {}),
         }
+
+    def summarizer(self) -> "_Summarizer":
+        """The LLM (loaded once) as a LangChain LLM, with its prompt builder, for summary chains."""
+        if self._summarizer is None:
+            self._summarizer = _Summarizer(self)
+        return self._summarizer
 
     def summary_chunks(self, text: str, sm: Any, lang: str) -> list[str]:
         """Chunks as large as a summary prompt can hold, measured with the model's tokenizer.
