@@ -144,7 +144,7 @@ def quality(args: argparse.Namespace, results: dict[str, Any], save: Any) -> Non
             settings = load_settings(None, model=model, max_new_tokens=args.max_new_tokens, temperature=0.0,
                                      n_ctx=4096, cache_dir=str(cache))
             pipelines[zh] = Pipeline(settings)
-        sm = pipelines[zh].summarizer()
+        sm = pipelines[zh].language_model()
         data = load_set(name, n)
         refs = [r for _, r in data]
         rows: dict[str, Any] = {f"lead-{lead_n}": {**rouge([lead(d, lead_n, zh) for d, _ in data], refs, zh), "s_per_doc": 0.0}}

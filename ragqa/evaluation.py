@@ -257,17 +257,12 @@ def evaluate(
 
 def _evaluate_answers(pipeline: Any, index: ChunkIndex, items: Sequence[QAItem], rankings: Sequence[Sequence[int]],
                       k: int, progress: bool) -> dict[str, Any]:
-    from dataclasses import asdict
-
     from tqdm import tqdm
 
     from ragqa.chains import make_qa_chain
-    from ragqa.llms import GenerationParams, RagqaLLM
 
-    backend = pipeline.backend()
-    pb = pipeline.prompt_builder(backend)
-    llm = RagqaLLM(backend=backend, params=asdict(GenerationParams.from_settings(pipeline.settings)),
-                   stop_default=list(pb.chat_format.stop))
+    lm = pipeline.language_model()
+    llm, pb = lm.llm, lm.pb
     em = f1 = contained = 0.0
     samples = []
     for item, ranking in tqdm(list(zip(items, rankings)), desc="answering", unit="q", disable=not progress):

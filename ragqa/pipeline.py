@@ -80,7 +80,7 @@ class Pipeline:
         self.embedding_spec = resolve_embedding(settings.embedding_model)
         self._embeddings: Any = None
         self._reranker: Any = None
-        self._summarizer: Any = None
+        self._language_model: Any = None
         self._backends: dict[bool, Any] = {}
         self.timings: dict[str, float] = {}
 
@@ -184,7 +184,7 @@ class Pipeline:
         if data is None:
             data = read_bytes(path, self.settings.max_file_mb)
         text = "\n\n".join(d.page_content for d in load_file(path, data))
-        sm = self.summarizer()
+        sm = self.language_model()
         lang = detect_lang(text[:3000]) if self.settings.lang == "auto" else self.settings.lang
         chunks = self.summary_chunks(text, sm, lang)
         result = summarize_chunks(sm.llm, chunks, sm.pb, self.settings.summary_chain, lang, on_step)
@@ -194,11 +194,11 @@ class Pipeline:
             "key": _summary_key(content_hash(data), self.settings), **({"notes": result.notes} if result.notes else {}),
         }
 
-    def summarizer(self) -> "_Summarizer":
-        """The LLM (loaded once) as a LangChain LLM, with its prompt builder, for summary chains."""
-        if self._summarizer is None:
-            self._summarizer = _Summarizer(self)
-        return self._summarizer
+    def language_model(self) -> "LanguageModel":
+        """The LLM, loaded once: the backend, it as a LangChain LLM, and its prompt builder."""
+        if self._language_model is None:
+            self._language_model = LanguageModel(self)
+        return self._language_model
 
     def summary_chunks(self, text: str, sm: Any, lang: str) -> list[str]:
         """Chunks as large as a summary prompt can hold, measured with the model's tokenizer.
@@ -310,12 +310,12 @@ class Pipeline:
             "chunks": report.chunks,
         }
         retriever = self.retriever(index)
-        backend = self.backend(vocab_only=dry_run)
-        pb = self.prompt_builder(backend)
-        notes = list(getattr(backend, "notes", []))
         if dry_run:
             from ragqa.chains import first_prompt
 
+            backend = self.backend(vocab_only=True)
+            pb = self.prompt_builder(backend)
+            notes = list(getattr(backend, "notes", []))
             t = time.perf_counter()
             docs = retriever.invoke(question)
             timings["retrieve_s"] = round(time.perf_counter() - t, 3)
@@ -324,11 +324,11 @@ class Pipeline:
             return Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
 
         from ragqa.chains import make_qa_chain
-        from ragqa.llms import GenerationParams, RagqaLLM
 
-        llm = RagqaLLM(backend=backend, params=asdict(GenerationParams.from_settings(self.settings)),
-                       stop_default=list(pb.chat_format.stop))
-        chain = make_qa_chain(llm, retriever, pb, self.settings.chain)
+        lm = self.language_model()
+        backend = lm.backend
+        notes = list(getattr(backend, "notes", []))
+        chain = make_qa_chain(lm.llm, retriever, lm.pb, self.settings.chain)
         t = time.perf_counter()
         result: dict[str, Any] = {}
         for part in chain.stream({"question": question}):
@@ -388,8 +388,8 @@ def expand_globs(paths: Iterable[str | Path]) -> list[str]:
     return out
 
 
-class _Summarizer:
-    """Pipeline.summarize_* share this: the model, loaded once, and its prompt builder."""
+class LanguageModel:
+    """What every chain needs from the LLM: the backend, a LangChain LLM over it, the prompt builder."""
 
     def __init__(self, pipeline: "Pipeline") -> None:
         from ragqa.llms import GenerationParams, RagqaLLM
