@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 
 SNIPPET_CHARS = 160
+DEFAULT_ANSWER_SAMPLE = 50
 
 
 @app.callback()
@@ -226,9 +227,9 @@ def eval_command(
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Chunks an answer would use (default 4)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size"),
     chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N questions."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N questions (with --answers: default 50)."),
     max_contexts: Optional[int] = typer.Option(None, "--max-contexts", help="Only the first N contexts."),
-    answers: int = typer.Option(0, "--answers", help="Also answer the first N questions with the LLM (EM/F1)."),
+    answers: bool = typer.Option(False, "--answers", help="Also answer the questions with the chain and LLM: EM, F1."),
     seed_baseline: bool = typer.Option(False, "--seed-baseline", help="The seed scripts' retrieval: LangChain default separators, 600/100, k=1, vector."),
     model: Optional[str] = ModelOpt,
     chat_format: Optional[str] = FormatOpt,
@@ -254,12 +255,15 @@ def eval_command(
             chunk_overlap=chunk_overlap, model=model, chat_format=chat_format, chain=chain,
             max_new_tokens=max_new_tokens, cache_dir=cache_dir,
         )
-        if limit is not None and limit < 1 or answers < 0:
-            raise RagqaError("--limit must be at least 1 and --answers at least 0")
+        if limit is not None and limit < 1:
+            raise RagqaError("--limit must be at least 1")
+        if answers and limit is None:
+            limit = DEFAULT_ANSWER_SAMPLE
+            typer.echo(f"note: --answers runs the LLM per question; evaluating the first {limit} (set --limit)", err=True)
         pipeline = Pipeline(settings)
         if answers:
             pipeline.check_models()
-        report = evaluate(data, pipeline, max_contexts=max_contexts, limit=limit, answers=answers,
+        report = evaluate(data, pipeline, max_contexts=max_contexts, limit=limit, answers=limit if answers else 0,
                           seed_baseline=seed_baseline, progress=sys.stderr.isatty())
     except RagqaError as exc:
         _fail(str(exc), getattr(exc, "exit_code", 1))

@@ -68,3 +68,23 @@ def test_load_squad_rejects_other_json(tmp_path: Path) -> None:
         load_squad(bad)
     with pytest.raises(InputError, match="no such file"):
         load_squad(tmp_path / "missing.json")
+
+
+def test_evaluate_scores_retrieval_and_answers_through_the_pipeline(make_pipeline, fake_backend_cls, tmp_path: Path) -> None:
+    from ragqa.evaluation import evaluate
+
+    data = {"data": [{"paragraphs": [
+        {"context": "熊猫生活在四川，熊猫喜欢吃竹子。", "qas": [{"id": "a", "question": "熊猫喜欢吃什么？", "answers": [{"text": "竹子"}]}]},
+        {"context": "老虎生活在东北，老虎喜欢吃肉。", "qas": [{"id": "b", "question": "老虎生活在哪里？", "answers": [{"text": "东北"}]}]},
+    ]}]}
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    backend = fake_backend_cls(["竹子", "西北"])  # right for the first question, wrong for the second
+    pipeline = make_pipeline(backend=backend, retriever="bm25", k=1)
+    report = evaluate(path, pipeline, answers=2, progress=False)
+    assert report["questions"] == 2 and report["contexts"] == 2
+    assert report["recall@1"] == 1.0  # each question shares its words with its own context
+    assert report["answers"]["n"] == 2
+    assert report["answers"]["em"] == 0.5 and report["answers"]["contains_answer"] == 0.5
+    assert report["answers"]["f1"] == 0.75  # 竹子: 1.0; 西北 vs 东北: one of two characters
+    assert "熊猫喜欢吃竹子" in backend.calls[0]["prompt"]  # the model read the retrieved context
