@@ -23,6 +23,8 @@ from ragqa.store import ChunkIndex, FileIndex, IndexCache, content_hash, index_k
 
 log = logging.getLogger(__name__)
 
+EMBED_BATCH = 32  # chunks per embedding call: progress updates often, batches stay efficient
+
 
 @dataclass
 class Source:
@@ -91,7 +93,7 @@ class Pipeline:
             from ragqa.embeddings import make_embeddings
 
             t = time.perf_counter()
-            self._embeddings = make_embeddings(self.embedding_spec, show_progress=_stderr_is_tty())
+            self._embeddings = make_embeddings(self.embedding_spec)  # progress: see _embed_with_progress
             self.timings["embedding_load_s"] = round(time.perf_counter() - t, 3)
         return self._embeddings
 
@@ -135,11 +137,24 @@ class Pipeline:
         from ragqa.retrieval import tokenize
 
         texts = [c.page_content for c in chunks]
-        vectors = np.asarray(self.embeddings.embed_documents(texts), dtype="float32")
+        vectors = np.asarray(self._embed_with_progress(texts, path.name), dtype="float32")
         index = FileIndex(chunks, vectors, [tokenize(t) for t in texts])
         self.cache.save(key, index, {"source": str(path), "embedding": self.embedding_spec.cache_id})
         log.info("indexed %s: %d chunks", path, len(chunks))
         return index, False
+
+    def _embed_with_progress(self, texts: list[str], name: str) -> list[list[float]]:
+        """Embed in batches under one progress bar (a long file takes minutes on a CPU)."""
+        from tqdm import tqdm
+
+        vectors: list[list[float]] = []
+        with tqdm(total=len(texts), desc=f"embedding {name[:30]}", unit="chunk",
+                  disable=len(texts) <= EMBED_BATCH or not _stderr_is_tty()) as bar:
+            for i in range(0, len(texts), EMBED_BATCH):
+                batch = texts[i:i + EMBED_BATCH]
+                vectors.extend(self.embeddings.embed_documents(batch))
+                bar.update(len(batch))
+        return vectors
 
     def build_index(self, paths: Iterable[str | Path]) -> tuple[ChunkIndex, IndexReport]:
         t = time.perf_counter()
