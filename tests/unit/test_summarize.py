@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models import FakeListLLM
 
-from conftest import FakeBackend
 from ragqa.chains import PromptBuilder, make_summarize_chain, summarize_chunks
 from ragqa.chat_formats import get_chat_format
 from ragqa.errors import InputError
@@ -101,9 +100,9 @@ def docs(tmp_path: Path) -> Path:
     return folder
 
 
-def test_batch_writes_jsonl_resumes_and_forces(make_pipeline, docs: Path, tmp_path: Path) -> None:
+def test_batch_writes_jsonl_resumes_and_forces(make_pipeline, fake_backend_cls, docs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    backend = FakeBackend(["一段 摘要。"])
+    backend = fake_backend_cls(["一段 摘要。"])
     report = make_pipeline(backend=backend).summarize_batch([docs], out, progress=False)
     assert (report.summarized, report.skipped, report.failed) == (3, 0, 1)
     records = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
@@ -113,14 +112,14 @@ def test_batch_writes_jsonl_resumes_and_forces(make_pipeline, docs: Path, tmp_pa
     [bad] = [r for r in records if r["status"] == "failed"]
     assert "empty" in bad["error"]
 
-    again = make_pipeline(backend=FakeBackend()).summarize_batch([docs], out, progress=False)
+    again = make_pipeline(backend=fake_backend_cls()).summarize_batch([docs], out, progress=False)
     assert (again.summarized, again.skipped, again.failed) == (0, 3, 1)
 
     (docs / "doc1.txt").write_text("改过的文章。", "utf-8")  # changed content is redone
-    changed = make_pipeline(backend=FakeBackend()).summarize_batch([docs], out, progress=False)
+    changed = make_pipeline(backend=fake_backend_cls()).summarize_batch([docs], out, progress=False)
     assert (changed.summarized, changed.skipped) == (1, 2)
 
-    forced = make_pipeline(backend=FakeBackend()).summarize_batch([docs], out, force=True, progress=False)
+    forced = make_pipeline(backend=fake_backend_cls()).summarize_batch([docs], out, force=True, progress=False)
     assert forced.summarized == 3
     assert len(out.read_text("utf-8").splitlines()) == 4  # one line per document, never duplicated
 
@@ -132,19 +131,19 @@ def test_other_settings_redo_the_summaries(make_pipeline, docs: Path, tmp_path: 
     assert report.summarized == 1
 
 
-def test_markdown_folder_output(make_pipeline, docs: Path, tmp_path: Path) -> None:
+def test_markdown_folder_output(make_pipeline, fake_backend_cls, docs: Path, tmp_path: Path) -> None:
     out = tmp_path / "summaries"
-    make_pipeline(backend=FakeBackend(["要点 一。"])).summarize_batch([docs], out, progress=False)
+    make_pipeline(backend=fake_backend_cls(["要点 一。"])).summarize_batch([docs], out, progress=False)
     assert (out / "doc0.md").read_text("utf-8").startswith("# doc0.txt\n\n要点 一。")
     index = (out / "index.md").read_text("utf-8")
     assert "[doc2.txt](doc2.md)" in index and "| empty.txt | failed |" in index
     assert not list(out.glob(".*tmp"))  # no temporary files left behind
 
 
-def test_long_document_is_split_to_fit_the_model(make_pipeline, tmp_path: Path) -> None:
+def test_long_document_is_split_to_fit_the_model(make_pipeline, fake_backend_cls, tmp_path: Path) -> None:
     doc = tmp_path / "long.txt"
     doc.write_text("这是一个很长的句子，用来测试摘要的分块。" * 200, "utf-8")  # 4,000 characters
-    backend = FakeBackend(["摘要。"], n_ctx=1500)
+    backend = fake_backend_cls(["摘要。"], n_ctx=1500)
     record = make_pipeline(backend=backend, n_ctx=1500, max_new_tokens=200).summarize_file(doc)
     assert record["chain"] == "map_reduce" and record["chunks"] > 1
     assert all(backend.count_tokens(c["prompt"]) <= 1500 - 200 for c in backend.calls)
