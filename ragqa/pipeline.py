@@ -70,6 +70,7 @@ class IndexReport:
     cached: int = 0
     chunks: int = 0
     seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # "path: reason" for unreadable files in folders
 
 
 class Pipeline:
@@ -157,18 +158,30 @@ class Pipeline:
         return vectors
 
     def build_index(self, paths: Iterable[str | Path]) -> tuple[ChunkIndex, IndexReport]:
+        """Index every file. A file named directly must be readable; an unreadable file found
+        inside a named folder (empty, binary, a scan without text) is skipped and reported."""
         t = time.perf_counter()
+        named = {Path(p).expanduser().resolve() for p in paths if not Path(p).expanduser().is_dir()}
         files = expand_paths(paths)
         report = IndexReport(files=len(files))
         indexes = []
         from tqdm import tqdm
 
         for path in tqdm(files, desc="indexing", unit="file", disable=len(files) < 2 or not _stderr_is_tty()):
-            index, was_cached = self.index_file(path)
+            try:
+                index, was_cached = self.index_file(path)
+            except InputError as exc:
+                if path.resolve() in named:
+                    raise
+                report.skipped.append(str(exc))
+                log.info("skipping %s", exc)
+                continue
             report.cached += was_cached
             report.chunks += len(index.chunks)
             indexes.append(index)
         report.seconds = time.perf_counter() - t
+        if not indexes:
+            raise InputError("no readable documents: " + "; ".join(report.skipped))
         return ChunkIndex(indexes), report
 
     def retriever(self, index: ChunkIndex) -> Any:
@@ -324,13 +337,14 @@ class Pipeline:
             "files_cached": report.cached,
             "chunks": report.chunks,
         }
+        skipped = [f"skipped {reason}" for reason in report.skipped]
         retriever = self.retriever(index)
         if dry_run:
             from ragqa.chains import first_prompt
 
             backend = self.backend(vocab_only=True)
             pb = self.prompt_builder(backend)
-            notes = list(getattr(backend, "notes", []))
+            notes = skipped + list(getattr(backend, "notes", []))
             t = time.perf_counter()
             docs = retriever.invoke(question)
             timings["retrieve_s"] = round(time.perf_counter() - t, 3)
@@ -342,7 +356,7 @@ class Pipeline:
 
         lm = self.language_model()
         backend = lm.backend
-        notes = list(getattr(backend, "notes", []))
+        notes = skipped + list(getattr(backend, "notes", []))
         chain = make_qa_chain(lm.llm, retriever, lm.pb, self.settings.chain)
         t = time.perf_counter()
         result: dict[str, Any] = {}

@@ -186,3 +186,34 @@ def test_hybrid_is_the_default_and_finds_the_chunk_by_its_words(make_pipeline, d
     answer = pipeline.ask([doc], "熊猫吃什么？")
     # the fake embedding ranks chunks at random; BM25's half of the fusion finds 竹子
     assert "竹" in answer.sources[0].text
+
+
+def test_unreadable_file_inside_a_folder_is_skipped_with_a_note(make_pipeline, tmp_path, doc) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.txt").write_text(TEXT, "utf-8")
+    (folder / "empty.txt").write_text("", "utf-8")
+    (folder / "blob.txt").write_bytes(b"\x00\x01\x02" * 100)
+    answer = make_pipeline(chunk_size=50, chunk_overlap=0).ask([folder], "熊猫吃什么？")
+    assert {Path(s.source).name for s in answer.sources} == {"good.txt"}
+    skipped = [n for n in answer.notes if n.startswith("skipped")]
+    assert len(skipped) == 2 and any("empty.txt" in n for n in skipped) and any("blob.txt" in n for n in skipped)
+
+
+def test_unreadable_file_named_directly_is_still_an_error(make_pipeline, tmp_path, doc) -> None:
+    from ragqa.errors import InputError
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", "utf-8")
+    with pytest.raises(InputError, match="empty"):
+        make_pipeline().ask([doc, empty], "熊猫吃什么？")
+
+
+def test_folder_with_no_readable_file_is_an_error(make_pipeline, tmp_path) -> None:
+    from ragqa.errors import InputError
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "empty.txt").write_text("", "utf-8")
+    with pytest.raises(InputError, match="no readable documents"):
+        make_pipeline().ask([folder], "熊猫吃什么？")
