@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
 
 from ragqa.errors import InputError
-from ragqa.store import ChunkIndex, FileIndex, content_hash, index_key
+from ragqa.store import ChunkIndex, content_hash, index_key
 
 log = logging.getLogger(__name__)
 
 KS = (1, 3, 5, 10)
 QUERY_BATCH = 256
-DOC_BATCH = 64
 
 
 @dataclass
@@ -150,29 +150,21 @@ def contains_answer(prediction: str, golds: Sequence[str]) -> float:
 # -- index and retrieval -----------------------------------------------------------------------
 
 def build_eval_index(
-    contexts: Sequence[str], split: Callable[[str], list[str]], embeddings: Any, embedding_id: str,
-    splitter_id: dict[str, Any], cache: Any, progress: bool = True,
+    contexts: Sequence[str], split: Callable[[str], list[str]], pipeline: Any, splitter_id: dict[str, Any],
 ) -> ChunkIndex:
-    """One index over all contexts (chunk metadata ``context`` = context id), cached like ``ask``."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from ragqa.retrieval import tokenize
-
+    """One index over all contexts (chunk metadata ``context`` = context id), built and cached as
+    ``ask`` builds a file's index."""
+    embedding_id = pipeline.embedding_spec.cache_id
     key = index_key(content_hash(json.dumps(list(contexts), ensure_ascii=False).encode()), embedding_id, splitter_id)
-    cached = cache.load(key, "eval")
+    cached = pipeline.cache.load(key, "eval")
     if cached is not None:
         return ChunkIndex([cached])
-    chunks: list[Document] = []
-    for cid, context in enumerate(contexts):
-        chunks.extend(Document(page_content=t, metadata={"context": cid}) for t in split(context))
-    texts = [c.page_content for c in chunks]
-    vectors = []
-    for i in tqdm(range(0, len(texts), DOC_BATCH), desc="embedding chunks", unit="batch", disable=not progress):
-        vectors.extend(embeddings.embed_documents(texts[i:i + DOC_BATCH]))
-    tokens = [tokenize(t) for t in tqdm(texts, desc="BM25 words", unit="chunk", disable=not progress)]
-    index = FileIndex(chunks, np.asarray(vectors, dtype="float32"), tokens)
-    cache.save(key, index, {"source": "eval", "embedding": embedding_id})
+    chunks = [
+        Document(page_content=t, metadata={"context": cid})
+        for cid, context in enumerate(contexts) for t in split(context)
+    ]
+    index = pipeline.index_chunks(chunks, "eval contexts")
+    pipeline.cache.save(key, index, {"source": "eval", "embedding": embedding_id})
     return ChunkIndex([index])
 
 
@@ -222,9 +214,8 @@ def evaluate(
         split, splitter_id, kind, k = seed_splitter.split_text, {"kind": "langchain-default", "chunk_size": 600, "overlap": 100}, "vector", 1
     else:
         split, splitter_id, kind, k = pipeline.splitter.split_text, pipeline.splitter_settings(), s.retriever, s.k
+    index = build_eval_index(contexts, split, pipeline, splitter_id)
     embeddings = pipeline.embeddings
-    index = build_eval_index(contexts, split, embeddings, pipeline.embedding_spec.cache_id, splitter_id,
-                             pipeline.cache, progress)
     t_index = time.perf_counter() - t0
     depth = max(max(KS), k)
     t1 = time.perf_counter()
@@ -279,18 +270,10 @@ def _evaluate_answers(pipeline: Any, index: ChunkIndex, items: Sequence[QAItem],
             "contains_answer": round(contained / n, 4), "samples": samples}
 
 
-def _fixed_retriever_cls() -> Any:
-    from langchain_core.retrievers import BaseRetriever
+class _FixedRetriever(BaseRetriever):
+    """Returns the documents it was given (the ranking was computed in batch)."""
 
-    class FixedRetriever(BaseRetriever):
-        """Returns the documents it was given (the ranking was computed in batch)."""
+    docs: list[Document]
 
-        docs: list[Document]
-
-        def _get_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
-            return list(self.docs)
-
-    return FixedRetriever
-
-
-_FixedRetriever = _fixed_retriever_cls()
+    def _get_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
+        return list(self.docs)

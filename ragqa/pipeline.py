@@ -133,16 +133,20 @@ class Pipeline:
         chunks = self.splitter.split_documents(load_file(path, data))
         if not chunks:
             raise InputError(f"{path}: no text to index")
+        index = self.index_chunks(chunks, path.name)
+        self.cache.save(key, index, {"source": str(path), "embedding": self.embedding_spec.cache_id})
+        log.info("indexed %s: %d chunks", path, len(chunks))
+        return index, False
+
+    def index_chunks(self, chunks: list[Document], name: str) -> FileIndex:
+        """Chunks -> their vectors and BM25 words (what the cache stores for a file)."""
         import numpy as np
 
         from ragqa.retrieval import tokenize
 
         texts = [c.page_content for c in chunks]
-        vectors = np.asarray(self._embed_with_progress(texts, path.name), dtype="float32")
-        index = FileIndex(chunks, vectors, [tokenize(t) for t in texts])
-        self.cache.save(key, index, {"source": str(path), "embedding": self.embedding_spec.cache_id})
-        log.info("indexed %s: %d chunks", path, len(chunks))
-        return index, False
+        vectors = np.asarray(self._embed_with_progress(texts, name), dtype="float32")
+        return FileIndex(chunks, vectors, [tokenize(t) for t in texts])
 
     def _embed_with_progress(self, texts: list[str], name: str) -> list[list[float]]:
         """Embed in batches under one progress bar (a long file takes minutes on a CPU)."""
