@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from langchain_core.documents import Document
@@ -20,7 +20,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.runnables.utils import AddableDict
 
-from ragqa.chat_formats import ChatFormat
+from ragqa.chat_formats import ChatFormat, Message
 from ragqa.errors import InputError
 from ragqa.prompts import detect_lang, fill_prompt
 
@@ -38,12 +38,36 @@ class PromptBuilder:
     budget: int  # tokens the prompt may use: n_ctx - max_new_tokens
     system_prompt: str | None = None
     lang: str = "auto"
+    history: tuple[Message, ...] = ()  # earlier turns of a conversation, rendered before the instruction
 
     def language(self, question: str) -> str:
         return detect_lang(question) if self.lang == "auto" else self.lang
 
     def render(self, instruction: str) -> str:
-        return self.chat_format.prompt(instruction, self.system_prompt)
+        if not self.history:
+            return self.chat_format.prompt(instruction, self.system_prompt)
+        return self.chat_format.render([*self.history, {"role": "user", "content": instruction}], self.system_prompt)
+
+    def with_history(self, history: Sequence[Any], share: float = 0.5) -> tuple["PromptBuilder", list[str]]:
+        """This builder with earlier turns, keeping the newest that fit ``share`` of the budget.
+
+        ``history`` is OpenAI-style messages (``{"role", "content"}``, as Gradio's Chatbot keeps
+        them) or ``(question, answer)`` pairs. Incomplete turns are dropped; whole turns are kept
+        from the newest back, so the documents still get most of the context.
+        """
+        turns = _pair_turns(history)
+        kept: list[tuple[str, str]] = []
+        for q, a in reversed(turns):
+            candidate = [(q, a), *kept]
+            msgs = _turn_messages(candidate)
+            probe = self.chat_format.render([*msgs, {"role": "user", "content": ""}], self.system_prompt)
+            if self.count_tokens(probe) > self.budget * share:
+                break
+            kept = candidate
+        notes = []
+        if len(kept) < len(turns):
+            notes.append(f"conversation: kept the last {len(kept)} of {len(turns)} earlier turns to fit the context")
+        return replace(self, history=tuple(_turn_messages(kept))), notes
 
     def fits(self, prompt: str) -> bool:
         return self.count_tokens(prompt) <= self.budget
@@ -125,6 +149,51 @@ def _text(chunk: Any) -> str:
     return chunk if isinstance(chunk, str) else str(getattr(chunk, "content", chunk))
 
 
+def _pair_turns(history: Sequence[Any]) -> list[tuple[str, str]]:
+    """(question, answer) pairs from messages or pairs; a question without an answer is dropped."""
+    turns: list[tuple[str, str]] = []
+    pending: str | None = None
+    for item in history or ():
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            q, a = item
+            if q and a:
+                turns.append((_text(q), _text(a)))
+            continue
+        role, content = item.get("role"), _message_text(item.get("content"))
+        if content is None or (item.get("metadata") or {}).get("title"):
+            continue  # files, images and collapsible notes are not conversation
+        if role == "user":
+            pending = content
+        elif role == "assistant" and pending is not None and content.strip():
+            turns.append((pending, content))
+            pending = None
+    return turns
+
+
+def _message_text(content: Any) -> str | None:
+    """A message's text: a str, or Gradio 6's list of parts (``{"type": "text", "text": ...}``)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "".join(texts) if texts else None
+    return None
+
+
+def _turn_messages(turns: Sequence[tuple[str, str]]) -> list[Message]:
+    msgs: list[Message] = []
+    for q, a in turns:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return msgs
+
+
+def retrieval_query(question: str, history: Sequence[Any] = ()) -> str:
+    """What to search for: a follow-up ("那它在哪里举行？") alone names nothing, so the previous
+    question is searched with it."""
+    turns = _pair_turns(history)
+    return f"{turns[-1][0]}\n{question}" if turns else question
+
+
 def _question(inputs: Any) -> str:
     question = inputs if isinstance(inputs, str) else inputs.get("question", "")
     question = (question or "").strip()
@@ -136,26 +205,32 @@ def _question(inputs: Any) -> str:
 def make_qa_chain(
     llm: Runnable, retriever: BaseRetriever, pb: PromptBuilder, chain_type: str = "stuff"
 ) -> Runnable:
-    """A Runnable: ``{"question": str}`` (or a str) -> ``{"answer", "source_documents", "prompts", "notes"}``.
+    """A Runnable: ``{"question": str, "history"?: messages}`` (or a str) ->
+    ``{"answer", "source_documents", "prompts", "notes"}``.
 
-    ``stream`` yields the sources and prompt first, then the answer token by token.
+    ``stream`` yields the sources and prompt first, then the answer token by token. With a
+    ``history`` (earlier turns), retrieval searches the previous question with this one and the
+    prompt is the chat format's multi-turn conversation, the newest turns that fit kept.
     """
     if chain_type not in CHAIN_TYPES:
         raise InputError(f"unknown chain {chain_type!r}; choose one of: {', '.join(CHAIN_TYPES)}")
+    base_pb = pb
 
     def run(inputs: Any) -> Iterator[AddableDict]:
         question = _question(inputs)
-        docs = retriever.invoke(question)
+        history = [] if isinstance(inputs, str) else inputs.get("history") or []
+        pb, history_notes = base_pb.with_history(history) if history else (base_pb, [])
+        docs = retriever.invoke(retrieval_query(question, history))
         if chain_type == "stuff":
             prompt, used, notes = build_stuff_prompt(question, docs, pb)
-            yield AddableDict(source_documents=used, prompts=[prompt], notes=notes)
+            yield AddableDict(source_documents=used, prompts=[prompt], notes=history_notes + notes)
             for chunk in llm.stream(prompt):
                 yield AddableDict(answer=_text(chunk))
             return
         if not docs:
             yield AddableDict(source_documents=[], prompts=[], notes=["no chunks were retrieved"], answer="")
             return
-        yield AddableDict(source_documents=list(docs))
+        yield AddableDict(source_documents=list(docs), notes=history_notes)
         answer: str | None = None
         for i, doc in enumerate(docs):
             prompt, notes = _refine_prompt(question, doc, answer, pb)

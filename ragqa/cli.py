@@ -282,6 +282,53 @@ def eval_command(
         typer.echo(f"answers (n={a['n']}): EM {a['em']:.3f}  F1 {a['f1']:.3f}  contains answer {a['contains_answer']:.3f}")
 
 
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but localhost is reachable from the network: set --auth."),
+    port: int = typer.Option(7860, "--port", "-p", help="Port to listen on."),
+    auth: Optional[str] = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD required to open the page (env RAGQA_WEB_AUTH)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in a browser."),
+    model: Optional[str] = ModelOpt,
+    embedding_model: Optional[str] = EmbOpt,
+    chat_format: Optional[str] = FormatOpt,
+    chain: Optional[str] = typer.Option(None, "--chain", help="Default QA chain: stuff or refine."),
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Default chunks per question (default 4)."),
+    retriever: Optional[str] = typer.Option(None, "--retriever", help="Default retriever: hybrid, vector or bm25."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window in tokens (default 4096)."),
+    n_threads: Optional[int] = typer.Option(None, "--threads", "-t"),
+    n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    max_file_mb: Optional[float] = typer.Option(None, "--max-file-mb", help="Largest upload accepted (default 200)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Index cache (default ~/.cache/ragqa)."),
+    config: Optional[Path] = ConfigOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Start the web page: upload documents, ask with streaming answers and sources, summarize.
+
+    Models load on the first question, so the page is up in seconds. Requests queue for the model.
+
+    Example: ragqa serve --port 7860   (then open http://127.0.0.1:7860)
+    """
+    _setup_logging(verbose)
+    try:
+        from ragqa.config import load_settings
+        from ragqa.web import serve as serve_page
+
+        settings = load_settings(
+            config, model=model, embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
+            retriever=retriever, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+            max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, cache_dir=cache_dir,
+        )
+        serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser)
+    except RagqaError as exc:
+        _fail(str(exc), exc.exit_code)
+    except OSError as exc:  # the port is taken, the address is not ours
+        _fail(f"cannot serve on {host}:{port}: {exc}", 1)
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
+
+
 def main() -> None:
     app()
 

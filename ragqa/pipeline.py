@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,11 +161,14 @@ class Pipeline:
                 bar.update(len(batch))
         return vectors
 
-    def build_index(self, paths: Iterable[str | Path]) -> tuple[ChunkIndex, IndexReport]:
-        """Index every file. A file named directly must be readable; an unreadable file found
-        inside a named folder (empty, binary, a scan without text) is skipped and reported."""
+    def build_index(self, paths: Iterable[str | Path], *, skip_unreadable: bool = False) -> tuple[ChunkIndex, IndexReport]:
+        """Index every file. A file named directly must be readable (unless ``skip_unreadable``);
+        an unreadable file found inside a named folder (empty, binary, a scan without text) is
+        skipped and reported."""
         t = time.perf_counter()
-        named = {Path(p).expanduser().resolve() for p in paths if not Path(p).expanduser().is_dir()}
+        paths = list(paths)
+        named = set() if skip_unreadable else {
+            Path(p).expanduser().resolve() for p in paths if not Path(p).expanduser().is_dir()}
         files = expand_paths(paths)
         report = IndexReport(files=len(files))
         indexes = []
@@ -188,10 +191,10 @@ class Pipeline:
             raise InputError("no readable documents: " + "; ".join(report.skipped))
         return ChunkIndex(indexes), report
 
-    def retriever(self, index: ChunkIndex) -> Any:
+    def retriever(self, index: ChunkIndex, settings: Settings | None = None) -> Any:
         from ragqa.retrieval import make_retriever
 
-        s = self.settings
+        s = settings or self.settings
         embeddings = None if s.retriever == "bm25" else self.embeddings  # BM25 needs no model
         return make_retriever(s.retriever, index, embeddings, s.k, reranker=self.reranker,
                               candidates=s.rerank_candidates)
@@ -321,20 +324,48 @@ class Pipeline:
         *,
         on_token: Callable[[str], None] | None = None,
         dry_run: bool = False,
+        history: Sequence[Any] = (),
+        **overrides: Any,
     ) -> Answer:
         """Answer ``question`` from the files; ``on_token`` sees the answer as it streams.
 
         With ``dry_run`` the model's weights are not loaded: the answer is empty and
-        ``prompts[0]`` is the exact first prompt the model would get.
+        ``prompts[0]`` is the exact first prompt the model would get. ``history`` holds earlier
+        turns of a conversation; ``overrides`` (chain, k, retriever) apply to this question only.
+        """
+        answer: Answer | None = None
+        for item in self.ask_stream(paths, question, dry_run=dry_run, history=history, **overrides):
+            if isinstance(item, Answer):
+                answer = item
+            elif on_token:
+                on_token(item)
+        assert answer is not None
+        return answer
+
+    def ask_stream(
+        self,
+        paths: Sequence[str | Path],
+        question: str,
+        *,
+        dry_run: bool = False,
+        history: Sequence[Any] = (),
+        skip_unreadable: bool = False,
+        **overrides: Any,
+    ) -> Iterator[str | Answer]:
+        """Like ``ask``, as a generator: the answer's pieces (str) as they stream, then the Answer.
+
+        ``skip_unreadable`` treats named files like files found in a folder: an unreadable one is
+        left out with a note (the web page, where one bad upload must not block the rest).
         """
         question = (question or "").strip()
         if not question:
             raise InputError("the question is empty")
         if not paths:
             raise InputError("no documents given")
+        settings = self._settings_for(overrides)
         self.check_models()
         self.timings = {}
-        index, report = self.build_index(paths)
+        index, report = self.build_index(paths, skip_unreadable=skip_unreadable)
         timings: dict[str, Any] = {
             "index_s": round(report.seconds, 3),
             "files": report.files,
@@ -342,42 +373,62 @@ class Pipeline:
             "chunks": report.chunks,
         }
         skipped = [f"skipped {reason}" for reason in report.skipped]
-        retriever = self.retriever(index)
+        retriever = self.retriever(index, settings)
         if dry_run:
-            from ragqa.chains import first_prompt
+            from ragqa.chains import first_prompt, retrieval_query
 
             backend = self.backend(vocab_only=True)
-            pb = self.prompt_builder(backend)
-            notes = skipped + list(getattr(backend, "notes", []))
+            pb, history_notes = self.prompt_builder(backend).with_history(history)
+            notes = skipped + list(getattr(backend, "notes", [])) + history_notes
             t = time.perf_counter()
-            docs = retriever.invoke(question)
+            docs = retriever.invoke(retrieval_query(question, history))
             timings["retrieve_s"] = round(time.perf_counter() - t, 3)
-            prompt, used, fit_notes = first_prompt(question, docs, pb, self.settings.chain)
+            prompt, used, fit_notes = first_prompt(question, docs, pb, settings.chain)
             timings.update(self.timings)
-            return Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
+            yield Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
+            return
 
         from ragqa.chains import make_qa_chain
 
         lm = self.language_model()
         backend = lm.backend
         notes = skipped + list(getattr(backend, "notes", []))
-        chain = make_qa_chain(lm.llm, retriever, lm.pb, self.settings.chain)
+        chain = make_qa_chain(lm.llm, retriever, lm.pb, settings.chain)
         t = time.perf_counter()
         result: dict[str, Any] = {}
-        for part in chain.stream({"question": question}):
-            if "answer" in part and on_token:
-                on_token(part["answer"])
+        for part in chain.stream({"question": question, "history": list(history)}):
+            if part.get("answer"):
+                yield part["answer"]
             result = part if not result else result + part
         timings["answer_s"] = round(time.perf_counter() - t, 3)
         timings.update(self.timings)
         timings.update(backend.stats.as_dict())
-        return Answer(
+        yield Answer(
             answer=result.get("answer", "").strip(),
             sources=[Source.from_document(d) for d in result.get("source_documents", [])],
             timings=timings,
             notes=notes + result.get("notes", []),
             prompts=result.get("prompts", []),
         )
+
+    PER_QUESTION = ("chain", "k", "retriever")
+
+    def _settings_for(self, overrides: dict[str, Any]) -> Settings:
+        """The settings with per-question overrides (chain, k, retriever), validated."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - set(self.PER_QUESTION)
+        if unknown:
+            raise TypeError(f"not a per-question setting: {', '.join(sorted(unknown))}")
+        if not given:
+            return self.settings
+        from pydantic import ValidationError
+
+        from ragqa.config import _one_line
+
+        try:
+            return Settings.model_validate({**self.settings.model_dump(), **given})
+        except ValidationError as exc:
+            raise InputError(_one_line(exc)) from None
 
 
 # -- summarization ------------------------------------------------------------------------------

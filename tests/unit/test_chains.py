@@ -146,3 +146,65 @@ def test_budget_notes_reach_the_chain_result(fixed_retriever) -> None:
     result = make_qa_chain(FakeListLLM(responses=["x"]), fixed_retriever(DOCS), pb).invoke("熊猫吃什么？")
     assert result["source_documents"] == DOCS[:1]
     assert len(result["notes"]) == 1 and "1 of 3" in result["notes"][0]
+
+
+# -- conversations ------------------------------------------------------------------------------
+
+HISTORY = [
+    {"role": "user", "content": "熊猫吃什么？"},
+    {"role": "assistant", "content": "竹子。"},
+]
+
+
+def test_follow_up_is_a_multi_turn_alpaca2_prompt(fixed_retriever) -> None:
+    pb = PromptBuilder(chat_format=get_chat_format("alpaca-2"), count_tokens=len, budget=100_000)
+    llm = RecordingLLM(responses=["十个小时。"], seen=[])
+    retriever = fixed_retriever(DOCS[1:2])
+    result = make_qa_chain(llm, retriever, pb).invoke({"question": "它睡多久？", "history": HISTORY})
+    assert result["answer"] == "十个小时。"
+    [prompt] = llm.seen
+    # ANCHORS: first turn with the system block, assistant turn " {a}</s>", later turns "<s>[INST] ..."
+    head = "[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n熊猫吃什么？ [/INST] 竹子。</s><s>[INST] "
+    assert prompt.startswith(head) and prompt.endswith(" [/INST]")
+    assert "[1] 熊猫每天睡十个小时。" in prompt[len(head):]
+    assert retriever.questions == ["熊猫吃什么？\n它睡多久？"]  # the follow-up searched with its antecedent
+
+
+def test_history_in_gradio_and_pair_forms_gives_the_same_prompt(fixed_retriever) -> None:
+    pb = PromptBuilder(chat_format=get_chat_format("chatml"), count_tokens=len, budget=100_000)
+    prompts = []
+    for history in (
+        HISTORY,
+        [("熊猫吃什么？", "竹子。")],
+        [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in HISTORY]
+        + [{"role": "assistant", "content": "出处", "metadata": {"title": "Sources"}}],
+    ):
+        llm = RecordingLLM(responses=["x"], seen=[])
+        make_qa_chain(llm, fixed_retriever(DOCS), pb).invoke({"question": "它睡多久？", "history": history})
+        prompts.append(llm.seen[0])
+    assert prompts[0] == prompts[1] == prompts[2]
+    assert "<|im_start|>user\n熊猫吃什么？<|im_end|>\n<|im_start|>assistant\n竹子。<|im_end|>\n" in prompts[0]
+
+
+def test_long_history_keeps_the_newest_turns_with_a_note(fixed_retriever) -> None:
+    pb = PromptBuilder(chat_format=get_chat_format("chatml"), count_tokens=len, budget=600)
+    history = []
+    for i in range(10):
+        history += [{"role": "user", "content": f"问题{i}" + "很长" * 20}, {"role": "assistant", "content": f"回答{i}"}]
+    llm = RecordingLLM(responses=["x"], seen=[])
+    result = make_qa_chain(llm, fixed_retriever(DOCS), pb).invoke({"question": "最后？", "history": history})
+    prompt = llm.seen[0]
+    assert "回答9" in prompt and "回答0" not in prompt
+    assert any(n.startswith("conversation: kept the last") for n in result["notes"])
+    assert len(prompt) <= 600
+    assert "熊猫主要吃竹子" in prompt  # the documents still got room
+
+
+def test_unanswered_question_in_history_is_dropped(fixed_retriever) -> None:
+    pb = PromptBuilder(chat_format=get_chat_format("chatml"), count_tokens=len, budget=100_000)
+    llm = RecordingLLM(responses=["x"], seen=[])
+    history = [{"role": "user", "content": "没答的问题"}, {"role": "assistant", "content": ""}]
+    retriever = fixed_retriever(DOCS)
+    make_qa_chain(llm, retriever, pb).invoke({"question": "熊猫吃什么？", "history": history})
+    assert "没答的问题" not in llm.seen[0]
+    assert retriever.questions == ["熊猫吃什么？"]
