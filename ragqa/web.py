@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -143,7 +144,8 @@ class Handlers:
                 raise _page_error(exc) from None
             good.append(_name(path))
             how = "cached" if cached else f"{time.perf_counter() - t:.1f}s"
-            lines.append(f"✓ **{_name(path)}**: {len(index.chunks)} chunks ({how})")
+            n = len(index.chunks)
+            lines.append(f"✓ **{_name(path)}**: {n} chunk{'s' if n != 1 else ''} ({how})")
         return "\n\n".join(lines), good
 
     def ask(
@@ -181,6 +183,7 @@ class Handlers:
             raise _page_error(exc) from None
         assert answer is not None
         chat[-1] = {"role": "assistant", "content": answer.answer or text.strip()}
+        answer.notes = [_strip_paths(n, paths) for n in answer.notes]
         yield chat, sources_markdown(answer), sources_data(answer), ""
 
     def summarize(
@@ -227,6 +230,17 @@ def _strip_path(message: str, path: str) -> str:
     return message.replace(f"{path}: ", "").replace(path, _name(path))
 
 
+def _strip_paths(message: str, paths: Sequence[str]) -> str:
+    for path in paths:
+        message = message.replace(path, _name(path))
+    return message
+
+
+def _markdown_escape(text: str) -> str:
+    """A snippet shown as text: '# Title' in a document must not become a heading in the page."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~<&])", r"\\\1", text)
+
+
 def _page_error(exc: RagqaError) -> Exception:
     """A message box in the page (the page keeps working), not a traceback."""
     gr = _gradio()
@@ -245,7 +259,7 @@ def sources_markdown(answer: Answer) -> str:
             snippet = snippet[: SNIPPET_CHARS - 1] + "…"
         blocks.append(
             f"<details><summary>[{i}] {html.escape(_name(s.source))}{page} · @{s.start} · "
-            f"score {s.score:.3f}</summary>\n\n{html.escape(snippet)}\n\n</details>"
+            f"score {s.score:.3f}</summary>\n\n{_markdown_escape(snippet)}\n\n</details>"
         )
     notes = "".join(f"\n\n<sub>note: {html.escape(n)}</sub>" for n in answer.notes)
     return "\n\n".join(blocks) + notes

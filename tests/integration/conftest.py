@@ -39,3 +39,75 @@ def ask_json(run_ragqa):
         return json.loads(run_ragqa("ask", *args, "--json").stdout)
 
     return ask
+
+
+# -- the web page -------------------------------------------------------------------------------
+
+WEB_DOC = """# The Quillon bridge
+
+The Quillon bridge in Marrowvale was built in 1873 by the engineer Odile Brask.
+It crosses the river Fenn with seven stone arches.
+
+# The market
+
+Every Thursday a cheese market is held on the bridge.
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited ({proc.returncode}):\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def web_doc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A document written for the web tests (its facts are in no model's training data)."""
+    path = tmp_path_factory.mktemp("web-docs") / "quillon_bridge.md"
+    path.write_text(WEB_DOC, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def web_server(tmp_path_factory: pytest.TempPathFactory):
+    """`python app.py` on a free port with the real starter models; yields its URL."""
+    root = Path(__file__).resolve().parents[2]
+    cache = tmp_path_factory.mktemp("web-cache")
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")},
+           "RAGQA_CACHE_DIR": str(cache), "RAGQA_TEMPERATURE": "0", "RAGQA_MAX_NEW_TOKENS": "120",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    log_path = cache / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--port", str(port)], cwd=root, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_http(url, proc, log_path)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

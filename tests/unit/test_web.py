@@ -3,6 +3,7 @@ tests/integration/test_web_browser.py)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_upload_reports_each_file_and_keeps_the_good_ones(make_pipeline, doc: Pa
     status, good = h.index([str(doc), str(empty), str(binary), str(odd)])
     assert good == ["heron.txt"]
     lines = status.split("\n\n")
-    assert lines[0].startswith("✓ **heron.txt**") and "chunks" in lines[0]
+    assert re.match(r"✓ \*\*heron.txt\*\*: \d+ chunks? \(", lines[0])
     assert lines[1].startswith("✗ **empty.txt**") and "empty" in lines[1]
     assert lines[2].startswith("✗ **blob.txt**") and "binary" in lines[2]
     assert lines[3].startswith("✗ **sheet.xlsx**") and "unsupported" in lines[3]
@@ -169,3 +170,12 @@ def test_parse_auth(value, expected) -> None:
 def test_parse_auth_rejects_malformed(value) -> None:
     with pytest.raises(ConfigError, match="USER:PASSWORD"):
         parse_auth(value)
+
+
+def test_sources_show_document_text_as_text_not_markup(make_pipeline, tmp_path: Path) -> None:
+    path = tmp_path / "tricky.md"
+    path.write_text("# 标题\n\n<script>alert(1)</script> **苍鹭节** 在三月。", encoding="utf-8")
+    _, (_chat, sources_md, _s, _b) = _run(Handlers(make_pipeline()).ask([str(path)], "苍鹭节？", []))
+    body = sources_md.split("</summary>", 1)[1]
+    assert "\\# 标题" in body and "\\*\\*苍鹭节\\*\\*" in body
+    assert "<script>" not in body
