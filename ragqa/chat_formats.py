@@ -2,7 +2,8 @@
 
 Formats are registered by name; an unknown name lists the known ones. Most formats are one shape,
 text around each turn (``RolePrefixSpec``), so they are data for one small renderer; a format that
-does not fit that shape registers its own function (``register_chat_format``). ``auto`` is the
+does not fit that shape registers its own function (``register_chat_format``). A user brings a
+format the library does not know in a TOML file (``load_chat_format_file``), and ``auto`` is the
 model's own Jinja template (``jinja_chat_format``), resolved by the LLM backend.
 
 Formats are tested by exact string equality; instruction texts are data (prompts/). The model's
@@ -11,9 +12,11 @@ leading BOS token is never written here: the tokenizer adds it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from pathlib import Path
+from typing import Any, Literal, TypedDict
 
 from ragqa.errors import ConfigError
 
@@ -28,6 +31,7 @@ class Message(TypedDict):
 
 
 Renderer = Callable[[Sequence[Message], str | None], str]
+TokenText = Callable[[int], str]  # token id -> its text in the model's vocabulary
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,55 @@ def list_chat_formats() -> list[str]:
     return sorted(_REGISTRY) + [AUTO]
 
 
-def get_chat_format(name: str) -> ChatFormat:
+def get_chat_format(name: str, token_text: TokenText | None = None) -> ChatFormat:
+    """A registered format by name, or a user's format file (a path ending in .toml).
+
+    ``token_text`` turns token ids in a format file (``<FLM_FIX_TOKEN_n>``) into text; a backend
+    passes its tokenizer's. ``auto`` is not resolved here: it needs the model (see the backends).
+    """
     key = name.strip().lower()
     if key in _REGISTRY:
         return _REGISTRY[key]
-    raise ConfigError(f"unknown chat format {name!r}; choose one of: {', '.join(list_chat_formats())}")
+    if is_format_file(name):
+        return load_chat_format_file(name, token_text)
+    raise ConfigError(
+        f"unknown chat format {name!r}; choose one of: {', '.join(list_chat_formats())}, "
+        "or give a .toml format file"
+    )
+
+
+def check_chat_format(value: str) -> None:
+    """Fail early on an unknown name or a broken format file (before any model is loaded).
+
+    Token ids in a file are accepted here as any number; the model's tokenizer resolves them later.
+    """
+    if value.strip().lower() == AUTO:
+        return
+    if value.strip().lower() not in _REGISTRY and is_format_file(value):
+        load_chat_format_file(value, token_text=lambda token_id: f"<token {token_id}>")
+        return
+    get_chat_format(value)
+
+
+def format_file_digest(value: str) -> str | None:
+    """sha256 of the format file ``value`` names (None for a built-in name, auto or no such file).
+
+    Lets a cache of results made with a format file notice that the file was edited.
+    """
+    if value.strip().lower() in _REGISTRY or value.strip().lower() == AUTO or not is_format_file(value):
+        return None
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(value).expanduser().read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def is_format_file(value: str) -> bool:
+    """A value meant as a file: ends in .toml, names an existing file, or contains a path separator."""
+    v = value.strip()
+    return v.lower().endswith(".toml") or "/" in v or "\\" in v or Path(v).expanduser().is_file()
 
 
 def _check_turns(msgs: Sequence[Message]) -> None:
@@ -320,6 +368,120 @@ register_role_prefix_format(
     ),
     stop=("<|EOT|>",),
 )
+
+
+# --------------------------------------------------------------------------- user format files
+
+TOKEN_PLACEHOLDER = re.compile(r"<FLM_FIX_TOKEN_(\d+)>")
+# key -> (required, type); the text keys are RolePrefixSpec's fields plus the default system prompt
+FORMAT_FILE_KEYS: dict[str, tuple[bool, type]] = {
+    "name": (False, str),
+    "system": (False, str),
+    "system_template": (False, str),
+    "system_in_first_turn": (False, bool),
+    "prefix": (False, str),
+    "user_prefix": (True, str),
+    "assistant_prefix": (True, str),
+    "reply_prefix": (False, str),
+    "turn_separator": (False, str),
+    "stop": (False, list),
+}
+# fastllm's names for the same things, so a user coming from the seeds gets pointed to ours
+_FASTLLM_NAMES = {
+    "pre_prompt": "prefix (and system for the system prompt)",
+    "user_role": "user_prefix",
+    "bot_role": "assistant_prefix",
+    "history_sep": "turn_separator",
+}
+
+
+def load_chat_format_file(path: str | Path, token_text: TokenText | None = None) -> ChatFormat:
+    """A ChatFormat from a TOML file whose keys are ``FORMAT_FILE_KEYS`` (README "Chat formats").
+
+    ``<FLM_FIX_TOKEN_n>`` in any text is replaced by ``token_text(n)``, the model's text for token
+    id n (fastllm's notation, e.g. ``<FLM_FIX_TOKEN_2>`` for Llama's ``</s>``). Every problem is a
+    one-line ConfigError naming the file and the key.
+    """
+    import tomllib
+
+    path = Path(path).expanduser()
+    where = f"chat format file {path}"
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+
+    for key, value in data.items():
+        if key not in FORMAT_FILE_KEYS:
+            hint = (f"fastllm's {key!r} is {_FASTLLM_NAMES[key]} here" if key in _FASTLLM_NAMES
+                    else f"known keys: {', '.join(FORMAT_FILE_KEYS)}")
+            raise ConfigError(f"{where}: unknown key {key!r} ({hint})")
+        want = FORMAT_FILE_KEYS[key][1]
+        if key == "stop" and isinstance(value, str):
+            value = data[key] = [value]
+        if not isinstance(value, want) or (
+            want is list and not all(isinstance(s, str) for s in value)
+        ):
+            wanted = "a list of strings" if want is list else ("true or false" if want is bool else "a string")
+            got = _toml_type(value)
+            if want is list and isinstance(value, list):
+                got = "a list holding " + next(_toml_type(s) for s in value if not isinstance(s, str))
+            raise ConfigError(f"{where}: key {key!r} must be {wanted}, not {got}")
+    missing = [k for k, (required, _) in FORMAT_FILE_KEYS.items() if required and k not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+
+    def text(key: str, value: str) -> str:
+        return _fill_token_ids(value, token_text, f"{where}: key {key!r}")
+
+    template = text("system_template", data.get("system_template", "{system}"))
+    if "{system}" not in template:
+        raise ConfigError(f"{where}: key 'system_template' must contain {{system}}")
+    spec = RolePrefixSpec(
+        user_prefix=text("user_prefix", data["user_prefix"]),
+        assistant_prefix=text("assistant_prefix", data["assistant_prefix"]),
+        turn_separator=text("turn_separator", data.get("turn_separator", "")),
+        reply_prefix=text("reply_prefix", data.get("reply_prefix", "")),
+        system_template=template,
+        system_in_first_turn=data.get("system_in_first_turn", False),
+        prefix=text("prefix", data.get("prefix", "")),
+    )
+    system = text("system", data["system"]) if "system" in data else None
+    stop = tuple(text("stop", s) for s in data.get("stop", []) if s)
+    name = data.get("name") or path.stem
+    return ChatFormat(f"{name} ({path.name})", spec.render, system, stop)
+
+
+def _fill_token_ids(value: str, token_text: TokenText | None, where: str) -> str:
+    """Replace each ``<FLM_FIX_TOKEN_n>`` with the model's text for token id n."""
+
+    def one(match: re.Match[str]) -> str:
+        token_id = int(match.group(1))
+        if token_text is None:
+            raise ConfigError(
+                f"{where} uses {match.group(0)}, but this backend cannot turn token ids into text; "
+                "write the token's text instead"
+            )
+        try:
+            piece = token_text(token_id)
+        except Exception as exc:  # the tokenizer's own complaint, e.g. an id past the vocabulary
+            raise ConfigError(f"{where}: token id {token_id} is not usable with this model ({exc})") from None
+        if not piece:
+            raise ConfigError(f"{where}: token id {token_id} has no text in this model's vocabulary")
+        return piece
+
+    return TOKEN_PLACEHOLDER.sub(one, value)
+
+
+def _toml_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "a table"}
+    return names.get(type(value), type(value).__name__)
 
 
 # --------------------------------------------------------------------------- the model's own template

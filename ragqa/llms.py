@@ -131,14 +131,18 @@ class LlamaCppBackend:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def token_text(self, token_id: int) -> str:
-        if token_id < 0:
+        """The text of one token ("" for an id outside the vocabulary, e.g. -1 for 'none')."""
+        if not 0 <= token_id < self.llm.n_vocab():
             return ""
         return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="ignore")
 
     def chat_format(self, name: str) -> ChatFormat:
-        """Resolve a format name; ``auto`` uses the GGUF's chat template, else alpaca-2."""
+        """Resolve a format name or file; ``auto`` uses the GGUF's chat template, else alpaca-2.
+
+        Token ids in a format file (``<FLM_FIX_TOKEN_n>``) become this model's text for them.
+        """
         if name.strip().lower() != AUTO:
-            return get_chat_format(name)
+            return get_chat_format(name, token_text=self.token_text)
         template = self.metadata.get("tokenizer.chat_template")
         if not template:
             self.notes.append(

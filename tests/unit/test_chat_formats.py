@@ -250,7 +250,7 @@ def test_unknown_name_lists_the_valid_ones() -> None:
         get_chat_format("vicuna-9")
     message = str(err.value)
     assert "vicuna-9" in message
-    for name in ("alpaca-2", "llama-2", "chatml", "vicuna", "deepseek-coder", "auto"):
+    for name in ("alpaca-2", "llama-2", "chatml", "vicuna", "deepseek-coder", "auto", ".toml"):
         assert name in message
     assert set(list_chat_formats()) >= {"alpaca-2", "llama-2", "chatml", "auto"}
 
