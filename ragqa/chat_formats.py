@@ -23,6 +23,7 @@ from ragqa.errors import ConfigError
 ALPACA2_DEFAULT_SYSTEM = "You are a helpful assistant. 你是一个乐于助人的助手。"
 CHATML_DEFAULT_SYSTEM = "You are a helpful assistant."
 AUTO = "auto"
+FALLBACK_FORMAT = "alpaca-2"  # for a model that carries no template of its own
 
 
 class Message(TypedDict):
@@ -503,6 +504,36 @@ def jinja_chat_format(name: str, template: str, bos_token: str, eos_token: str) 
 
     stop = (eos_token,) if eos_token else ()
     return ChatFormat(name, render, None, stop)
+
+
+def template_chat_format(
+    source: str, template: str | None, bos_token: str, eos_token: str
+) -> tuple[ChatFormat, list[str]]:
+    """``auto``: the model's template as a ChatFormat, else alpaca-2 with a note; -> (format, notes).
+
+    ``source`` names the model in the format's name and in messages (a file name or hub id).
+    """
+    if not template:
+        note = f"{source} carries no chat template; using {FALLBACK_FORMAT} (set --chat-format)"
+        return get_chat_format(FALLBACK_FORMAT), [note]
+    try:
+        return jinja_chat_format(f"auto ({source})", template, bos_token, eos_token), []
+    except Exception as exc:  # a template jinja cannot compile
+        raise ConfigError(f"the chat template of {source} is unusable ({exc}); set --chat-format") from None
+
+
+def tokenizer_chat_format(tokenizer: Any, name: str) -> tuple[ChatFormat, list[str]]:
+    """``auto`` for a Hugging Face tokenizer: its ``chat_template`` with its BOS/EOS text.
+
+    ``name`` is the model's name or path, for the notes. A tokenizer without a template gives
+    alpaca-2 and a note saying so. A template dict (named templates) uses its "default" entry.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    bos = getattr(tokenizer, "bos_token", None)
+    eos = getattr(tokenizer, "eos_token", None)
+    return template_chat_format(name, template, str(bos or ""), str(eos or ""))
 
 
 def _raise_template_error(message: str) -> None:

@@ -20,7 +20,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
 
-from ragqa.chat_formats import AUTO, ChatFormat, get_chat_format, jinja_chat_format
+from ragqa.chat_formats import AUTO, ChatFormat, get_chat_format, template_chat_format
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, MissingDependencyError, ModelError
 from ragqa.models import resolve_llm_path
@@ -144,17 +144,10 @@ class LlamaCppBackend:
         if name.strip().lower() != AUTO:
             return get_chat_format(name, token_text=self.token_text)
         template = self.metadata.get("tokenizer.chat_template")
-        if not template:
-            self.notes.append(
-                f"{self.path.name} carries no chat template; using alpaca-2 (set --chat-format)"
-            )
-            return get_chat_format("alpaca-2")
-        bos = self.token_text(self.llm.token_bos())
-        eos = self.token_text(self.llm.token_eos())
-        try:
-            return jinja_chat_format(f"auto ({self.path.name})", template, bos, eos)
-        except Exception as exc:  # a template jinja cannot compile
-            raise ConfigError(f"the chat template in {self.path.name} is unusable ({exc}); set --chat-format") from None
+        bos, eos = self.token_text(self.llm.token_bos()), self.token_text(self.llm.token_eos())
+        fmt, notes = template_chat_format(self.path.name, template, bos, eos)
+        self.notes.extend(notes)
+        return fmt
 
     def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]:
         if self.vocab_only:

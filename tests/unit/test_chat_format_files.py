@@ -255,7 +255,7 @@ def test_editing_the_format_file_redoes_summaries(make_pipeline, fake_backend_cl
     assert json.loads(out.read_text("utf-8"))["status"] == "ok"
 
 
-# --------------------------------------------------------------------------- llama.cpp backend
+# --------------------------------------------------------------------------- llama.cpp backend (files and auto)
 
 
 class FakeLlama:
@@ -294,3 +294,19 @@ def test_llama_cpp_backend_fills_placeholders_with_its_own_tokens(tmp_path: Path
     bad = write(tmp_path, 'user_prefix = "<FLM_FIX_TOKEN_7>"\nassistant_prefix = ":"\n', "bad.toml")
     with pytest.raises(ConfigError, match="token id 7 has no text"):
         backend.chat_format(str(bad))
+
+
+def test_llama_cpp_auto_uses_the_gguf_template_with_its_bos_and_eos() -> None:
+    template = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    backend = llama_cpp_backend({"tokenizer.chat_template": template})
+    fmt = backend.chat_format("auto")
+    assert fmt.name == "auto (model.gguf)"
+    assert fmt.prompt("q", "S") == "<s><system>S<user>q<assistant>"
+    assert fmt.stop == ("</s>",)
+    assert backend.notes == []
+
+
+def test_llama_cpp_auto_without_template_is_alpaca2_with_a_note() -> None:
+    backend = llama_cpp_backend({})
+    assert backend.chat_format("AUTO").name == "alpaca-2"
+    assert backend.notes == ["model.gguf carries no chat template; using alpaca-2 (set --chat-format)"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from types import SimpleNamespace
+
 from ragqa.chat_formats import (
     ALPACA2_DEFAULT_SYSTEM,
     get_chat_format,
     jinja_chat_format,
     list_chat_formats,
+    tokenizer_chat_format,
 )
 from ragqa.errors import ConfigError
 
@@ -300,3 +303,70 @@ def test_jinja_template_raise_exception_becomes_config_error() -> None:
     assert fmt.prompt("q") == "x"
     with pytest.raises(ConfigError, match="no system role"):
         fmt.prompt("q", "a system prompt")
+
+
+# --------------------------------------------------------------------------- auto for Hugging Face tokenizers
+
+# The chat_template in Yi-*-Chat's tokenizer_config.json (system prompt as plain text, ChatML turns)
+YI_JINJA = (
+    "{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] %}{% endif %}"
+    "{% if system_message is defined %}{{ system_message }}{% endif %}"
+    "{% for message in messages %}{% set content = message['content'] %}"
+    "{% if message['role'] == 'user' %}{{ '<|im_start|>user\\n' + content + '<|im_end|>\\n<|im_start|>assistant\\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ content + '<|im_end|>' + '\\n' }}{% endif %}{% endfor %}"
+)
+
+
+def fake_tokenizer(chat_template, bos_token="<s>", eos_token="</s>") -> SimpleNamespace:
+    return SimpleNamespace(chat_template=chat_template, bos_token=bos_token, eos_token=eos_token)
+
+
+def test_tokenizer_template_becomes_the_format() -> None:
+    tok = fake_tokenizer(CHATML_JINJA, eos_token="<|im_end|>")
+    fmt, notes = tokenizer_chat_format(tok, "Qwen/Qwen2-0.5B-Instruct")
+    assert notes == []
+    assert fmt.name == "auto (Qwen/Qwen2-0.5B-Instruct)"
+    assert fmt.prompt("q") == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+    assert fmt.render(CONVERSATION, "S") == get_chat_format("chatml").render(CONVERSATION, "S")
+    assert fmt.stop == ("<|im_end|>",)
+
+
+def test_tokenizer_bos_and_eos_reach_the_template() -> None:
+    template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    fmt, _ = tokenizer_chat_format(fake_tokenizer(template, "<BOS>", "<EOS>"), "m")
+    assert fmt.prompt("q", "s") == "<BOS>s<EOS>q<EOS>"
+    assert fmt.stop == ("<EOS>",)
+    fmt, _ = tokenizer_chat_format(fake_tokenizer(template, None, None), "m")  # tokenizers without them
+    assert fmt.prompt("q") == "q" and fmt.stop == ()
+
+
+def test_yi_builtin_matches_yis_own_template() -> None:
+    fmt, _ = tokenizer_chat_format(fake_tokenizer(YI_JINJA, "<|startoftext|>", "<|im_end|>"), "01-ai/Yi-6B-Chat")
+    yi = get_chat_format("yi")
+    for system in (None, "S"):
+        assert fmt.prompt("q", system) == yi.prompt("q", system)
+        assert fmt.render(CONVERSATION, system) == yi.render(CONVERSATION, system)
+    assert fmt.render(CONVERSATION, "S") == (
+        "S<|im_start|>user\nq1<|im_end|>\n<|im_start|>assistant\na1<|im_end|>\n"
+        "<|im_start|>user\nq2<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_tokenizer_without_template_falls_back_to_alpaca2_with_a_note() -> None:
+    for tok in (fake_tokenizer(None), fake_tokenizer(""), SimpleNamespace(bos_token="<s>")):
+        fmt, notes = tokenizer_chat_format(tok, "hfl/chinese-alpaca-2-7b")
+        assert fmt.name == "alpaca-2"
+        assert fmt.prompt("q", "S") == "[INST] <<SYS>>\nS\n<</SYS>>\n\nq [/INST]"
+        [note] = notes
+        assert "hfl/chinese-alpaca-2-7b" in note and "alpaca-2" in note and "--chat-format" in note
+
+
+def test_named_templates_use_the_default_one() -> None:
+    tok = fake_tokenizer({"default": CHATML_JINJA, "tool_use": "{{ raise_exception('tools') }}"})
+    fmt, notes = tokenizer_chat_format(tok, "m")
+    assert notes == [] and fmt.prompt("q", "") == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_unusable_tokenizer_template_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"chat template of org/model is unusable.*--chat-format"):
+        tokenizer_chat_format(fake_tokenizer("{% for m in messages %}"), "org/model")
