@@ -117,6 +117,7 @@ def register_chat_format(
 def register_role_prefix_format(
     name: str, spec: RolePrefixSpec, *, default_system: str | None = None, stop: Sequence[str] = ()
 ) -> ChatFormat:
+    """Register a format that is text around each turn (most are; see RolePrefixSpec)."""
     fmt = ChatFormat(name, spec.render, default_system, tuple(stop))
     _REGISTRY[name] = fmt
     return fmt
@@ -136,7 +137,7 @@ def get_chat_format(name: str, token_text: TokenText | None = None) -> ChatForma
     if key in _REGISTRY:
         return _REGISTRY[key]
     if is_format_file(name):
-        return load_chat_format_file(name, token_text)
+        return load_chat_format_file(name.strip(), token_text)
     raise ConfigError(
         f"unknown chat format {name!r}; choose one of: {', '.join(list_chat_formats())}, "
         "or give a .toml format file"
@@ -151,7 +152,7 @@ def check_chat_format(value: str) -> None:
     if value.strip().lower() == AUTO:
         return
     if value.strip().lower() not in _REGISTRY and is_format_file(value):
-        load_chat_format_file(value, token_text=lambda token_id: f"<token {token_id}>")
+        load_chat_format_file(value.strip(), token_text=lambda token_id: f"<token {token_id}>")
         return
     get_chat_format(value)
 
@@ -166,7 +167,7 @@ def format_file_digest(value: str) -> str | None:
     import hashlib
 
     try:
-        return hashlib.sha256(Path(value).expanduser().read_bytes()).hexdigest()
+        return hashlib.sha256(Path(value.strip()).expanduser().read_bytes()).hexdigest()
     except OSError:
         return None
 

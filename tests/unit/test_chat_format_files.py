@@ -176,6 +176,7 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
 def test_get_chat_format_takes_a_path(tmp_path: Path) -> None:
     path = write(tmp_path, ALPACA2_TOML, "alpaca2.toml")
     assert get_chat_format(str(path)).prompt("q", "S") == "[INST] <<SYS>>\nS\n<</SYS>>\n\nq [/INST]"
+    assert get_chat_format(f" {path} ").name == "my alpaca-2 (alpaca2.toml)"  # as pasted, with spaces
     plain = write(tmp_path, ALPACA2_TOML, "alpaca2.format")  # any existing file, whatever its suffix
     assert get_chat_format(str(plain)).prompt("q", "S") == "[INST] <<SYS>>\nS\n<</SYS>>\n\nq [/INST]"
 
