@@ -51,7 +51,11 @@ def _snippet(text: str, n: int = SNIPPET_CHARS) -> str:
 # Options shared by commands that run the pipeline. None = not given (env/config/defaults apply).
 ModelOpt = typer.Option(None, "--model", "-m", help="LLM: 'smollm2' (starter) or a .gguf path.")
 EmbOpt = typer.Option(None, "--embedding-model", "-e", help="'multilingual-e5-small' (default), 'all-MiniLM-L6-v2', a folder or a hub id.")
-FormatOpt = typer.Option(None, "--chat-format", help="auto, alpaca-2, llama-2, chatml.")
+FormatOpt = typer.Option(
+    None, "--chat-format",
+    help="auto (the model's own template), a name (alpaca-2, llama-2, chatml, yi, vicuna, internlm, "
+    "xverse, billa, yulan, alpaca, deepseek-coder) or a .toml chat format file.",
+)
 ConfigOpt = typer.Option(None, "--config", help="TOML file of settings (keys as RAGQA_* without the prefix).")
 
 

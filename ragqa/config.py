@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     )
     chat_format: str = Field(
         "auto",
-        description="Prompt wrapper: 'auto' (the template inside the GGUF file), 'alpaca-2', "
-        "'llama-2', 'chatml'.",
+        description="Prompt wrapper: 'auto' (the model's own template; alpaca-2 if it has none), a "
+        "built-in name (alpaca-2, llama-2, chatml, yi, vicuna, internlm, xverse, billa, yulan, alpaca, "
+        "deepseek-coder) or a path to a .toml chat format file (README \"Chat formats\").",
     )
     system_prompt: str | None = Field(
         None, description="System prompt; default: the chat format's own default."

@@ -20,7 +20,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
 
-from ragqa.chat_formats import AUTO, ChatFormat, get_chat_format, jinja_chat_format
+from ragqa.chat_formats import AUTO, ChatFormat, get_chat_format, template_chat_format
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, MissingDependencyError, ModelError
 from ragqa.models import resolve_llm_path
@@ -131,26 +131,23 @@ class LlamaCppBackend:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def token_text(self, token_id: int) -> str:
-        if token_id < 0:
+        """The text of one token ("" for an id outside the vocabulary, e.g. -1 for 'none')."""
+        if not 0 <= token_id < self.llm.n_vocab():
             return ""
         return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="ignore")
 
     def chat_format(self, name: str) -> ChatFormat:
-        """Resolve a format name; ``auto`` uses the GGUF's chat template, else alpaca-2."""
+        """Resolve a format name or file; ``auto`` uses the GGUF's chat template, else alpaca-2.
+
+        Token ids in a format file (``<FLM_FIX_TOKEN_n>``) become this model's text for them.
+        """
         if name.strip().lower() != AUTO:
-            return get_chat_format(name)
+            return get_chat_format(name, token_text=self.token_text)
         template = self.metadata.get("tokenizer.chat_template")
-        if not template:
-            self.notes.append(
-                f"{self.path.name} carries no chat template; using alpaca-2 (set --chat-format)"
-            )
-            return get_chat_format("alpaca-2")
-        bos = self.token_text(self.llm.token_bos())
-        eos = self.token_text(self.llm.token_eos())
-        try:
-            return jinja_chat_format(f"auto ({self.path.name})", template, bos, eos)
-        except Exception as exc:  # a template jinja cannot compile
-            raise ConfigError(f"the chat template in {self.path.name} is unusable ({exc}); set --chat-format") from None
+        bos, eos = self.token_text(self.llm.token_bos()), self.token_text(self.llm.token_eos())
+        fmt, notes = template_chat_format(self.path.name, template, bos, eos)
+        self.notes.extend(notes)
+        return fmt
 
     def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]:
         if self.vocab_only:

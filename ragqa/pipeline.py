@@ -111,13 +111,12 @@ class Pipeline:
         return self._backends[vocab_only]
 
     def check_models(self) -> None:
-        """Fail on a bad model path or chat format before any slow work starts."""
-        from ragqa.chat_formats import AUTO, get_chat_format
+        """Fail on a bad model path, chat format name or format file before any slow work starts."""
+        from ragqa.chat_formats import check_chat_format
         from ragqa.models import resolve_llm_path
 
         resolve_llm_path(self.settings.model)
-        if self.settings.chat_format.strip().lower() != AUTO:
-            get_chat_format(self.settings.chat_format)
+        check_chat_format(self.settings.chat_format)
 
     # -- indexing
     def splitter_settings(self) -> dict[str, Any]:
@@ -446,12 +445,19 @@ class SummaryReport:
 
 
 def _summary_key(file_hash: str, settings: Settings) -> str:
-    """Same bytes + same generation settings -> same summary; anything else is redone."""
+    """Same bytes + same generation settings -> same summary; anything else is redone.
+
+    A chat format file counts by its content, so editing it redoes the summaries too.
+    """
     import hashlib
     import json
 
-    blob = json.dumps({"file": file_hash, **{k: getattr(settings, k) for k in SUMMARY_SETTINGS}},
-                      sort_keys=True, default=str)
+    from ragqa.chat_formats import format_file_digest
+
+    values = {k: getattr(settings, k) for k in SUMMARY_SETTINGS}
+    if digest := format_file_digest(settings.chat_format):
+        values["chat_format_file"] = digest
+    blob = json.dumps({"file": file_hash, **values}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+EXAMPLE_FORMAT = HERE.parents[1] / "prompts" / "formats" / "example-vicuna.toml"
 
 # Same entry point as the `ragqa` script (ragqa.cli.main), with fakes patched in first.
 LAUNCHER = f"""
@@ -52,6 +53,7 @@ class Files:
     binary: Path
     sheet: Path
     text_model: Path
+    bad_format: Path
 
 
 @dataclass
@@ -83,6 +85,8 @@ def _scenarios(f: Files) -> dict[str, tuple[list[str], bool]]:
         "answer": (["ask", str(f.doc), Q, "--fake-llm"], True),
         "json": (["ask", str(f.doc), Q, "--json", "--k", "2", "--fake-llm"], True),
         "dry_run": (["ask", str(f.doc), Q, "--dry-run", "--chat-format", "alpaca-2", "--fake-llm"], True),
+        "format_file": (["ask", str(f.doc), Q, "--dry-run", "--chat-format", str(EXAMPLE_FORMAT), "--fake-llm"], True),
+        "bad_format_file": (["ask", str(f.doc), Q, "--chat-format", str(f.bad_format), "--fake-llm"], True),
         "cache_is_file": (["ask", str(f.doc), Q, "--cache-dir", str(f.doc), "--fake-llm"], True),
         "help": (["--help"], False),
         "ask_help": (["ask", "--help"], False),
@@ -95,7 +99,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     f = Files(
         root=root, doc=root / "panda.txt", missing=root / "nope.txt", empty=root / "empty.txt",
         binary=root / "blob.txt", sheet=root / "data.xlsx", text_model=root / "model.gguf",
+        bad_format=root / "mine.toml",
     )
+    f.bad_format.write_text('user_prefix = "Q: "\nassistant_prefix = 5\n', "utf-8")
     f.doc.write_text(TEXT, "utf-8")
     f.empty.write_bytes(b"")
     f.binary.write_bytes(bytes(range(256)) * 20)
@@ -234,6 +240,20 @@ def test_dry_run_prints_the_prompt_and_generates_nothing(runs) -> None:
     assert out.rstrip("\n").endswith(f"问题：{Q} [/INST]")
     assert "熊猫 主要 吃" not in out  # no answer was generated
     assert "Sources:" in run.proc.stderr
+
+
+def test_chat_format_file_shapes_the_prompt(runs) -> None:
+    run = runs["format_file"]
+    assert run.proc.returncode == 0, run.proc.stderr
+    out = run.proc.stdout
+    assert out.startswith("A chat between a curious user and an artificial intelligence assistant. ")
+    assert out.rstrip("\n").endswith(f"问题：{Q} ASSISTANT:")
+
+
+def test_bad_chat_format_file_is_one_line_and_indexes_nothing(runs, files) -> None:
+    run = runs["bad_format_file"]
+    assert_one_line_error(run, str(files.bad_format), "'assistant_prefix'", "must be a string")
+    assert run.index_entries == []
 
 
 # --------------------------------------------------------------------------- help

@@ -58,3 +58,14 @@ def test_python_dash_m_ragqa_help_succeeds() -> None:
     proc = subprocess.run([sys.executable, "-m", "ragqa", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "Usage" in proc.stdout and "ask" in proc.stdout
+
+
+def test_chat_formats_load_jinja_only_for_a_model_template() -> None:
+    proc = run(
+        "import ragqa.chat_formats as cf\n"
+        "cf.get_chat_format('vicuna').prompt('q')\n"
+        "print('JINJA:', 'jinja2' in sys.modules)"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "JINJA: False" in proc.stdout
+    assert heavy_loaded(proc) == []
