@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # CPU wheel is what ragqa is tested with. A user with a GPU installs their own torch first.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test unit integration clean
+.PHONY: setup browser demo test unit integration clean
 
 $(BIN)/ragqa: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,16 +23,25 @@ $(BIN)/ragqa: pyproject.toml
 
 setup: $(BIN)/ragqa
 
+# The web page tests drive a real headless Chromium: Debian's package (Playwright's own browser
+# download is not reachable offline). Installed here when missing and we may use apt.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	    echo "chromium is missing and apt is not available to this user: the web page tests will skip"; exit 0; fi; \
+	  echo "installing chromium for the web page tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 demo: setup
 	$(BIN)/ragqa ask corpora/en/heron_festival.md "When is the Zorblat festival held, and what does it celebrate?"
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: setup
+integration: setup browser
 	$(BIN)/python -m pytest -q tests/integration
 
 clean:

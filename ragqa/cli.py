@@ -328,7 +328,8 @@ def serve(
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     except OSError as exc:  # the port is taken, the address is not ours
-        _fail(f"cannot serve on {host}:{port}: {exc}", 1)
+        reason = "the port is in use (choose another with --port)" if "empty port" in str(exc) else str(exc)
+        _fail(f"cannot serve on {host}:{port}: {reason}", 1)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
 

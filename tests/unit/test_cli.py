@@ -88,6 +88,8 @@ def _scenarios(f: Files) -> dict[str, tuple[list[str], bool]]:
         "format_file": (["ask", str(f.doc), Q, "--dry-run", "--chat-format", str(EXAMPLE_FORMAT), "--fake-llm"], True),
         "bad_format_file": (["ask", str(f.doc), Q, "--chat-format", str(f.bad_format), "--fake-llm"], True),
         "cache_is_file": (["ask", str(f.doc), Q, "--cache-dir", str(f.doc), "--fake-llm"], True),
+        "serve_bad_auth": (["serve", "--auth", "nocolon", "--port", "1"], False),
+        "serve_missing_model": (["serve", "--model", "/nonexistent.gguf", "--port", "1"], False),
         "help": (["--help"], False),
         "ask_help": (["ask", "--help"], False),
     }
@@ -271,3 +273,12 @@ def test_ask_help_lists_the_main_flags(runs) -> None:
     assert proc.returncode == 0
     for flag in ("--json", "--dry-run", "--model", "--chunk-size", "--chat-format"):
         assert flag in proc.stdout
+
+
+def test_serve_bad_auth_is_one_line(runs) -> None:
+    assert_one_line_error(runs["serve_bad_auth"], "--auth must be USER:PASSWORD")
+    assert runs["serve_bad_auth"].proc.returncode == 2
+
+
+def test_serve_checks_the_model_before_starting_the_page(runs) -> None:
+    assert_one_line_error(runs["serve_missing_model"], "/nonexistent.gguf")
