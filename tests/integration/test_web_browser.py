@@ -114,12 +114,30 @@ def test_upload_ask_stream_sources_follow_up_and_clear(browser, web_server: str,
     assert page.locator("#sources").inner_text().strip() == ""
 
 
-def test_page_speaks_chinese_to_a_chinese_browser(browser, web_server: str) -> None:
+def test_page_speaks_chinese_to_a_chinese_browser_and_switches(browser, web_server: str) -> None:
     page = open_page(browser, web_server, locale="zh-CN")
     page.wait_for_selector("#clear")
     assert page.locator("#clear").inner_text().strip() == "清空对话"
     assert "上传文档" in page.locator("body").inner_text()
     OUTPUT.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OUTPUT / "web_zh.png"), full_page=True)
+
     english = open_page(browser, web_server, locale="en-US")
     assert english.locator("#clear").inner_text().strip() == "Clear chat"
+    english.get_by_text("Settings").click()  # the page's own language switch
+    english.get_by_role("combobox", name="Language").click()
+    english.get_by_role("option", name="简体中文").click()
+    english.keyboard.press("Escape")
+    english.wait_for_function("() => document.querySelector('#clear').innerText.trim() === '清空对话'", timeout=10_000)
+
+
+def test_page_makes_no_request_beyond_the_server(browser, web_server: str) -> None:
+    """Private by default: no web fonts, analytics or CDN scripts (the machine may be offline)."""
+    context = browser.new_context(locale="zh-CN")
+    page = context.new_page()
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((web_server, "data:", "blob:")) else None)
+    page.goto(web_server)
+    page.wait_for_selector("#clear")
+    page.wait_for_load_state("networkidle")
+    assert outside == []
