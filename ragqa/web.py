@@ -361,7 +361,8 @@ def serve(
     app.queue(default_concurrency_limit=1, max_size=max_queue)
     app.launch(
         server_name=host, server_port=port, auth=credentials, inbrowser=open_browser, share=False,
-        max_file_size=f"{int(settings.max_file_mb)}mb", i18n=app.ragqa_i18n, theme=_theme(gr),
+        max_file_size=int(settings.max_file_mb * 1024 * 1024),  # the loaders' limit, in bytes
+        i18n=app.ragqa_i18n, theme=_theme(gr),
         ssr_mode=False, footer_links=["api", "settings"], show_error=True, quiet=False,
     )
 

@@ -87,27 +87,38 @@ def web_doc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def web_server(tmp_path_factory: pytest.TempPathFactory):
-    """`python app.py` on a free port with the real starter models; yields its URL."""
+def start_web_server(cache: Path, *extra: str):
+    """`python app.py` on a free port with the real starter models; -> (process, url, log file)."""
     root = Path(__file__).resolve().parents[2]
-    cache = tmp_path_factory.mktemp("web-cache")
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")},
            "RAGQA_CACHE_DIR": str(cache), "RAGQA_TEMPERATURE": "0", "RAGQA_MAX_NEW_TOKENS": "120",
            "GRADIO_ANALYTICS_ENABLED": "False"}
     log_path = cache / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--port", str(port)], cwd=root, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--port", str(port), *extra], cwd=root,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_http(url, proc, log_path)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    except BaseException:
+        stop_web_server(proc)
+        raise
+    return proc, url
+
+
+def stop_web_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def web_server(tmp_path_factory: pytest.TempPathFactory):
+    """The page on a free port, shared by the web tests; yields its URL."""
+    proc, url = start_web_server(tmp_path_factory.mktemp("web-cache"))
+    yield url
+    stop_web_server(proc)

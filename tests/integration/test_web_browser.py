@@ -141,3 +141,42 @@ def test_page_makes_no_request_beyond_the_server(browser, web_server: str) -> No
     page.wait_for_selector("#clear")
     page.wait_for_load_state("networkidle")
     assert outside == []
+
+
+def test_summarize_tab_gives_a_summary_and_a_download(browser, web_server: str, web_doc: Path) -> None:
+    page = open_page(browser, web_server)
+    page.locator("#files input[type=file]").set_input_files([str(web_doc)])
+    page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('quillon_bridge.md')",
+                           timeout=180_000)
+    page.get_by_role("tab", name="Summarize").click()
+    page.locator("#picked").get_by_text("quillon_bridge.md").click()
+    page.locator("#summarize").click()
+    page.wait_for_function("() => document.querySelector('#summaries').innerText.includes('quillon_bridge.md')",
+                           timeout=ANSWER_TIMEOUT_S * 1000)
+    text = page.locator("#summaries").inner_text()
+    assert len(text.split("quillon_bridge.md", 1)[1].split()) >= 5  # a summary, not just the title
+    page.wait_for_selector("#download a", timeout=10_000)
+    assert page.locator("#download").inner_text().strip().endswith(".md") or ".md" in page.locator("#download").inner_text()
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "web_summarize.png"), full_page=True)
+
+
+def test_upload_over_the_size_cap_is_refused_in_the_page(browser, web_doc: Path, tmp_path: Path) -> None:
+    from conftest import start_web_server, stop_web_server
+
+    proc, url = start_web_server(tmp_path / "cache", "--max-file-mb", "0.001")  # about 1 KB
+    try:
+        big = tmp_path / "big.txt"
+        big.write_text("The Quillon bridge. " * 200, encoding="utf-8")  # 4 KB
+        page = open_page(browser, url)
+        page.locator("#files input[type=file]").set_input_files([str(big)])
+        page.wait_for_function("() => /exceed|too large|over the/i.test(document.body.innerText)", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "over_cap.png"), full_page=True)
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "web_over_cap.png"), full_page=True)
+        # the page still works: a small file goes through
+        page.locator("#files input[type=file]").set_input_files([str(web_doc)])
+        page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('✓ quillon_bridge.md')",
+                               timeout=180_000)
+    finally:
+        stop_web_server(proc)
