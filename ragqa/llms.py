@@ -1,14 +1,19 @@
-"""LLM backends, registered by name. llama.cpp (GGUF, CPU or GPU offload) is the first.
+"""LLM backends, registered by name: llama.cpp (GGUF) and transformers (HF folders and hub ids, CPU or
+GPU, 4/8-bit).
 
 A backend loads a model once and offers: token counting with the model's own tokenizer, its
-context size, the chat format (``auto`` resolved from the model file), and streamed generation.
-``RagqaLLM`` wraps one as a LangChain LLM so chains accept it like any other.
+context size, the chat format (``auto`` resolved from the model's own template), and streamed
+generation of an already chat-formatted prompt. ``RagqaLLM`` wraps one as a LangChain LLM so
+chains accept it like any other. ``load_backend`` picks the backend from the settings.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,11 +26,13 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
 
 from ragqa.chat_formats import AUTO, ChatFormat, get_chat_format, jinja_chat_format
-from ragqa.config import Settings
+from ragqa.config import TRANSFORMERS_ONLY, Settings
 from ragqa.errors import ConfigError, MissingDependencyError, ModelError
-from ragqa.models import resolve_llm_path
+from ragqa.models import guess_backend, resolve_hf_model, resolve_llm_path
 
 log = logging.getLogger(__name__)
+
+REPEAT_LAST_N = 64  # llama.cpp's default window for repeat_penalty
 
 
 @dataclass
@@ -200,6 +207,304 @@ def _physical_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+class StopCutter:
+    """Cuts streamed text at the first stop string, holding back only what could start one.
+
+    >>> cut = StopCutter(["</s>"])
+    >>> cut.feed("Hello</"), cut.feed("s> never shown"), cut.stopped
+    ('Hello', '', True)
+    """
+
+    def __init__(self, stop: list[str] | None) -> None:
+        self.stop = [s for s in stop or [] if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        buf = self.pending + text
+        hits = [i for i in (buf.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped, self.pending = True, ""
+            return buf[: min(hits)]
+        hold = max((n for s in self.stop for n in range(1, len(s)) if buf.endswith(s[:n])), default=0)
+        self.pending = buf[len(buf) - hold:] if hold else ""
+        return buf[: len(buf) - hold]
+
+    def flush(self) -> str:
+        """What was held back, once the stream ended without a stop string."""
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+class TransformersBackend:
+    """A Hugging Face causal LM: a local folder (save_pretrained) or a hub id.
+
+    CPU: float32 (or bfloat16). GPU: float16 with ``device_map="auto"``, optionally 4-bit NF4 or
+    8-bit through bitsandbytes. ``vocab_only`` loads the tokenizer and config, not the weights.
+    """
+
+    name = "transformers"
+
+    def __init__(self, settings: Settings, *, vocab_only: bool = False) -> None:
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:
+            raise MissingDependencyError(exc.name or "transformers") from None
+        self.settings = settings
+        self.vocab_only = vocab_only
+        self.notes: list[str] = []
+        self.stats = GenerationStats()
+        self._lock = threading.Lock()  # one generate() at a time per model
+        self.location, local = resolve_hf_model(settings.model)
+        self.label = Path(self.location).name if local else self.location
+        hub: dict[str, Any] = {"local_files_only": True} if local else {}  # a hub id may download
+        self.device = _pick_device(settings.device, torch)
+        if not sys.stderr.isatty():
+            transformers.utils.logging.disable_progress_bar()  # no \r-bars in logs and captured output
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.location, **hub)
+            self.config = transformers.AutoConfig.from_pretrained(self.location, **hub)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"transformers cannot load {self.label}: {_one_line(exc)}") from None
+        if settings.rope_scaling:
+            _set_dynamic_rope(self.config, settings.rope_scaling)
+        self._n_ctx = self._context_limit()
+        if settings.rope_freq_base or settings.rope_freq_scale:
+            self.notes.append("rope_freq_base / rope_freq_scale are llama.cpp settings; the transformers "
+                              "backend ignores them (use rope_scaling)")
+        self.model: Any = None
+        if vocab_only:
+            return
+        if settings.n_threads and self.device == "cpu":
+            torch.set_num_threads(settings.n_threads)
+        kwargs = self.load_kwargs(torch, transformers)
+        try:
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                self.location, config=self.config, **hub, **kwargs
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelError(f"transformers cannot load {self.label}: {_one_line(exc)}") from None
+        self.model.eval()
+
+    def load_kwargs(self, torch: Any, transformers: Any) -> dict[str, Any]:
+        """from_pretrained's dtype / device_map / quantization_config for these settings."""
+        s = self.settings
+        dtype_name = s.torch_dtype if s.torch_dtype != "auto" else ("float16" if self.device == "cuda" else "float32")
+        dtype = getattr(torch, dtype_name)
+        # transformers 5 renamed torch_dtype to dtype (4.56+ accept both)
+        kwargs: dict[str, Any] = {"dtype" if _version_at_least(transformers, 4, 56) else "torch_dtype": dtype}
+        if self.device == "cuda":
+            kwargs["device_map"] = "auto"  # accelerate spreads the layers over the GPUs (and CPU if needed)
+        elif dtype_name == "float16":
+            self.notes.append("float16 on the CPU is slow and some operations lack kernels; use float32 or bfloat16")
+        bits = 4 if s.load_in_4bit else 8 if s.load_in_8bit else 0
+        if bits:
+            if self.device != "cuda":
+                raise ConfigError(f"load_in_{bits}bit needs a CUDA GPU (bitsandbytes); torch sees none")
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise MissingDependencyError("bitsandbytes", "gpu")
+            if bits == 4:
+                kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+                )
+            else:
+                kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
+        return kwargs
+
+    def _context_limit(self) -> int:
+        """n_ctx, capped by the model's max_position_embeddings (times the RoPE factor)."""
+        n_ctx = self.settings.n_ctx
+        trained = getattr(self.config, "max_position_embeddings", None)
+        if not trained:
+            return n_ctx
+        factor = self.settings.rope_scaling or 1.0
+        limit = int(trained * factor)
+        if n_ctx > limit:
+            hint = "" if self.settings.rope_scaling else " (rope_scaling stretches it)"
+            self.notes.append(f"n_ctx {n_ctx} is over {self.label}'s limit of {limit} positions; using {limit}{hint}")
+            return limit
+        return n_ctx
+
+    def context_size(self) -> int:
+        return self._n_ctx
+
+    def _encode(self, text: str) -> list[int]:
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+            ids = ids[1:]  # the chat template already wrote BOS and the tokenizer added another
+        return ids
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def chat_format(self, name: str) -> ChatFormat:
+        """Resolve a format name; ``auto`` uses the tokenizer's chat template, else alpaca-2."""
+        if name.strip().lower() != AUTO:
+            return get_chat_format(name)
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # several named templates: the default one
+            template = template.get("default")
+        if not template:
+            self.notes.append(f"{self.label}'s tokenizer has no chat template; using alpaca-2 (set --chat-format)")
+            return get_chat_format("alpaca-2")
+        bos, eos = self.tokenizer.bos_token or "", self.tokenizer.eos_token or ""
+        try:
+            return jinja_chat_format(f"auto ({self.label})", template, bos, eos)
+        except Exception as exc:  # a template jinja cannot compile
+            raise ConfigError(f"the chat template of {self.label} is unusable ({exc}); set --chat-format") from None
+
+    def generate_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """ragqa's generation params in generate()'s names; temperature 0 means greedy.
+
+        ``repeat_penalty`` is not generate()'s ``repetition_penalty``: that one penalises every
+        token of the prompt, so the model shuns the words of the passages it should quote. It
+        becomes a ``RecentRepetitionPenalty`` over the last 64 tokens, as llama.cpp applies it.
+        """
+        kwargs: dict[str, Any] = {"max_new_tokens": int(params.get("max_tokens", self.settings.max_new_tokens))}
+        temperature = float(params.get("temperature", 0.0))
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=float(params.get("top_p", 1.0)),
+                          top_k=int(params.get("top_k", 0)))
+        else:
+            kwargs["do_sample"] = False
+        penalty = float(params.get("repeat_penalty") or 1.0)
+        if penalty != 1.0:
+            kwargs["logits_processor"] = [RecentRepetitionPenalty(penalty)]
+        return kwargs
+
+    def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]:
+        if self.model is None:
+            raise ModelError("this model was loaded without weights (dry run); it cannot generate")
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
+
+        ids = self._encode(prompt)
+        max_tokens = int(params.get("max_tokens", 0))
+        if len(ids) + max_tokens > self.context_size():
+            raise ModelError(
+                f"the prompt ({len(ids)} tokens) plus max_new_tokens does not fit n_ctx {self.context_size()}"
+            )
+        with self._lock:
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            clock = _TokenClock()
+            input_ids = torch.tensor([ids], device=self.model.device)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+                          stopping_criteria=StoppingCriteriaList([clock]), pad_token_id=pad,
+                          **self.generate_kwargs(params))
+            if "logits_processor" in kwargs:
+                kwargs["logits_processor"] = LogitsProcessorList(kwargs["logits_processor"])
+            failures: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    with torch.inference_mode():
+                        self.model.generate(**kwargs)
+                except BaseException as exc:  # reported to the caller below, not lost in the thread
+                    failures.append(exc)
+                    streamer.end()
+
+            torch.manual_seed(self.settings.seed)
+            t0 = time.perf_counter()
+            worker = threading.Thread(target=run, name="ragqa-generate", daemon=True)
+            worker.start()
+            cutter = StopCutter(stop)
+            try:
+                for piece in streamer:
+                    text = cutter.feed(piece)
+                    if text:
+                        yield text
+                    if cutter.stopped:
+                        break
+                else:
+                    tail = cutter.flush()
+                    if tail:
+                        yield tail
+            finally:
+                clock.cancel.set()  # a stop string or an abandoned stream ends generate() at the next token
+                worker.join()
+                self.stats = clock.stats(len(ids), t0)
+            if failures:
+                raise ModelError(f"transformers generation failed: {_one_line(failures[0])}")
+
+
+class RecentRepetitionPenalty:
+    """A logits processor: llama.cpp's repeat penalty over the last ``last_n`` tokens (prompt included).
+
+    A token seen recently has its logit divided by ``penalty`` (multiplied, when negative).
+    """
+
+    def __init__(self, penalty: float, last_n: int = REPEAT_LAST_N) -> None:
+        self.penalty = penalty
+        self.last_n = last_n
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        recent = input_ids[:, -self.last_n:]
+        picked = torch.gather(scores, 1, recent)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, recent, picked)
+
+
+class _TokenClock:
+    """A StoppingCriteria that times each generated token and stops generate() when told to."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        self.times.append(time.perf_counter())
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    def stats(self, prompt_tokens: int, t0: float) -> GenerationStats:
+        if not self.times:
+            return GenerationStats(prompt_tokens=prompt_tokens)
+        return GenerationStats(prompt_tokens, len(self.times), self.times[0] - t0, self.times[-1] - self.times[0])
+
+
+def _pick_device(wanted: str, torch: Any) -> str:
+    has_cuda = bool(torch.cuda.is_available())
+    if wanted == "cuda" and not has_cuda:
+        raise ModelError("device cuda: torch sees no CUDA GPU (a CPU-only torch build?); set device to cpu or auto")
+    if wanted == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return wanted
+
+
+def _set_dynamic_rope(config: Any, factor: float) -> None:
+    """Dynamic NTK RoPE scaling: ``rope_parameters`` in transformers 5, ``rope_scaling`` before."""
+    if hasattr(config, "rope_parameters"):
+        params = dict(getattr(config, "rope_parameters", None) or {})
+        if any(isinstance(v, dict) for v in params.values()):
+            raise ConfigError("rope_scaling: this model sets RoPE per layer type; edit its config.json instead")
+        params.update(rope_type="dynamic", factor=float(factor))
+        if "rope_theta" not in params and getattr(config, "rope_theta", None):
+            params["rope_theta"] = config.rope_theta
+        config.rope_parameters = params
+    else:
+        config.rope_scaling = {"type": "dynamic", "factor": float(factor)}
+
+
+def _version_at_least(module: Any, major: int, minor: int) -> bool:
+    found = re.match(r"(\d+)\.(\d+)", getattr(module, "__version__", "0.0"))
+    return bool(found) and (int(found[1]), int(found[2])) >= (major, minor)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
 BackendFactory = Callable[[Settings, bool], Backend]
 _BACKENDS: dict[str, BackendFactory] = {}
 
@@ -217,8 +522,27 @@ def _load_llama_cpp(settings: Settings, vocab_only: bool) -> Backend:
     return LlamaCppBackend(resolve_llm_path(settings.model), settings, vocab_only=vocab_only)
 
 
-def load_backend(settings: Settings, *, backend: str = "llama.cpp", vocab_only: bool = False) -> Backend:
-    """Load the model named in settings with the named backend."""
+@register_backend("transformers")
+def _load_transformers(settings: Settings, vocab_only: bool) -> Backend:
+    return TransformersBackend(settings, vocab_only=vocab_only)
+
+
+def resolve_backend(settings: Settings) -> str:
+    """The backend name for these settings: as set, or picked from the model (``auto``)."""
+    name = settings.backend if settings.backend != "auto" else guess_backend(settings.model, settings.base_url)
+    if name != "transformers":
+        for option in TRANSFORMERS_ONLY:
+            if getattr(settings, option):
+                raise ConfigError(
+                    f"{option} needs the transformers backend, but model {settings.model!r} runs on {name} "
+                    "(give a model folder or hub id, or set backend = transformers)"
+                )
+    return name
+
+
+def load_backend(settings: Settings, *, backend: str | None = None, vocab_only: bool = False) -> Backend:
+    """Load the model named in settings with the named backend (default: ``resolve_backend``)."""
+    backend = backend or resolve_backend(settings)
     if backend not in _BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(sorted(_BACKENDS))}")
     return _BACKENDS[backend](settings, vocab_only)
