@@ -49,7 +49,7 @@ def _snippet(text: str, n: int = SNIPPET_CHARS) -> str:
 
 
 # Options shared by commands that run the pipeline. None = not given (env/config/defaults apply).
-ModelOpt = typer.Option(None, "--model", "-m", help="LLM: 'smollm2' (starter) or a .gguf path.")
+ModelOpt = typer.Option(None, "--model", "-m", help="LLM: 'smollm2' (starter), a .gguf path, an HF model folder or hub id.")
 EmbOpt = typer.Option(None, "--embedding-model", "-e", help="'multilingual-e5-small' (default), 'all-MiniLM-L6-v2', a folder or a hub id.")
 FormatOpt = typer.Option(
     None, "--chat-format",
@@ -57,12 +57,23 @@ FormatOpt = typer.Option(
     "xverse, billa, yulan, alpaca, deepseek-coder) or a .toml chat format file.",
 )
 ConfigOpt = typer.Option(None, "--config", help="TOML file of settings (keys as RAGQA_* without the prefix).")
+BackendOpt = typer.Option(None, "--backend", help="auto (from the model; default), llama.cpp, transformers, openai.")
+BaseUrlOpt = typer.Option(None, "--base-url", help="openai backend: the server's API root, e.g. http://127.0.0.1:8000/v1.")
+ApiModelOpt = typer.Option(None, "--api-model", help="openai backend: model name on the server (default: its only one).")
+DeviceOpt = typer.Option(None, "--device", help="transformers backend: auto (default), cpu, cuda.")
+DtypeOpt = typer.Option(None, "--torch-dtype", help="transformers backend: auto (default), float32, bfloat16, float16.")
+FourBitOpt = typer.Option(None, "--load-in-4bit", is_flag=True, help="transformers backend: 4-bit weights (bitsandbytes, GPU).")
+EightBitOpt = typer.Option(None, "--load-in-8bit", is_flag=True, help="transformers backend: 8-bit weights (bitsandbytes, GPU).")
+RopeScalingOpt = typer.Option(None, "--rope-scaling", help="transformers backend: dynamic NTK RoPE factor (> 1).")
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def ask(
     args: list[str] = typer.Argument(..., metavar="PATH... QUESTION", help="Files or folders, then the question."),
     model: Optional[str] = ModelOpt,
+    backend: Optional[str] = BackendOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    api_model: Optional[str] = ApiModelOpt,
     embedding_model: Optional[str] = EmbOpt,
     chat_format: Optional[str] = FormatOpt,
     chain: Optional[str] = typer.Option(None, "--chain", help="stuff (default) or refine."),
@@ -78,6 +89,11 @@ def ask(
     n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers", help="Layers to offload to GPU (-1 all)."),
     rope_freq_base: Optional[float] = typer.Option(None, "--rope-freq-base", help="RoPE base (NTK); 0 = model's."),
     rope_freq_scale: Optional[float] = typer.Option(None, "--rope-freq-scale", help="RoPE scale; 0 = model's."),
+    device: Optional[str] = DeviceOpt,
+    torch_dtype: Optional[str] = DtypeOpt,
+    load_in_4bit: Optional[bool] = FourBitOpt,
+    load_in_8bit: Optional[bool] = EightBitOpt,
+    rope_scaling: Optional[float] = RopeScalingOpt,
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Default 0.2."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Default 40."),
@@ -101,7 +117,9 @@ def ask(
     if not question.strip():
         _fail("the question is empty", 2)
     overrides = dict(
-        model=model, embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
+        model=model, backend=backend, base_url=base_url, api_model=api_model,
+        device=device, torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
+        rope_scaling=rope_scaling, embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
         retriever=retriever, reranker=reranker,
         chunk_size=chunk_size, chunk_overlap=chunk_overlap, lang=lang, system_prompt=system_prompt,
         n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, rope_freq_base=rope_freq_base,
@@ -165,6 +183,14 @@ def summarize(
     lang: Optional[str] = typer.Option(None, "--lang", help="Prompt language: auto (per document), zh, en."),
     force: bool = typer.Option(False, "--force", help="Redo documents already summarized with the same settings."),
     model: Optional[str] = ModelOpt,
+    backend: Optional[str] = BackendOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    api_model: Optional[str] = ApiModelOpt,
+    device: Optional[str] = DeviceOpt,
+    torch_dtype: Optional[str] = DtypeOpt,
+    load_in_4bit: Optional[bool] = FourBitOpt,
+    load_in_8bit: Optional[bool] = EightBitOpt,
+    rope_scaling: Optional[float] = RopeScalingOpt,
     chat_format: Optional[str] = FormatOpt,
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt"),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window in tokens (default 4096)."),
@@ -188,7 +214,9 @@ def summarize(
         from ragqa.pipeline import Pipeline
 
         settings = load_settings(
-            config, summary_chain=chain, lang=lang, model=model, chat_format=chat_format,
+            config, summary_chain=chain, lang=lang, model=model, backend=backend, base_url=base_url,
+            api_model=api_model, device=device, torch_dtype=torch_dtype, load_in_4bit=load_in_4bit,
+            load_in_8bit=load_in_8bit, rope_scaling=rope_scaling, chat_format=chat_format,
             system_prompt=system_prompt, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
             max_new_tokens=max_new_tokens, temperature=temperature,
         )

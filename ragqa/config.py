@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +23,8 @@ from ragqa.errors import ConfigError
 DEFAULT_LLM = "smollm2"
 # chosen by `ragqa eval` on CMRC2018, DRCD and SQuAD (README "Retrieval"): best for zh and en
 DEFAULT_EMBEDDING = "multilingual-e5-small"
+# settings only the transformers backend can honour: refused with any other backend
+TRANSFORMERS_ONLY = ("load_in_4bit", "load_in_8bit", "rope_scaling")
 
 
 def default_cache_dir() -> Path:
@@ -40,7 +42,13 @@ class Settings(BaseSettings):
     # -- models
     model: str = Field(
         DEFAULT_LLM,
-        description="LLM: 'smollm2' (bundled starter), a path to a .gguf file.",
+        description="LLM: 'smollm2' (bundled starter), a path to a .gguf file, a Hugging Face model "
+        "folder or hub id (transformers backend).",
+    )
+    backend: Literal["auto", "llama.cpp", "transformers", "openai"] = Field(
+        "auto",
+        description="What runs the LLM. auto: base_url set -> openai; a model folder (config.json) or a "
+        "hub id (org/name) -> transformers; a .gguf file or 'smollm2' -> llama.cpp.",
     )
     embedding_model: str = Field(
         DEFAULT_EMBEDDING,
@@ -49,8 +57,9 @@ class Settings(BaseSettings):
     )
     chat_format: str = Field(
         "auto",
-        description="Prompt wrapper: 'auto' (the model's own template; alpaca-2 if it has none), a "
-        "built-in name (alpaca-2, llama-2, chatml, yi, vicuna, internlm, xverse, billa, yulan, alpaca, "
+        description="Prompt wrapper: 'auto' (the model's own template: inside the GGUF file, or the "
+        "tokenizer's; alpaca-2 when there is none, and always over the openai backend), a built-in "
+        "name (alpaca-2, llama-2, chatml, yi, vicuna, internlm, xverse, billa, yulan, alpaca, "
         "deepseek-coder) or a path to a .toml chat format file (README \"Chat formats\").",
     )
     system_prompt: str | None = Field(
@@ -92,6 +101,32 @@ class Settings(BaseSettings):
         0.0, ge=0, description="RoPE linear scale; 0 = the model's own."
     )
 
+    # -- transformers backend
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="transformers: where the model runs; auto = cuda when torch sees a GPU."
+    )
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="transformers: weight dtype; auto = float16 on a GPU, float32 on the CPU."
+    )
+    load_in_4bit: bool = Field(False, description="transformers: 4-bit NF4 weights (bitsandbytes, GPU only).")
+    load_in_8bit: bool = Field(False, description="transformers: 8-bit weights (bitsandbytes, GPU only).")
+    rope_scaling: float | None = Field(
+        None, gt=1.0, le=64.0,
+        description="transformers: dynamic NTK RoPE scaling factor, to run past the trained context.",
+    )
+
+    # -- openai backend (any OpenAI-compatible server: vLLM, llama.cpp server, ...)
+    base_url: str | None = Field(
+        None, description="openai: the server's API root, e.g. http://127.0.0.1:8000/v1."
+    )
+    api_model: str | None = Field(
+        None, description="openai: the model name the server knows; default: the only one it lists."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="openai: API key; from RAGQA_API_KEY, else OPENAI_API_KEY. Never printed.",
+        exclude=True, repr=False,
+    )
+
     # -- generation (the seed's defaults)
     max_new_tokens: int = Field(400, ge=1, description="Tokens generated at most.")
     temperature: float = Field(0.2, ge=0, le=5)
@@ -111,7 +146,29 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_new_tokens ({self.max_new_tokens}) must be less than n_ctx ({self.n_ctx})"
             )
+        self._check_backend_options()
+        if self.api_key is None and os.environ.get("OPENAI_API_KEY"):
+            self.api_key = SecretStr(os.environ["OPENAI_API_KEY"])
         return self
+
+    def _check_backend_options(self) -> None:
+        """Combinations that cannot work, refused before anything loads."""
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("choose one of load_in_4bit and load_in_8bit, not both")
+        quantized = "load_in_4bit" if self.load_in_4bit else "load_in_8bit" if self.load_in_8bit else None
+        if quantized and self.device == "cpu":
+            raise ValueError(f"{quantized} needs a CUDA GPU (bitsandbytes); drop it or set device to cuda")
+        if self.base_url is not None:
+            self.base_url = self.base_url.strip().rstrip("/")
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.backend in ("llama.cpp", "openai"):
+            for name in TRANSFORMERS_ONLY:
+                if getattr(self, name):
+                    raise ValueError(f"{name} is a transformers backend setting, not {self.backend}'s"
+                                     + (" (llama.cpp: rope_freq_base)" if name == "rope_scaling" else ""))
 
     @classmethod
     def settings_customise_sources(

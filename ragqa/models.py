@@ -59,6 +59,53 @@ def resolve_llm_path(name: str) -> Path:
     return path
 
 
+def guess_backend(model: str, base_url: str | None = None) -> str:
+    """The backend for ``backend = auto``: a server URL, a model folder or hub id, else a GGUF.
+
+    >>> guess_backend("smollm2"), guess_backend("Qwen/Qwen2.5-0.5B-Instruct")
+    ('llama.cpp', 'transformers')
+    """
+    if base_url:
+        return "openai"
+    key = model.strip().lower()
+    if key in STARTER_LLMS or key.endswith(".gguf"):
+        return "llama.cpp"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return "transformers"  # resolve_hf_model says so if it has no config.json
+    if path.exists():
+        return "llama.cpp"  # resolve_llm_path checks the GGUF header
+    if _HUB_ID.match(model.strip()):
+        return "transformers"
+    return "llama.cpp"  # its 'not found' error lists the starter names
+
+
+def resolve_hf_model(name: str) -> tuple[str, bool]:
+    """A Hugging Face model folder or hub id for the transformers backend; -> (location, is_local)."""
+    key = name.strip().lower()
+    if key in STARTER_LLMS:
+        raise ModelError(
+            f"the starter {key!r} is a GGUF file: run it with the llama.cpp backend, or give the "
+            "transformers backend a model folder or hub id"
+        )
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"model folder {name!r} has no config.json: give a Hugging Face model folder "
+                "(save_pretrained) or a .gguf file (llama.cpp backend)"
+            )
+        return str(path.resolve()), True
+    if path.exists():
+        raise ModelError(
+            f"model {name!r} is a file; the transformers backend needs a model folder or a hub id "
+            "(a .gguf file runs with the llama.cpp backend)"
+        )
+    if _HUB_ID.match(name.strip()):
+        return name.strip(), False
+    raise ModelError(f"model {name!r} not found: give a Hugging Face model folder or a hub id (org/name)")
+
+
 @dataclass(frozen=True)
 class EmbeddingSpec:
     """What to hand to sentence-transformers, and a stable id for the index cache key."""

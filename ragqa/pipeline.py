@@ -85,6 +85,7 @@ class Pipeline:
         self._reranker: Any = None
         self._language_model: Any = None
         self._backends: dict[bool, Any] = {}
+        self._backend_name: str | None = None
         self.timings: dict[str, float] = {}
 
     # -- models, loaded on first use
@@ -98,6 +99,15 @@ class Pipeline:
             self.timings["embedding_load_s"] = round(time.perf_counter() - t, 3)
         return self._embeddings
 
+    @property
+    def backend_name(self) -> str:
+        """llama.cpp, transformers or openai: as set, or picked from the model name (auto)."""
+        if self._backend_name is None:
+            from ragqa.llms import resolve_backend
+
+            self._backend_name = resolve_backend(self.settings)
+        return self._backend_name
+
     def backend(self, *, vocab_only: bool = False) -> Any:
         """The LLM backend; a full model also serves where only the tokenizer is needed."""
         if False in self._backends:
@@ -106,16 +116,22 @@ class Pipeline:
             from ragqa.llms import load_backend
 
             t = time.perf_counter()
-            self._backends[vocab_only] = load_backend(self.settings, vocab_only=vocab_only)
+            self._backends[vocab_only] = load_backend(self.settings, backend=self.backend_name, vocab_only=vocab_only)
             self.timings["llm_load_s"] = round(time.perf_counter() - t, 3)
         return self._backends[vocab_only]
 
     def check_models(self) -> None:
-        """Fail on a bad model path, chat format name or format file before any slow work starts."""
+        """Fail on a bad model, server, chat format name or format file before any slow work starts."""
         from ragqa.chat_formats import check_chat_format
-        from ragqa.models import resolve_llm_path
+        from ragqa.models import resolve_hf_model, resolve_llm_path
 
-        resolve_llm_path(self.settings.model)
+        name = self.backend_name
+        if name == "llama.cpp":
+            resolve_llm_path(self.settings.model)
+        elif name == "transformers":
+            resolve_hf_model(self.settings.model)
+        elif name == "openai" and not self._backends:
+            self.backend()  # reaches the server: a wrong URL, key or model fails now, not after indexing
         check_chat_format(self.settings.chat_format)
 
     # -- indexing
@@ -434,6 +450,8 @@ class Pipeline:
 
 SUMMARY_SETTINGS = ("model", "chat_format", "system_prompt", "summary_chain", "lang", "n_ctx", "max_new_tokens",
                     "temperature", "top_k", "top_p", "repeat_penalty", "seed", "rope_freq_base", "rope_freq_scale")
+# part of the key only when changed from their defaults, so summaries made before they existed still match
+SUMMARY_SETTINGS_IF_SET = ("backend", "base_url", "api_model", "torch_dtype", "load_in_4bit", "load_in_8bit", "rope_scaling")
 
 
 @dataclass
@@ -454,10 +472,12 @@ def _summary_key(file_hash: str, settings: Settings) -> str:
 
     from ragqa.chat_formats import format_file_digest
 
-    values = {k: getattr(settings, k) for k in SUMMARY_SETTINGS}
+    fields = {k: getattr(settings, k) for k in SUMMARY_SETTINGS}
+    fields.update({k: getattr(settings, k) for k in SUMMARY_SETTINGS_IF_SET
+                   if getattr(settings, k) != Settings.model_fields[k].default})
     if digest := format_file_digest(settings.chat_format):
-        values["chat_format_file"] = digest
-    blob = json.dumps({"file": file_hash, **values}, sort_keys=True, default=str)
+        fields["chat_format_file"] = digest
+    blob = json.dumps({"file": file_hash, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -484,7 +504,7 @@ class LanguageModel:
     def __init__(self, pipeline: "Pipeline") -> None:
         from ragqa.llms import GenerationParams, RagqaLLM
 
-        self.backend = pipeline.backend()
+        self.backend = pipeline.backend()  # load_backend with pipeline.backend_name
         self.pb = pipeline.prompt_builder(self.backend)
         self.llm = RagqaLLM(backend=self.backend, params=asdict(GenerationParams.from_settings(pipeline.settings)),
                             stop_default=list(self.pb.chat_format.stop))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "faiss", "llama_cpp", "gradio", "transformers", "sentence_transformers")
+HEAVY = ("torch", "faiss", "llama_cpp", "gradio", "transformers", "sentence_transformers", "openai")
 
 CHECK = f"""
 import sys
