@@ -1,6 +1,9 @@
 """ragqa: local question answering and summarization over your own documents.
 
 Importing ragqa loads no heavy library (torch, faiss, llama_cpp, gradio); they load on first use.
+The parts are LangChain components (README "Python API"): ``load_documents``,
+``ChineseTextSplitter``, ``make_embeddings``, ``RagqaVectorStore``, ``get_prompt``,
+``make_qa_chain``, ``make_summarize_chain``.
 """
 
 from __future__ import annotations
@@ -13,14 +16,18 @@ __all__ = [
     "Answer",
     "ChineseTextSplitter",
     "Pipeline",
+    "PromptBuilder",
     "RagqaError",
+    "RagqaVectorStore",
     "Settings",
     "Source",
     "get_chat_format",
+    "get_prompt",
     "load_documents",
     "load_settings",
     "make_embeddings",
     "make_qa_chain",
+    "make_summarize_chain",
 ]
 
 _LAZY = {
@@ -35,16 +42,22 @@ _LAZY = {
     "load_documents": "ragqa.loaders",
     "make_embeddings": "ragqa.embeddings",
     "make_qa_chain": "ragqa.chains",
+    "make_summarize_chain": "ragqa.chains",
+    "PromptBuilder": "ragqa.chains",
+    "RagqaVectorStore": "ragqa.retrieval",
+    "get_prompt": "ragqa.prompts",
 }
 
 if TYPE_CHECKING:
-    from ragqa.chains import make_qa_chain
+    from ragqa.chains import PromptBuilder, make_qa_chain, make_summarize_chain
     from ragqa.chat_formats import get_chat_format
     from ragqa.config import Settings, load_settings
     from ragqa.embeddings import make_embeddings
     from ragqa.errors import RagqaError
     from ragqa.loaders import load_documents
     from ragqa.pipeline import Answer, Pipeline, Source
+    from ragqa.prompts import get_prompt
+    from ragqa.retrieval import RagqaVectorStore
     from ragqa.splitting import ChineseTextSplitter
 
 

@@ -6,47 +6,117 @@ shows the model each further chunk with its answer so far and lets it improve th
 Every prompt is measured with the model's tokenizer before it is sent. Chunks that do not fit
 ``n_ctx - max_new_tokens`` are dropped (lowest-ranked first) or, if even the best one does not
 fit, cut; each such change is reported in the result's ``notes``.
+
+The chains take any LangChain model. A completion model (an ``LLM``) gets one string, the
+instruction wrapped in a chat format; a chat model (``BaseChatModel``) gets messages and applies
+its own template.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel, BaseLanguageModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables.config import run_in_executor
 from langchain_core.runnables.utils import AddableDict
 
-from ragqa.chat_formats import ChatFormat, Message
-from ragqa.errors import InputError
+from ragqa.chat_formats import AUTO, ChatFormat, Message, get_chat_format
+from ragqa.errors import ConfigError, InputError
+from ragqa.llms import estimate_tokens  # one cautious estimate, shared with the backends
 from ragqa.prompts import detect_lang, fill_prompt
 
 log = logging.getLogger(__name__)
 
 CHAIN_TYPES = ("stuff", "refine")
+DEFAULT_CHAT_FORMAT = "chatml"  # for a completion model that is not a ragqa model (those know their own)
+DEFAULT_CONTEXT_WINDOW = 4096  # tokens, as Settings.n_ctx
+DEFAULT_MAX_NEW_TOKENS = 400  # as Settings.max_new_tokens
+
+Prompt = str | list[BaseMessage]  # a completion model's string, or a chat model's messages
 
 
 @dataclass
 class PromptBuilder:
-    """Turns an instruction into the exact model prompt and keeps it inside the token budget."""
+    """Turns an instruction into the exact model prompt and keeps it inside the token budget.
 
-    chat_format: ChatFormat
-    count_tokens: Callable[[str], int]
+    With a ``chat_format`` the prompt is one string for a completion model; with ``chat_format``
+    None it is a list of messages for a chat model, and ``count_tokens`` counts messages.
+    ``PromptBuilder.for_model(llm)`` picks both, and the budget, for any LangChain model.
+    """
+
+    chat_format: ChatFormat | None
+    count_tokens: Callable[[Any], int]  # prompt (str, or messages) -> tokens
     budget: int  # tokens the prompt may use: n_ctx - max_new_tokens
     system_prompt: str | None = None
     lang: str = "auto"
     history: tuple[Message, ...] = ()  # earlier turns of a conversation, rendered before the instruction
 
+    @classmethod
+    def for_model(
+        cls,
+        llm: Any,
+        *,
+        chat_format: str | ChatFormat | None = None,
+        context_window: int | None = None,
+        max_new_tokens: int | None = None,
+        system_prompt: str | None = None,
+        lang: str = "auto",
+    ) -> "PromptBuilder":
+        """A builder that suits ``llm``.
+
+        - a chat model: messages; tokens by its ``get_num_tokens_from_messages``.
+        - a ragqa model (``RagqaLLM``): its own chat format (``auto``: the model file's template),
+          tokenizer and context size, as ``ragqa ask`` uses them.
+        - any other completion model: ``chat_format`` (default chatml); tokens by its
+          ``get_num_tokens``.
+
+        A model without a tokenizer of its own (LangChain would fetch GPT-2's) is measured with a
+        cautious estimate instead. The budget is ``context_window - max_new_tokens`` (4096 - 400).
+        """
+        model = _unwrap(llm)
+        backend = getattr(model, "backend", None)
+        if not isinstance(model, BaseChatModel) and _is_ragqa_backend(backend):
+            fmt = chat_format if isinstance(chat_format, ChatFormat) else backend.chat_format(chat_format or AUTO)
+            new = max_new_tokens or (getattr(model, "params", None) or {}).get("max_tokens") or DEFAULT_MAX_NEW_TOKENS
+            window = context_window or backend.context_size()
+            return cls(fmt, backend.count_tokens, _budget(window, new), system_prompt, lang)
+        window = context_window or DEFAULT_CONTEXT_WINDOW
+        budget = _budget(window, max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+        if isinstance(model, BaseChatModel):
+            if chat_format is not None:
+                raise ConfigError("a chat model applies its own chat template; leave chat_format out")
+            return cls(None, _message_counter(model), budget, system_prompt, lang)
+        if isinstance(chat_format, str) and chat_format.strip().lower() == AUTO:
+            raise ConfigError(
+                f"chat_format 'auto' needs a ragqa model (RagqaLLM) that carries its template; "
+                f"name a format for {type(model).__name__} (e.g. {DEFAULT_CHAT_FORMAT})"
+            )
+        if not isinstance(chat_format, ChatFormat):
+            chat_format = get_chat_format(chat_format or DEFAULT_CHAT_FORMAT)
+        return cls(chat_format, _text_counter(model), budget, system_prompt, lang)
+
+    @property
+    def stop(self) -> list[str]:
+        """Where a completion model's turn ends in this chat format (chat models stop by themselves)."""
+        return list(self.chat_format.stop) if self.chat_format is not None else []
+
     def language(self, question: str) -> str:
         return detect_lang(question) if self.lang == "auto" else self.lang
 
-    def render(self, instruction: str) -> str:
-        if not self.history:
-            return self.chat_format.prompt(instruction, self.system_prompt)
-        return self.chat_format.render([*self.history, {"role": "user", "content": instruction}], self.system_prompt)
+    def render(self, instruction: str) -> Prompt:
+        return self._render([*self.history, {"role": "user", "content": instruction}])
+
+    def _render(self, msgs: Sequence[Message]) -> Prompt:
+        if self.chat_format is None:
+            return to_messages(msgs, self.system_prompt)
+        return self.chat_format.render(msgs, self.system_prompt)
 
     def with_history(self, history: Sequence[Any], share: float = 0.5) -> tuple["PromptBuilder", list[str]]:
         """This builder with earlier turns, keeping the newest that fit ``share`` of the budget.
@@ -60,7 +130,7 @@ class PromptBuilder:
         for q, a in reversed(turns):
             candidate = [(q, a), *kept]
             msgs = _turn_messages(candidate)
-            probe = self.chat_format.render([*msgs, {"role": "user", "content": ""}], self.system_prompt)
+            probe = self._render([*msgs, {"role": "user", "content": ""}])
             if self.count_tokens(probe) > self.budget * share:
                 break
             kept = candidate
@@ -69,10 +139,10 @@ class PromptBuilder:
             notes.append(f"conversation: kept the last {len(kept)} of {len(turns)} earlier turns to fit the context")
         return replace(self, history=tuple(_turn_messages(kept))), notes
 
-    def fits(self, prompt: str) -> bool:
+    def fits(self, prompt: Prompt) -> bool:
         return self.count_tokens(prompt) <= self.budget
 
-    def fit_text(self, make_prompt: Callable[[str], str], text: str) -> tuple[str, str]:
+    def fit_text(self, make_prompt: Callable[[str], Prompt], text: str) -> tuple[Prompt, str]:
         """Longest prefix of ``text`` whose prompt fits (binary search); -> (prompt, prefix)."""
         if self.fits(prompt := make_prompt(text)):
             return prompt, text
@@ -89,6 +159,77 @@ class PromptBuilder:
                 "(shorten the question, raise n_ctx or lower max_new_tokens)"
             )
         return make_prompt(text[:lo]), text[:lo]
+
+
+def to_messages(msgs: Sequence[Message], system_prompt: str | None = None) -> list[BaseMessage]:
+    """ragqa's role/content turns as LangChain messages; a system prompt leads if there is one.
+
+    >>> [type(m).__name__ for m in to_messages([{"role": "user", "content": "q"},
+    ...     {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}], "Be brief.")]
+    ['SystemMessage', 'HumanMessage', 'AIMessage', 'HumanMessage']
+    """
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    out: list[BaseMessage] = [SystemMessage(system_prompt)] if system_prompt else []
+    return out + [kinds[m["role"]](m["content"]) for m in msgs]
+
+
+def _budget(context_window: int, max_new_tokens: int) -> int:
+    if not 0 < max_new_tokens < context_window:
+        raise ConfigError(
+            f"max_new_tokens ({max_new_tokens}) must be positive and less than the context window ({context_window})"
+        )
+    return context_window - max_new_tokens
+
+
+def _unwrap(llm: Any) -> Any:
+    """The model inside ``llm.bind(...)`` / ``with_config`` wrappers."""
+    while hasattr(llm, "bound") and isinstance(llm.bound, Runnable):
+        llm = llm.bound
+    return llm
+
+
+def _is_ragqa_backend(backend: Any) -> bool:
+    return all(callable(getattr(backend, name, None)) for name in ("chat_format", "context_size", "count_tokens"))
+
+
+def _overrides(model: Any, name: str) -> bool:
+    return getattr(type(model), name, None) is not getattr(BaseLanguageModel, name)
+
+
+def _has_own_tokenizer(model: Any) -> bool:
+    """LangChain's default ``get_num_tokens`` downloads GPT-2's tokenizer: not the model's own."""
+    if not isinstance(model, BaseLanguageModel):
+        return callable(getattr(model, "get_num_tokens", None))
+    return bool(model.custom_get_token_ids) or _overrides(model, "get_num_tokens") or _overrides(model, "get_token_ids")
+
+
+def _probe(count: Callable[[Any], int], sample: Any, model: Any) -> bool:
+    """Whether the model's counter works here (offline, a tiktoken or hub tokenizer may not load)."""
+    try:
+        count(sample)
+        return True
+    except Exception as exc:  # any backend's own error type
+        log.warning("%s cannot count tokens here (%s: %s); estimating instead",
+                    type(model).__name__, type(exc).__name__, exc)
+        return False
+
+
+def _text_counter(model: Any) -> Callable[[str], int]:
+    if _has_own_tokenizer(model) and _probe(model.get_num_tokens, "熊猫 panda", model):
+        return model.get_num_tokens
+    return estimate_tokens
+
+
+def _message_counter(model: BaseChatModel) -> Callable[[list[BaseMessage]], int]:
+    sample = [HumanMessage("熊猫 panda")]
+    if _overrides(model, "get_num_tokens_from_messages") and _probe(model.get_num_tokens_from_messages, sample, model):
+        return model.get_num_tokens_from_messages
+    per_text = _text_counter(model)
+
+    def count(messages: list[BaseMessage]) -> int:
+        return sum(per_text(str(m.text)) + 4 for m in messages)  # + role markers around each turn
+
+    return count
 
 
 def format_context(docs: Sequence[Document]) -> str:
@@ -145,8 +286,12 @@ def _refine_prompt(question: str, doc: Document, answer: str | None, pb: PromptB
 
 
 def _text(chunk: Any) -> str:
-    """LLMs stream str; chat models stream message chunks."""
-    return chunk if isinstance(chunk, str) else str(getattr(chunk, "content", chunk))
+    """LLMs stream str; chat models stream message chunks (whose content may be a list of parts)."""
+    if isinstance(chunk, str):
+        return chunk
+    if isinstance(chunk, BaseMessage):
+        return str(chunk.text)
+    return str(getattr(chunk, "content", chunk))
 
 
 def _pair_turns(history: Sequence[Any]) -> list[tuple[str, str]]:
@@ -203,18 +348,34 @@ def _question(inputs: Any) -> str:
 
 
 def make_qa_chain(
-    llm: Runnable, retriever: BaseRetriever, pb: PromptBuilder, chain_type: str = "stuff"
+    llm: Runnable,
+    retriever: BaseRetriever,
+    pb: PromptBuilder | None = None,
+    chain_type: str = "stuff",
+    *,
+    chat_format: str | ChatFormat | None = None,
+    context_window: int | None = None,
+    max_new_tokens: int | None = None,
+    system_prompt: str | None = None,
+    lang: str = "auto",
 ) -> Runnable:
     """A Runnable: ``{"question": str, "history"?: messages}`` (or a str) ->
     ``{"answer", "source_documents", "prompts", "notes"}``.
 
-    ``stream`` yields the sources and prompt first, then the answer token by token. With a
-    ``history`` (earlier turns), retrieval searches the previous question with this one and the
-    prompt is the chat format's multi-turn conversation, the newest turns that fit kept.
+    ``llm`` is any LangChain LLM or chat model. Without a PromptBuilder ``pb``, one is made for
+    it from the keyword options (see ``PromptBuilder.for_model``). ``stream`` yields the sources and
+    prompt first, then the answer token by token. With a ``history`` (earlier turns), retrieval
+    searches the previous question with this one and the prompt is a multi-turn conversation (the
+    chat format's, or alternating Human/AI messages for a chat model), the newest turns that fit kept.
     """
+    pb, chain_type = _resolve_builder(
+        llm, pb, chain_type, "stuff", chat_format=chat_format, context_window=context_window,
+        max_new_tokens=max_new_tokens, system_prompt=system_prompt, lang=lang,
+    )
     if chain_type not in CHAIN_TYPES:
         raise InputError(f"unknown chain {chain_type!r}; choose one of: {', '.join(CHAIN_TYPES)}")
     base_pb = pb
+    generate = _generator(llm, pb)
 
     def run(inputs: Any) -> Iterator[AddableDict]:
         question = _question(inputs)
@@ -224,8 +385,8 @@ def make_qa_chain(
         if chain_type == "stuff":
             prompt, used, notes = build_stuff_prompt(question, docs, pb)
             yield AddableDict(source_documents=used, prompts=[prompt], notes=history_notes + notes)
-            for chunk in llm.stream(prompt):
-                yield AddableDict(answer=_text(chunk))
+            for piece in generate.stream(prompt):
+                yield AddableDict(answer=piece)
             return
         if not docs:
             yield AddableDict(source_documents=[], prompts=[], notes=["no chunks were retrieved"], answer="")
@@ -237,12 +398,68 @@ def make_qa_chain(
             yield AddableDict(prompts=[prompt], notes=notes)
             if i < len(docs) - 1:
                 log.info("refine: step %d of %d", i + 1, len(docs))
-                answer = _text(llm.invoke(prompt)).strip()
+                answer = generate.invoke(prompt).strip()
                 continue
-            for chunk in llm.stream(prompt):
-                yield AddableDict(answer=_text(chunk))
+            for piece in generate.stream(prompt):
+                yield AddableDict(answer=piece)
 
-    return RunnableLambda(run, name=f"ragqa_qa_{chain_type}")
+    return _streaming_runnable(run, f"ragqa_qa_{chain_type}")
+
+
+def _streaming_runnable(run: Callable[[Any], Iterator[AddableDict]], name: str) -> Runnable:
+    """A RunnableLambda over the generator ``run``, with an async twin that steps it in a worker
+    thread, so ``astream`` works too (RunnableLambda cannot stream a plain generator async)."""
+
+    async def arun(inputs: Any, config: RunnableConfig) -> AsyncIterator[AddableDict]:
+        steps = run(inputs)
+        done = AddableDict()
+        while (part := await run_in_executor(config, next, steps, done)) is not done:
+            yield part
+
+    return RunnableLambda(run, afunc=arun, name=name)
+
+
+def _resolve_builder(
+    llm: Any, pb: PromptBuilder | str | None, chain_type: str, default_chain: str, **options: Any
+) -> tuple[PromptBuilder, str]:
+    """The caller's PromptBuilder, or one for ``llm``; a chain name in ``pb``'s place is taken as
+    the chain type (``make_qa_chain(llm, retriever, "refine")``)."""
+    if isinstance(pb, str):
+        if chain_type != default_chain:
+            raise TypeError(f"chain type given twice: {pb!r} and {chain_type!r}")
+        pb, chain_type = None, pb
+    if pb is None:
+        return PromptBuilder.for_model(llm, **options), chain_type
+    given = sorted(k for k, v in options.items() if v is not None and not (k == "lang" and v == "auto"))
+    if given:
+        raise TypeError(f"give either a PromptBuilder or {', '.join(given)}, not both")
+    return pb, chain_type
+
+
+@dataclass
+class _Generator:
+    """Calls the model with a prompt; passes the chat format's stop strings to a completion model."""
+
+    llm: Any
+    stop: list[str]
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"stop": self.stop} if self.stop else {}
+
+    def invoke(self, prompt: Prompt) -> str:
+        return _text(self.llm.invoke(prompt, **self._kwargs()))
+
+    def stream(self, prompt: Prompt) -> Iterator[str]:
+        for chunk in self.llm.stream(prompt, **self._kwargs()):
+            yield _text(chunk)
+
+
+def _generator(llm: Any, pb: PromptBuilder) -> _Generator:
+    model = _unwrap(llm)
+    if not isinstance(model, BaseLanguageModel):  # a plain Runnable takes no stop argument
+        return _Generator(llm, [])
+    own = set(getattr(model, "stop_default", None) or ())  # a RagqaLLM already stops at its format's
+    return _Generator(llm, [s for s in pb.stop if s not in own])
 
 
 def first_prompt(
@@ -271,7 +488,7 @@ class SummaryResult:
     notes: list[str]
 
 
-def _summary_prompt(name: str, lang: str, pb: PromptBuilder, text: str, **extra: str) -> tuple[str, str]:
+def _summary_prompt(name: str, lang: str, pb: PromptBuilder, text: str, **extra: str) -> tuple[Prompt, str]:
     """The prompt with as much of ``text`` as fits; -> (prompt, the text that went in)."""
     return pb.fit_text(lambda t: pb.render(fill_prompt(name, lang, text=t, **extra)), text)
 
@@ -297,12 +514,14 @@ def summarize_chunks(
     calls = 0
     step = on_step or (lambda _: None)
 
-    def call(prompt: str) -> str:
+    generate = _generator(llm, pb)
+
+    def call(prompt: Prompt) -> str:
         nonlocal calls
         calls += 1
-        return _text(llm.invoke(prompt)).strip()
+        return generate.invoke(prompt).strip()
 
-    def fitted(name: str, text: str, **extra: str) -> str:
+    def fitted(name: str, text: str, **extra: str) -> Prompt:
         prompt, used = _summary_prompt(name, lang, pb, text, **extra)
         if len(used) < len(text):
             notes.append(f"context budget: {name} input cut to {len(used)} of {len(text)} characters")
@@ -363,8 +582,27 @@ def _group_to_fit(parts: Sequence[str], fits: Callable[[str], bool]) -> list[str
     return groups
 
 
-def make_summarize_chain(llm: Runnable, pb: PromptBuilder, chain_type: str = "auto", lang: str = "auto") -> Runnable:
-    """A Runnable: ``{"chunks": [str, ...]}`` or a str -> ``{"summary", "chain", "llm_calls", "notes"}``."""
+def make_summarize_chain(
+    llm: Runnable,
+    pb: PromptBuilder | None = None,
+    chain_type: str = "auto",
+    lang: str = "auto",
+    *,
+    chat_format: str | ChatFormat | None = None,
+    context_window: int | None = None,
+    max_new_tokens: int | None = None,
+    system_prompt: str | None = None,
+) -> Runnable:
+    """A Runnable: ``{"chunks": [str, ...]}`` or a str -> ``{"summary", "chain", "llm_calls", "notes"}``.
+
+    ``llm`` is any LangChain LLM or chat model; without ``pb`` a PromptBuilder is made for it from
+    the keyword options (see ``PromptBuilder.for_model``). ``lang`` picks the prompt language
+    (``auto``: from the text).
+    """
+    pb, chain_type = _resolve_builder(
+        llm, pb, chain_type, "auto", chat_format=chat_format, context_window=context_window,
+        max_new_tokens=max_new_tokens, system_prompt=system_prompt,
+    )
     if chain_type not in SUMMARY_CHAINS:
         raise InputError(f"unknown summary chain {chain_type!r}; choose one of: {', '.join(SUMMARY_CHAINS)}")
 

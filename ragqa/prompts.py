@@ -9,8 +9,12 @@ import re
 import string
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ragqa.errors import ConfigError
+
+if TYPE_CHECKING:
+    from langchain_core.prompts import PromptTemplate
 
 LANGS = ("zh", "en")
 # name -> the variables its template must use
@@ -68,3 +72,14 @@ def load_prompt(name: str, lang: str) -> str:
 
 def fill_prompt(name: str, lang: str, **values: str) -> str:
     return load_prompt(name, lang).format(**values)
+
+
+def get_prompt(name: str, lang: str) -> "PromptTemplate":
+    """A template from prompts/ as a LangChain PromptTemplate (input variables as in the file).
+
+    >>> get_prompt("qa_stuff", "en").input_variables
+    ['context', 'question']
+    """
+    from langchain_core.prompts import PromptTemplate
+
+    return PromptTemplate.from_template(load_prompt(name, lang))

@@ -6,20 +6,26 @@
 - ``hybrid``: reciprocal-rank fusion of the two rankings (score = sum of 1 / (60 + rank)).
 
 An optional reranker (a cross-encoder by name) re-scores the candidates; it is off by default.
+
+``RagqaVectorStore`` is the same index as a LangChain VectorStore, built from texts or documents.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import VectorStore
 
 from ragqa.errors import ConfigError, MissingDependencyError, ModelError
+from ragqa.store import ChunkIndex, FileIndex
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def _with_score(doc: Document, score: float, **extra: float) -> Document:
-    return Document(page_content=doc.page_content, metadata={**doc.metadata, "score": score, **extra})
+    return Document(id=doc.id, page_content=doc.page_content, metadata={**doc.metadata, "score": score, **extra})
 
 
 def fuse_rankings(rankings: Sequence[Sequence[int]], rrf_k: int = RRF_K) -> list[tuple[int, float]]:
@@ -83,14 +89,19 @@ def fuse_rankings(rankings: Sequence[Sequence[int]], rrf_k: int = RRF_K) -> list
 
 
 class VectorRetriever(BaseRetriever):
-    """Top-k chunks by cosine similarity; each result carries ``metadata["score"]``."""
+    """Top-k chunks by cosine similarity; each result carries ``metadata["score"]``.
+
+    Like every retriever here, ``invoke(query, k=2)`` overrides ``k`` for one call.
+    """
 
     index: Any  # ragqa.store.ChunkIndex
     embeddings: Any  # a LangChain Embeddings
     k: int = 4
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self.index.search_ids(self.embeddings.embed_query(query), self.k)
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
+        hits = self.index.search_ids(self.embeddings.embed_query(query), k or self.k)
         return [_with_score(self.index.chunks[i], s) for i, s in hits]
 
 
@@ -100,8 +111,10 @@ class BM25Retriever(BaseRetriever):
     index: Any
     k: int = 4
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self.index.bm25_search_ids(tokenize(query), self.k)
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
+        hits = self.index.bm25_search_ids(tokenize(query), k or self.k)
         return [_with_score(self.index.chunks[i], s) for i, s in hits]
 
 
@@ -113,13 +126,16 @@ class HybridRetriever(BaseRetriever):
     k: int = 4
     candidates: int = DEFAULT_CANDIDATES
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        n = max(self.candidates, self.k)
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
+        k = k or self.k
+        n = max(self.candidates, k)
         vector = self.index.search_ids(self.embeddings.embed_query(query), n)
         keyword = self.index.bm25_search_ids(tokenize(query), n)
         vec_score = dict(vector)
         kw_score = dict(keyword)
-        fused = fuse_rankings([[i for i, _ in vector], [i for i, _ in keyword]])[: self.k]
+        fused = fuse_rankings([[i for i, _ in vector], [i for i, _ in keyword]])[:k]
         return [
             _with_score(self.index.chunks[i], s, vector_score=vec_score.get(i, 0.0), bm25_score=kw_score.get(i, 0.0))
             for i, s in fused
@@ -154,12 +170,14 @@ class RerankingRetriever(BaseRetriever):
     reranker: Any  # a Reranker
     k: int = 4
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
         docs = self.base.invoke(query)
         if not docs:
             return []
         scores = self.reranker.score(query, [d.page_content for d in docs])
-        ranked = sorted(zip(docs, scores), key=lambda ds: -ds[1])[: self.k]
+        ranked = sorted(zip(docs, scores), key=lambda ds: -ds[1])[: k or self.k]
         return [
             _with_score(d, s, retrieval_score=float(d.metadata.get("score", 0.0))) for d, s in ranked
         ]
@@ -183,3 +201,156 @@ def make_retriever(
     if reranker is None:
         return base
     return RerankingRetriever(base=base, reranker=reranker, k=k)
+
+
+# -- the index as a LangChain VectorStore ---------------------------------------------------------
+
+
+class RagqaVectorStore(VectorStore):
+    """ragqa's index (FAISS cosine + jieba BM25 words) as a LangChain VectorStore.
+
+    Texts are embedded with ``embedding`` and their vectors normalised, so every score is a cosine.
+    Adding a text under an id that is already stored replaces it. Besides the usual
+    ``as_retriever()`` (vector search), ``as_hybrid_retriever()`` gives ragqa's hybrid retrieval
+    over the same index, which finds exact names and numbers an embedding model blurs.
+
+    >>> from langchain_core.embeddings import DeterministicFakeEmbedding
+    >>> store = RagqaVectorStore.from_texts(["熊猫吃竹子。", "The ferry runs daily."],
+    ...                                     DeterministicFakeEmbedding(size=8), ids=["a", "b"])
+    >>> [d.id for d in store.as_hybrid_retriever(k=1).invoke("熊猫吃什么？")]
+    ['a']
+    """
+
+    def __init__(self, embedding: Embeddings, index: ChunkIndex | None = None) -> None:
+        self.embedding = embedding
+        self.index = index if index is not None else ChunkIndex([], allow_empty=True)
+        for i, chunk in enumerate(self.index.chunks):  # chunks from ragqa's file cache carry no id
+            if chunk.id is None:
+                self.index.chunks[i] = chunk.model_copy(update={"id": str(uuid.uuid4())})
+        self._positions: dict[str, int] | None = None
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self.embedding
+
+    def _position(self) -> dict[str, int]:
+        if self._positions is None:
+            self._positions = {c.id: i for i, c in enumerate(self.index.chunks) if c.id is not None}
+        return self._positions
+
+    def add_texts(
+        self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed and store the texts; -> their ids (given ones kept, missing ones made up)."""
+        texts = list(texts)
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(metadatas)} metadatas")
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+        if not texts:
+            return []
+        new_ids = [i if i else str(uuid.uuid4()) for i in (ids or [None] * len(texts))]
+        # the same id twice in one call: the later text wins, as it would over two calls
+        last = {doc_id: n for n, doc_id in enumerate(new_ids)}
+        keep = sorted(last.values())
+        docs = [
+            Document(id=new_ids[n], page_content=texts[n], metadata=dict(metadatas[n]) if metadatas else {})
+            for n in keep
+        ]
+        vectors = _unit_rows(self.embedding.embed_documents([d.page_content for d in docs]))
+        self.delete(list(last))
+        self.index.add(FileIndex(docs, vectors, [tokenize(d.page_content) for d in docs]))
+        self._positions = None
+        return new_ids
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Remove these ids (unknown ones are ignored); ``None`` removes everything."""
+        if ids is None:
+            self.index.remove(range(len(self.index)))
+        else:
+            where = self._position()
+            self.index.remove(where[i] for i in ids if i in where)
+        self._positions = None
+        return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        where = self._position()
+        return [_copy(self.index.chunks[where[i]]) for i in ids if i in where]
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, *, filter: Callable[[Document], bool] | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        """[(document, cosine)] best first; ``filter`` is a metadata dict to match or a predicate."""
+        return self._search(self.embedding.embed_query(query), k, filter)
+
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return [d for d, _ in self.similarity_search_with_score(query, k, **kwargs)]
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, *, filter: Callable[[Document], bool] | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        return [d for d, _ in self._search(embedding, k, filter)]
+
+    def _search(self, vector: Sequence[float], k: int, filter: Any = None) -> list[tuple[Document, float]]:
+        if filter is None:
+            return [(_copy(self.index.chunks[i]), s) for i, s in self.index.search_ids(vector, k)]
+        keep = filter if callable(filter) else lambda d: all(d.metadata.get(m) == v for m, v in filter.items())
+        hits = self.index.search_ids(vector, len(self.index))  # a flat index scores every chunk anyway
+        return [(_copy(self.index.chunks[i]), s) for i, s in hits if keep(self.index.chunks[i])][:k]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        return lambda cosine: min(1.0, max(0.0, cosine))  # opposite directions are simply irrelevant
+
+    def max_marginal_relevance_search(
+        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
+    ) -> list[Document]:
+        return self.max_marginal_relevance_search_by_vector(
+            self.embedding.embed_query(query), k, fetch_k, lambda_mult, **kwargs
+        )
+
+    def max_marginal_relevance_search_by_vector(
+        self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
+    ) -> list[Document]:
+        import numpy as np
+        from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
+        hits = self.index.search_ids(embedding, max(fetch_k, k))
+        if not hits:
+            return []
+        ids = [i for i, _ in hits]
+        chosen = maximal_marginal_relevance(
+            np.asarray(embedding, dtype="float32"), self.index.vectors(ids), lambda_mult=lambda_mult, k=k
+        )
+        return [_copy(self.index.chunks[ids[j]]) for j in chosen]
+
+    @classmethod
+    def from_texts(
+        cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
+        ids: list[str] | None = None, **kwargs: Any,
+    ) -> "RagqaVectorStore":
+        store = cls(embedding)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+    def as_hybrid_retriever(self, k: int = 4, *, candidates: int = DEFAULT_CANDIDATES) -> HybridRetriever:
+        """ragqa's hybrid retrieval (vector + BM25, rank fusion) over this store, as ``ask`` does it.
+
+        Results carry ``metadata["score"]`` (the fusion score), ``vector_score`` and ``bm25_score``.
+        """
+        return HybridRetriever(index=self.index, embeddings=self.embedding, k=k, candidates=candidates)
+
+
+def _copy(doc: Document) -> Document:
+    """A caller's copy: editing a search result must not edit the stored chunk."""
+    return Document(id=doc.id, page_content=doc.page_content, metadata=dict(doc.metadata))
+
+
+def _unit_rows(vectors: Sequence[Sequence[float]]) -> Any:
+    import numpy as np
+
+    v = np.array(vectors, dtype="float32")
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(norms > 0, norms, 1.0)

