@@ -321,6 +321,13 @@ def serve(
     auth: Optional[str] = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD required to open the page (env RAGQA_WEB_AUTH)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in a browser."),
     model: Optional[str] = ModelOpt,
+    backend: Optional[str] = BackendOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    api_model: Optional[str] = ApiModelOpt,
+    device: Optional[str] = DeviceOpt,
+    torch_dtype: Optional[str] = DtypeOpt,
+    load_in_4bit: Optional[bool] = FourBitOpt,
+    load_in_8bit: Optional[bool] = EightBitOpt,
     embedding_model: Optional[str] = EmbOpt,
     chat_format: Optional[str] = FormatOpt,
     chain: Optional[str] = typer.Option(None, "--chain", help="Default QA chain: stuff or refine."),
@@ -348,7 +355,9 @@ def serve(
         from ragqa.web import serve as serve_page
 
         settings = load_settings(
-            config, model=model, embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
+            config, model=model, backend=backend, base_url=base_url, api_model=api_model, device=device,
+            torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
+            embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
             retriever=retriever, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
             max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, cache_dir=cache_dir,
         )

@@ -275,8 +275,10 @@ def sources_data(answer: Answer) -> list[dict[str, Any]]:
 # -- the page -----------------------------------------------------------------------------------
 
 
-def model_info(settings: Settings) -> str:
-    return (f"**Model** `{settings.model}` · **Chat format** `{settings.chat_format}` · "
+def model_info(settings: Settings, backend: str) -> str:
+    where = f" via `{settings.base_url}`" if settings.base_url else ""
+    return (f"**Model** `{settings.api_model or settings.model}`{where} · **Backend** `{backend}` · "
+            f"**Chat format** `{settings.chat_format}` · "
             f"**Embeddings** `{settings.embedding_model}` · **Context** {settings.n_ctx} tokens")
 
 
@@ -290,7 +292,7 @@ def build_app(pipeline: Pipeline) -> Any:
     with gr.Blocks(title="ragqa") as app:
         gr.Markdown(t("title"))
         gr.Markdown(t("intro"))
-        gr.Markdown(model_info(s), elem_id="model-info")
+        gr.Markdown(model_info(s, pipeline.backend_name), elem_id="model-info")
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 files = gr.File(label=t("files"), file_count="multiple", file_types=FILE_TYPES,

@@ -179,3 +179,15 @@ def test_sources_show_document_text_as_text_not_markup(make_pipeline, tmp_path: 
     body = sources_md.split("</summary>", 1)[1]
     assert "\\# 标题" in body and "\\*\\*苍鹭节\\*\\*" in body
     assert "<script>" not in body
+
+
+def test_page_header_names_the_model_backend_and_server(make_settings) -> None:
+    from ragqa.pipeline import Pipeline
+    from ragqa.web import model_info
+
+    local = Pipeline(make_settings())
+    assert "`smollm2`" in model_info(local.settings, local.backend_name)
+    assert "**Backend** `llama.cpp`" in model_info(local.settings, local.backend_name)
+    remote = make_settings(base_url="http://10.0.0.5:8000/v1", api_model="qwen2.5-7b-instruct")
+    info = model_info(remote, "openai")
+    assert "`qwen2.5-7b-instruct` via `http://10.0.0.5:8000/v1`" in info and "`openai`" in info
