@@ -122,3 +122,23 @@ def web_server(tmp_path_factory: pytest.TempPathFactory):
     proc, url = start_web_server(tmp_path_factory.mktemp("web-cache"))
     yield url
     stop_web_server(proc)
+
+
+@pytest.fixture
+def start_page(tmp_path: Path):
+    """Start another page with extra flags (`start_page("--max-file-mb", "1")`) -> its URL; stopped after the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*extra: str) -> str:
+        proc, url = start_web_server(tmp_path / f"page-{len(procs)}", *extra)
+        procs.append(proc)
+        return url
+
+    yield start
+    for proc in procs:
+        stop_web_server(proc)
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    return free_port()

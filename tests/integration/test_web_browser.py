@@ -161,22 +161,16 @@ def test_summarize_tab_gives_a_summary_and_a_download(browser, web_server: str, 
     page.screenshot(path=str(OUTPUT / "web_summarize.png"), full_page=True)
 
 
-def test_upload_over_the_size_cap_is_refused_in_the_page(browser, web_doc: Path, tmp_path: Path) -> None:
-    from conftest import start_web_server, stop_web_server
-
-    proc, url = start_web_server(tmp_path / "cache", "--max-file-mb", "0.001")  # about 1 KB
-    try:
-        big = tmp_path / "big.txt"
-        big.write_text("The Quillon bridge. " * 200, encoding="utf-8")  # 4 KB
-        page = open_page(browser, url)
-        page.locator("#files input[type=file]").set_input_files([str(big)])
-        page.wait_for_function("() => /exceed|too large|over the/i.test(document.body.innerText)", timeout=30_000)
-        page.screenshot(path=str(tmp_path / "over_cap.png"), full_page=True)
-        OUTPUT.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(OUTPUT / "web_over_cap.png"), full_page=True)
-        # the page still works: a small file goes through
-        page.locator("#files input[type=file]").set_input_files([str(web_doc)])
-        page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('✓ quillon_bridge.md')",
-                               timeout=180_000)
-    finally:
-        stop_web_server(proc)
+def test_upload_over_the_size_cap_is_refused_in_the_page(browser, start_page, web_doc: Path, tmp_path: Path) -> None:
+    url = start_page("--max-file-mb", "0.001")  # about 1 KB
+    big = tmp_path / "big.txt"
+    big.write_text("The Quillon bridge. " * 200, encoding="utf-8")  # 4 KB
+    page = open_page(browser, url)
+    page.locator("#files input[type=file]").set_input_files([str(big)])
+    page.wait_for_function("() => /exceed|too large|over the/i.test(document.body.innerText)", timeout=30_000)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "web_over_cap.png"), full_page=True)
+    # the page still works: a small file goes through
+    page.locator("#files input[type=file]").set_input_files([str(web_doc)])
+    page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('✓ quillon_bridge.md')",
+                           timeout=180_000)

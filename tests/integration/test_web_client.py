@@ -94,12 +94,10 @@ FAST_START = textwrap.dedent("""
 """)
 
 
-def test_page_is_up_before_any_model_loads(web_doc: Path, tmp_path: Path) -> None:
-    from conftest import free_port
-
+def test_page_is_up_before_any_model_loads(web_doc: Path, tmp_path: Path, free_tcp_port: int) -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")},
            "RAGQA_CACHE_DIR": str(tmp_path / "cache"), "RAGQA_MAX_NEW_TOKENS": "20", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.run([sys.executable, "-c", FAST_START, str(free_port()), str(web_doc)],
+    proc = subprocess.run([sys.executable, "-c", FAST_START, str(free_tcp_port), str(web_doc)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
