@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,10 +162,7 @@ class LlamaCppBackend:
         if self.vocab_only:
             raise ModelError("this model was loaded without weights (dry run); it cannot generate")
         prompt_tokens = self.count_tokens(prompt)
-        if prompt_tokens + params.get("max_tokens", 0) > self.context_size():
-            raise ModelError(
-                f"the prompt ({prompt_tokens} tokens) plus max_new_tokens does not fit n_ctx {self.context_size()}"
-            )
+        check_fits(prompt_tokens, params.get("max_tokens", 0), self.context_size())
         with self._lock:
             self.llm.reset()
             stats = GenerationStats(prompt_tokens=prompt_tokens)
@@ -235,6 +232,23 @@ class StopCutter:
         """What was held back, once the stream ended without a stop string."""
         out, self.pending = ("" if self.stopped else self.pending), ""
         return out
+
+    def cut(self, pieces: Iterable[str]) -> Iterator[str]:
+        """``pieces`` up to the first stop string; stops reading them once one is seen."""
+        for piece in pieces:
+            text = self.feed(piece)
+            if text:
+                yield text
+            if self.stopped:
+                return
+        if tail := self.flush():
+            yield tail
+
+
+def check_fits(prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+    """Refuse a generation whose prompt plus answer cannot fit the context window."""
+    if prompt_tokens + max_tokens > n_ctx:
+        raise ModelError(f"the prompt ({prompt_tokens} tokens) plus max_new_tokens does not fit n_ctx {n_ctx}")
 
 
 # --------------------------------------------------------------------------- transformers
@@ -384,10 +398,7 @@ class TransformersBackend:
 
         ids = self._encode(prompt)
         max_tokens = int(params.get("max_tokens", 0))
-        if len(ids) + max_tokens > self.context_size():
-            raise ModelError(
-                f"the prompt ({len(ids)} tokens) plus max_new_tokens does not fit n_ctx {self.context_size()}"
-            )
+        check_fits(len(ids), max_tokens, self.context_size())
         with self._lock:
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             clock = _TokenClock()
@@ -412,18 +423,8 @@ class TransformersBackend:
             t0 = time.perf_counter()
             worker = threading.Thread(target=run, name="ragqa-generate", daemon=True)
             worker.start()
-            cutter = StopCutter(stop)
             try:
-                for piece in streamer:
-                    text = cutter.feed(piece)
-                    if text:
-                        yield text
-                    if cutter.stopped:
-                        break
-                else:
-                    tail = cutter.flush()
-                    if tail:
-                        yield tail
+                yield from StopCutter(stop).cut(streamer)
             finally:
                 clock.cancel.set()  # a stop string or an abandoned stream ends generate() at the next token
                 worker.join()
@@ -618,10 +619,7 @@ class OpenAIBackend:
     def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]:
         prompt_tokens = self.count_tokens(prompt)
         max_tokens = int(params.get("max_tokens", self.settings.max_new_tokens))
-        if prompt_tokens + max_tokens > self.context_size():
-            raise ModelError(
-                f"the prompt ({prompt_tokens} tokens) plus max_new_tokens does not fit n_ctx {self.context_size()}"
-            )
+        check_fits(prompt_tokens, max_tokens, self.context_size())
         stops = [s for s in stop or [] if s]
         extra: dict[str, Any] = {}
         if "top_k" in params:
@@ -631,7 +629,6 @@ class OpenAIBackend:
             # (the model would shun the passages' words). Servers that do not know a field ignore it.
             extra["repeat_penalty"] = params["repeat_penalty"]
         stats = GenerationStats(prompt_tokens=prompt_tokens)
-        cutter = StopCutter(stops)
         t0 = time.perf_counter()
         first = last = None
         response = None
@@ -641,22 +638,18 @@ class OpenAIBackend:
                 temperature=float(params.get("temperature", 0.0)), top_p=float(params.get("top_p", 1.0)),
                 stop=stops[: self.MAX_API_STOPS] or None, seed=self.settings.seed, extra_body=extra,
             )
-            for chunk in response:
-                text = chunk.choices[0].text if chunk.choices else ""
-                if not text:
-                    continue
-                last = time.perf_counter()
-                first = first or last
-                stats.completion_tokens += 1  # servers stream one token per chunk
-                out = cutter.feed(text)
-                if out:
-                    yield out
-                if cutter.stopped:
-                    break
-            else:
-                tail = cutter.flush()
-                if tail:
-                    yield tail
+
+            def pieces() -> Iterator[str]:
+                nonlocal first, last
+                for chunk in response:
+                    text = chunk.choices[0].text if chunk.choices else ""
+                    if text:
+                        last = time.perf_counter()
+                        first = first or last
+                        stats.completion_tokens += 1  # servers stream one token per chunk
+                        yield text
+
+            yield from StopCutter(stops).cut(pieces())
         except Exception as exc:
             if isinstance(exc, ModelError) or not _is_openai_error(exc):
                 raise
