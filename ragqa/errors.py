@@ -15,6 +15,10 @@ class InputError(RagqaError):
     exit_code = 2
 
 
+class NoReadableDocumentsError(InputError):
+    """Every document given was skipped as unreadable (the message lists why)."""
+
+
 class ModelError(RagqaError):
     """A model name or path cannot be resolved or loaded."""
 

@@ -15,7 +15,7 @@ from typing import Any
 from langchain_core.documents import Document
 
 from ragqa.config import Settings
-from ragqa.errors import InputError, RagqaError
+from ragqa.errors import InputError, NoReadableDocumentsError, RagqaError
 from ragqa.loaders import expand_paths, load_file, read_bytes
 from ragqa.models import resolve_embedding
 from ragqa.splitting import ChineseTextSplitter
@@ -203,7 +203,7 @@ class Pipeline:
             indexes.append(index)
         report.seconds = time.perf_counter() - t
         if not indexes:
-            raise InputError("no readable documents: " + "; ".join(report.skipped))
+            raise NoReadableDocumentsError("no readable documents: " + "; ".join(report.skipped))
         return ChunkIndex(indexes), report
 
     def retriever(self, index: ChunkIndex, settings: Settings | None = None) -> Any:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ragqa.config import Settings
-from ragqa.errors import ConfigError, InputError, RagqaError
+from ragqa.errors import ConfigError, InputError, NoReadableDocumentsError, RagqaError
 from ragqa.pipeline import Answer, Pipeline
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,9 @@ def _paths(files: Sequence[Any] | None) -> list[str]:
     for f in files or []:
         if isinstance(f, dict):
             f = f.get("path") or f.get("name")
-        out.append(str(getattr(f, "path", None) or getattr(f, "name", None) or f) if not isinstance(f, str) else f)
+        elif not isinstance(f, str):
+            f = getattr(f, "path", None) or getattr(f, "name", None) or f
+        out.append(str(f))
     return out
 
 
@@ -175,10 +177,8 @@ class Handlers:
                 text += item
                 chat[-1] = {"role": "assistant", "content": text}
                 yield list(chat), "", [], ""
-        except InputError as exc:
-            if "no readable documents" in str(exc):
-                raise _page_error(InputError(MSG["no_readable"])) from None
-            raise _page_error(exc) from None
+        except NoReadableDocumentsError:
+            raise _page_error(InputError(MSG["no_readable"])) from None
         except RagqaError as exc:
             raise _page_error(exc) from None
         assert answer is not None
@@ -194,7 +194,8 @@ class Handlers:
         if not paths:
             raise _page_error(InputError(MSG["no_files"]))
         if picked:
-            paths = [p for p in paths if _name(p) in set(picked)]
+            wanted = set(picked)
+            paths = [p for p in paths if _name(p) in wanted]
         parts, done = [], 0
         for i, path in enumerate(paths):
             step = (lambda s, i=i, path=path: progress((i, len(paths)), desc=f"{_name(path)}: {s}")) if progress else None
@@ -225,15 +226,16 @@ class Handlers:
         return str(path)
 
 
-def _strip_path(message: str, path: str) -> str:
-    """Errors name the server's temp path; the page shows the file's own name."""
-    return message.replace(f"{path}: ", "").replace(path, _name(path))
-
-
 def _strip_paths(message: str, paths: Sequence[str]) -> str:
+    """Errors name the server's temp paths; the page shows the files' own names."""
     for path in paths:
         message = message.replace(path, _name(path))
     return message
+
+
+def _strip_path(message: str, path: str) -> str:
+    """A message about one file, shown next to its name: without the leading "path: "."""
+    return _strip_paths(message.removeprefix(f"{path}: "), [path])
 
 
 def _markdown_escape(text: str) -> str:
