@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from bench_web import free_port  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "corpora" / "en" / "heron_festival.md"
@@ -83,12 +84,6 @@ def hf_folder() -> Path:
         tmp.rename(folder)
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
