@@ -65,11 +65,17 @@ DtypeOpt = typer.Option(None, "--torch-dtype", help="transformers backend: auto 
 FourBitOpt = typer.Option(None, "--load-in-4bit", is_flag=True, help="transformers backend: 4-bit weights (bitsandbytes, GPU).")
 EightBitOpt = typer.Option(None, "--load-in-8bit", is_flag=True, help="transformers backend: 8-bit weights (bitsandbytes, GPU).")
 RopeScalingOpt = typer.Option(None, "--rope-scaling", help="transformers backend: dynamic NTK RoPE factor (> 1).")
+KbOpt = typer.Option(None, "--kb", help="Knowledge base name (see ragqa kb list).")
+StoreOpt = typer.Option(None, "--store", help="KB engine: local (default) or a Milvus URI, e.g. http://127.0.0.1:19530.")
+DataDirOpt = typer.Option(None, "--data-dir", help="Where local knowledge bases live (default ~/.local/share/ragqa).")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="Cache folder (default ~/.cache/ragqa).")
+MaxFileOpt = typer.Option(None, "--max-file-mb", help="Refuse files larger than this many MB (default 200).")
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def ask(
-    args: list[str] = typer.Argument(..., metavar="PATH... QUESTION", help="Files or folders, then the question."),
+    args: list[str] = typer.Argument(..., metavar="[PATH...] QUESTION", help="Files or folders, then the question (with --kb: the question only)."),
+    kb: Optional[str] = KbOpt,
     model: Optional[str] = ModelOpt,
     backend: Optional[str] = BackendOpt,
     base_url: Optional[str] = BaseUrlOpt,
@@ -100,19 +106,26 @@ def ask(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Default 0.9."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Default 1.1."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default 42)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Index cache (default ~/.cache/ragqa)."),
+    cache_dir: Optional[Path] = CacheDirOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    store: Optional[str] = StoreOpt,
+    max_file_mb: Optional[float] = MaxFileOpt,
     config: Optional[Path] = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact prompt; load no LLM weights."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
 ) -> None:
-    """Answer QUESTION from the documents at PATH..., streaming the answer, then its sources.
+    """Answer QUESTION from the documents at PATH... (or the knowledge base --kb NAME), streaming
+    the answer, then its sources.
 
-    Example: ragqa ask notes.txt reports/ "合同的有效期是多久？"
+    Examples: ragqa ask notes.txt reports/ "合同的有效期是多久？"
+              ragqa ask --kb contracts "合同的有效期是多久？"
     """
     _setup_logging(verbose)
-    if len(args) < 2:
-        _fail("give at least one PATH and then the QUESTION (ragqa ask FILE \"question\")", 2)
+    if kb is None and len(args) < 2:
+        _fail("give at least one PATH and then the QUESTION (ragqa ask FILE \"question\"), or --kb NAME", 2)
+    if kb is not None and len(args) != 1:
+        _fail("with --kb give only the QUESTION (ragqa ask --kb NAME \"question\")", 2)
     *paths, question = args
     if not question.strip():
         _fail("the question is empty", 2)
@@ -125,6 +138,7 @@ def ask(
         n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, rope_freq_base=rope_freq_base,
         rope_freq_scale=rope_freq_scale, max_new_tokens=max_new_tokens, temperature=temperature,
         top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, cache_dir=cache_dir,
+        data_dir=data_dir, store=store, max_file_mb=max_file_mb,
     )
     try:
         from ragqa.config import load_settings
@@ -138,7 +152,7 @@ def ask(
             sys.stdout.write(text)
             sys.stdout.flush()
 
-        answer = pipeline.ask(paths, question, on_token=on_token if streamed else None, dry_run=dry_run)
+        answer = pipeline.ask(paths, question, on_token=on_token if streamed else None, dry_run=dry_run, kb=kb)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -177,7 +191,8 @@ def _print_timings(t: dict[str, Any]) -> None:
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def summarize(
-    paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files, folders or glob patterns."),
+    paths: Optional[list[str]] = typer.Argument(None, metavar="[PATH...]", help="Files, folders or glob patterns (or --kb)."),
+    kb: Optional[str] = typer.Option(None, "--kb", help="Summarize the documents of this knowledge base."),
     out: Path = typer.Option(..., "--out", "-o", help="OUT.jsonl (one JSON object per document) or a folder (Markdown + index.md)."),
     chain: Optional[str] = typer.Option(None, "--chain", help="auto (default), stuff, refine or map_reduce."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Prompt language: auto (per document), zh, en."),
@@ -198,17 +213,23 @@ def summarize(
     n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
+    max_file_mb: Optional[float] = MaxFileOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    store: Optional[str] = StoreOpt,
     config: Optional[Path] = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Summarize every document at PATH... into OUT, one result per document as soon as it is done.
+    """Summarize every document at PATH... (or in --kb NAME) into OUT, one result per document as soon as it is done.
 
     Running the same command again skips documents already summarized with the same content and
     settings, so an interrupted batch resumes. Exit code 1 if any document failed.
 
-    Example: ragqa summarize reports/ "notes/*.txt" --out summaries.jsonl
+    Examples: ragqa summarize reports/ "notes/*.txt" --out summaries.jsonl
+              ragqa summarize --kb contracts --out contract-summaries/
     """
     _setup_logging(verbose)
+    if bool(paths) == bool(kb):
+        _fail("give the documents as PATH... or as --kb NAME (one of the two)", 2)
     try:
         from ragqa.config import load_settings
         from ragqa.pipeline import Pipeline
@@ -218,10 +239,13 @@ def summarize(
             api_model=api_model, device=device, torch_dtype=torch_dtype, load_in_4bit=load_in_4bit,
             load_in_8bit=load_in_8bit, rope_scaling=rope_scaling, chat_format=chat_format,
             system_prompt=system_prompt, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-            max_new_tokens=max_new_tokens, temperature=temperature,
+            max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb,
+            data_dir=data_dir, store=store,
         )
         pipeline = Pipeline(settings)
         progress = sys.stderr.isatty()
+        if kb is not None:
+            paths = pipeline.kb_paths(kb)
 
         def on_file(rec: dict) -> None:
             name = rec["source"]
@@ -339,7 +363,9 @@ def serve(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     max_file_mb: Optional[float] = typer.Option(None, "--max-file-mb", help="Largest upload accepted (default 200)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Index cache (default ~/.cache/ragqa)."),
+    cache_dir: Optional[Path] = CacheDirOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    store: Optional[str] = StoreOpt,
     config: Optional[Path] = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -360,6 +386,7 @@ def serve(
             embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
             retriever=retriever, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
             max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, cache_dir=cache_dir,
+            data_dir=data_dir, store=store,
         )
         serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser)
     except RagqaError as exc:
@@ -369,6 +396,217 @@ def serve(
         _fail(f"cannot serve on {host}:{port}: {reason}", 1)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
+
+
+@app.command("index", context_settings={"help_option_names": ["-h", "--help"]})
+def index_command(
+    paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files and folders to add."),
+    kb: str = typer.Option("default", "--kb", help="Knowledge base to fill (created on first use)."),
+    sync: bool = typer.Option(False, "--sync", help="Also remove the KB's files under these folders that are gone from disk."),
+    embedding_model: Optional[str] = EmbOpt,
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Characters per chunk (default 600)."),
+    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap characters (default 100)."),
+    max_file_mb: Optional[float] = MaxFileOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    store: Optional[str] = StoreOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    config: Optional[Path] = ConfigOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="A line per file."),
+) -> None:
+    """Add files and folders to a knowledge base; unchanged files are skipped, changed ones re-indexed.
+
+    Exit code 1 if any file could not be read (the others are indexed; the reasons are listed).
+
+    Example: ragqa index contracts/ notes.md --kb contracts
+    """
+    _setup_logging(verbose)
+    tty = sys.stderr.isatty()
+
+    def say(line: str) -> None:
+        if tty:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            typer.echo(line, err=True)
+
+    def on_file(path: str, status: str, detail: str) -> None:
+        if status == "failed":
+            say(f"note: skipped {detail}")
+        elif verbose or (not tty and status != "unchanged"):
+            say(f"{status:9} {path}" + (f" ({detail})" if detail and status != "removed" else ""))
+
+    try:
+        from ragqa.config import load_settings
+        from ragqa.pipeline import Pipeline
+
+        settings = load_settings(
+            config, embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+            max_file_mb=max_file_mb, data_dir=data_dir, store=store, cache_dir=cache_dir,
+        )
+        from ragqa.loaders import expand_paths
+
+        expand_paths(paths)  # a missing path is refused before the KB is created
+        pipeline = Pipeline(settings)
+        base = pipeline.open_kb(kb, create=True)
+        report = pipeline.index_paths(base, paths, sync=sync, progress=tty, on_file=on_file, on_wait=say)
+    except RagqaError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; the files finished so far are saved, run the same command to finish", 130)
+    typer.echo(f"{kb}: {report.line()}", err=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+kb_app = typer.Typer(no_args_is_help=True, help="List, inspect and change knowledge bases.")
+app.add_typer(kb_app, name="kb")
+
+
+def _kb_settings(data_dir: Optional[Path], store: Optional[str], config: Optional[Path]) -> Any:
+    from ragqa.config import load_settings
+
+    return load_settings(config, data_dir=data_dir, store=store)
+
+
+@kb_app.command("list", context_settings={"help_option_names": ["-h", "--help"]})
+def kb_list(
+    data_dir: Optional[Path] = DataDirOpt,
+    store: Optional[str] = StoreOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+) -> None:
+    """Every knowledge base: files, chunks, embedding model, size on disk.
+
+    Example: ragqa kb list
+    """
+    _setup_logging(False)
+    try:
+        from ragqa.store import list_kbs
+
+        kbs = list_kbs(_kb_settings(data_dir, store, config))
+    except RagqaError as exc:
+        _fail(str(exc), exc.exit_code)
+    if as_json:
+        sys.stdout.write(json.dumps([k.to_dict() for k in kbs], ensure_ascii=False, indent=2) + "\n")
+        return
+    if not kbs:
+        typer.echo("no knowledge bases yet (create one with: ragqa index PATH... --kb NAME)", err=True)
+        return
+    rows = [("name", "files", "failed", "chunks", "embedding", "size")]
+    rows += [(k.name, str(k.files), str(k.failed), str(k.chunks), k.embedding, _size(k.size_bytes)) for k in kbs]
+    widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths)).rstrip())
+
+
+@kb_app.command("show", context_settings={"help_option_names": ["-h", "--help"]})
+def kb_show(
+    name: str = typer.Argument(..., help="Knowledge base name."),
+    data_dir: Optional[Path] = DataDirOpt,
+    store: Optional[str] = StoreOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """A knowledge base's files with their chunks and status.
+
+    Example: ragqa kb show contracts
+    """
+    _setup_logging(False)
+    try:
+        from ragqa.store import open_kb
+
+        kb = open_kb(_kb_settings(data_dir, store, config), name)
+        stats, files = kb.stats(), kb.files()
+        manifest = kb.manifest
+        kb.close()
+    except RagqaError as exc:
+        _fail(str(exc), exc.exit_code)
+    if as_json:
+        out = {**stats.to_dict(), "splitter": manifest.splitter, "dimension": manifest.dimension,
+               "documents": [f.to_dict() for f in files]}
+        sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")
+        return
+    typer.echo(f"{stats.name}: {stats.files} files ({stats.failed} failed), {stats.chunks} chunks, "
+               f"{manifest.describe()}, {_size(stats.size_bytes)} at {stats.location}")
+    for f in files:
+        detail = f"{f.chunks} chunks" if f.status == "ok" else f"failed: {f.error}"
+        typer.echo(f"  {f.path}  {detail}")
+
+
+@kb_app.command("remove", context_settings={"help_option_names": ["-h", "--help"]})
+def kb_remove(
+    name: str = typer.Argument(..., help="Knowledge base name."),
+    paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files (or folders: every file under them) to remove."),
+    data_dir: Optional[Path] = DataDirOpt,
+    store: Optional[str] = StoreOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Remove documents from a knowledge base (the files on disk are not touched).
+
+    Example: ragqa kb remove contracts contracts/old-2019.pdf
+    """
+    _setup_logging(False)
+    try:
+        from ragqa.store import open_kb
+
+        kb = open_kb(_kb_settings(data_dir, store, config), name)
+        roots = [Path(p).expanduser().resolve() for p in paths]
+        with kb.writing(on_wait=lambda m: typer.echo(m, err=True)):
+            gone = [r.path for r in kb.files() if any(Path(r.path) == root or root in Path(r.path).parents
+                                                      for root in roots)]
+            n = kb.remove_files(gone)
+        kb.close()
+    except RagqaError as exc:
+        _fail(str(exc), exc.exit_code)
+    if not n:
+        _fail(f"none of these paths are in knowledge base {name!r} (see: ragqa kb show {name})", 2)
+    typer.echo(f"{name}: removed {n} file{'s' if n != 1 else ''}", err=True)
+
+
+@kb_app.command("drop", context_settings={"help_option_names": ["-h", "--help"]})
+def kb_drop(
+    name: str = typer.Argument(..., help="Knowledge base name."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    data_dir: Optional[Path] = DataDirOpt,
+    store: Optional[str] = StoreOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Delete a knowledge base and its index (the files on disk are not touched).
+
+    Example: ragqa kb drop contracts --yes
+    """
+    _setup_logging(False)
+    try:
+        from ragqa.store import drop_kb, kb_exists
+
+        settings = _kb_settings(data_dir, store, config)
+        if not kb_exists(settings, name):
+            _fail(f"no knowledge base named {name!r} (see: ragqa kb list)", 2)
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail(f"dropping {name!r} deletes its index; add --yes to confirm", 2)
+            if not typer.confirm(f"delete knowledge base {name!r} and its index?"):
+                _fail("not dropped", 1)
+        drop_kb(settings, name)
+    except RagqaError as exc:
+        _fail(str(exc), exc.exit_code)
+    typer.echo(f"dropped {name}", err=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def main() -> None:

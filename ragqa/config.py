@@ -33,6 +33,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "ragqa"
 
 
+def default_data_dir() -> Path:
+    """Per-user data folder (knowledge bases live here): $XDG_DATA_HOME/ragqa, else ~/.local/share/ragqa."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "ragqa"
+
+
 class Settings(BaseSettings):
     """Everything a run can be tuned by. Field descriptions double as the CLI's help."""
 
@@ -67,7 +73,22 @@ class Settings(BaseSettings):
     )
 
     # -- documents
-    cache_dir: Path = Field(default_factory=default_cache_dir, description="Index cache folder.")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Cache folder: the index of files asked about directly (ragqa ask PATH), summaries' scratch.",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="Where local knowledge bases live (<data_dir>/kb/NAME)."
+    )
+    store: str = Field(
+        "local",
+        description="Knowledge-base engine: 'local' (SQLite + FAISS + tantivy, embedded) or a Milvus URI "
+        "(http://host:19530; token from RAGQA_STORE_TOKEN or MILVUS_TOKEN).",
+    )
+    store_token: SecretStr | None = Field(
+        None, description="Milvus token (user:password or an API key); from RAGQA_STORE_TOKEN, else MILVUS_TOKEN.",
+        exclude=True, repr=False,
+    )
     chunk_size: int = Field(600, ge=50, le=20000, description="Maximum characters per chunk.")
     chunk_overlap: int = Field(100, ge=0, description="Characters shared by neighbouring chunks.")
     max_file_mb: float = Field(200.0, gt=0, description="Refuse files larger than this (MB).")
@@ -138,6 +159,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         self.cache_dir = Path(self.cache_dir).expanduser()
+        self.data_dir = Path(self.data_dir).expanduser()
+        self.store = self._check_store(self.store)
+        if self.store_token is None and os.environ.get("MILVUS_TOKEN"):
+            self.store_token = SecretStr(os.environ["MILVUS_TOKEN"])
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(
                 f"chunk_overlap ({self.chunk_overlap}) must be less than chunk_size ({self.chunk_size})"
@@ -150,6 +175,23 @@ class Settings(BaseSettings):
         if self.api_key is None and os.environ.get("OPENAI_API_KEY"):
             self.api_key = SecretStr(os.environ["OPENAI_API_KEY"])
         return self
+
+    @staticmethod
+    def _check_store(value: str) -> str:
+        """'local', or a Milvus URI with a host and a port that parse."""
+        from urllib.parse import urlsplit
+
+        value = value.strip()
+        if value.lower() == "local":
+            return "local"
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https", "tcp", "grpc") or not parts.hostname or port == -1:
+            raise ValueError(f"store must be 'local' or a Milvus URI like http://127.0.0.1:19530 (got {value!r})")
+        return value.rstrip("/")
 
     def _check_backend_options(self) -> None:
         """Combinations that cannot work, refused before anything loads."""

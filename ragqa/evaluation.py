@@ -27,7 +27,6 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from ragqa.errors import InputError
-from ragqa.store import ChunkIndex, content_hash, index_key
 
 log = logging.getLogger(__name__)
 
@@ -151,32 +150,34 @@ def contains_answer(prediction: str, golds: Sequence[str]) -> float:
 
 def build_eval_index(
     contexts: Sequence[str], split: Callable[[str], list[str]], pipeline: Any, splitter_id: dict[str, Any],
-) -> ChunkIndex:
-    """One index over all contexts (chunk metadata ``context`` = context id), built and cached as
-    ``ask`` builds a file's index."""
-    embedding_id = pipeline.embedding_spec.cache_id
-    key = index_key(content_hash(json.dumps(list(contexts), ensure_ascii=False).encode()), embedding_id, splitter_id)
-    cached = pipeline.cache.load(key, "eval")
-    if cached is not None:
-        return ChunkIndex([cached])
-    chunks = [
-        Document(page_content=t, metadata={"context": cid})
-        for cid, context in enumerate(contexts) for t in split(context)
-    ]
-    index = pipeline.index_chunks(chunks, "eval contexts")
-    pipeline.cache.save(key, index, {"source": "eval", "embedding": embedding_id})
-    return ChunkIndex([index])
+) -> Any:
+    """One index over all contexts (chunk metadata ``context`` = context id), kept in an internal
+    knowledge base as ``ask`` keeps files, so a second run embeds nothing."""
+    from ragqa.store import FileRecord, Manifest, content_hash, open_cache_kb
+
+    kb = open_cache_kb(pipeline.settings, Manifest(pipeline.embedding_spec.cache_id, splitter_id), purpose="eval")
+    digest = content_hash(json.dumps(list(contexts), ensure_ascii=False).encode())
+    record = next((r for r in kb.files() if r.hash == digest and r.status == "ok"), None)
+    if record is None:
+        chunks = [
+            Document(page_content=t, metadata={"context": cid})
+            for cid, context in enumerate(contexts) for t in split(context)
+        ]
+        vectors, tokens = pipeline.embed_chunks(chunks, "eval contexts")
+        with kb.writing():
+            record = kb.put_file(FileRecord(f"eval:{digest[:16]}", hash=digest, parser="eval/1"), chunks, vectors, tokens)
+    return kb.view([record.id])
 
 
 def rank_chunks(
-    kind: str, index: ChunkIndex, embeddings: Any, questions: Sequence[str], depth: int,
+    kind: str, index: Any, embeddings: Any, questions: Sequence[str], depth: int,
     candidates: int = 20, progress: bool = True,
 ) -> list[list[int]]:
     """Chunk ids for each question, best first, the way the named retriever ranks them."""
     from tqdm import tqdm
 
     from ragqa.embeddings import embed_queries
-    from ragqa.retrieval import fuse_rankings, tokenize
+    from ragqa.retrieval import fuse_rankings
 
     vector: list[list[int]] = []
     keyword: list[list[int]] = []
@@ -187,7 +188,7 @@ def rank_chunks(
             vector.extend([cid for cid, _ in row] for row in index.search_batch_ids(vecs, n))
     if kind in ("bm25", "hybrid"):
         for q in tqdm(questions, desc="BM25 search", unit="q", disable=not progress):
-            keyword.append([cid for cid, _ in index.bm25_search_ids(tokenize(q), n)])
+            keyword.append([cid for cid, _ in index.bm25_search(q, n)])
     if kind == "vector":
         return vector
     if kind == "bm25":
@@ -222,8 +223,9 @@ def evaluate(
     rankings = rank_chunks(kind, index, embeddings, [it.question for it in items], depth,
                            s.rerank_candidates, progress)
     t_search = time.perf_counter() - t1
-    ctx_of = [c.metadata["context"] for c in index.chunks]
-    norm_chunks = [normalize_answer(c.page_content) for c in index.chunks]
+    chunks = list(index.kb.iter_chunks(index.file_ids))
+    ctx_of = {int(c.metadata["chunk_id"]): c.metadata["context"] for c in chunks}
+    norm_chunks = {int(c.metadata["chunk_id"]): normalize_answer(c.page_content) for c in chunks}
     doc_hits = [[ctx_of[c] == it.context_id for c in ranking] for it, ranking in zip(items, rankings)]
     ans_hits = [
         [any(normalize_answer(a) in norm_chunks[c] for a in it.answers) for c in ranking]
@@ -236,7 +238,7 @@ def evaluate(
             report["answer_in_context@" + kk.split("@")[1]] = v
     report[f"answer_in_context@{k}(k)"] = round(sum(any(h[:k]) for h in ans_hits) / len(items), 4)
     report.update(
-        questions=len(items), contexts=len(contexts), chunks=len(index.chunks),
+        questions=len(items), contexts=len(contexts), chunks=len(chunks),
         seconds={"index": round(t_index, 2), "search": round(t_search, 2)},
         settings={"data": str(data_path), "embedding_model": s.embedding_model, "retriever": kind, "k": k,
                   "splitter": splitter_id, "seed_baseline": seed_baseline},
@@ -246,7 +248,7 @@ def evaluate(
     return report
 
 
-def _evaluate_answers(pipeline: Any, index: ChunkIndex, items: Sequence[QAItem], rankings: Sequence[Sequence[int]],
+def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankings: Sequence[Sequence[int]],
                       k: int, progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -257,7 +259,7 @@ def _evaluate_answers(pipeline: Any, index: ChunkIndex, items: Sequence[QAItem],
     em = f1 = contained = 0.0
     samples = []
     for item, ranking in tqdm(list(zip(items, rankings)), desc="answering", unit="q", disable=not progress):
-        docs = [index.chunks[c] for c in ranking[:k]]
+        docs = index.get_chunks(ranking[:k])
         chain = make_qa_chain(llm, _FixedRetriever(docs=docs), pb, pipeline.settings.chain)
         prediction = chain.invoke({"question": item.question})["answer"].strip()
         em += exact_match(prediction, item.answers)

@@ -76,6 +76,20 @@ def check_supported(path: Path) -> None:
         raise InputError(f"{path}: unsupported file type {kind} (supported: {_suffix_list()})")
 
 
+LOADER_VERSION = 1  # bump when a loader's output changes, so stored chunks are re-made
+
+
+def loader_id(path: Path) -> str:
+    """How this file is read, e.g. 'text/1' or 'pdf:unstructured-fast/1'. Part of what makes a
+    stored file "unchanged": the same bytes read another way (a .txt renamed .html) are re-read."""
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        return f"text/{LOADER_VERSION}"
+    kind = {".htm": ".html"}.get(suffix, suffix).lstrip(".")
+    strategy = "-fast" if kind == "pdf" else ""
+    return f"{kind}:unstructured{strategy}/{LOADER_VERSION}"
+
+
 def load_documents(paths: Iterable[str | Path]) -> list[Document]:
     """Load every file; raise InputError naming the first file that cannot be read."""
     docs: list[Document] = []

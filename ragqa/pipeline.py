@@ -19,7 +19,7 @@ from ragqa.errors import InputError, NoReadableDocumentsError, RagqaError
 from ragqa.loaders import expand_paths, load_file, read_bytes
 from ragqa.models import resolve_embedding
 from ragqa.splitting import ChineseTextSplitter
-from ragqa.store import ChunkIndex, FileIndex, IndexCache, content_hash, index_key
+from ragqa.store import FileIndex, FileRecord, KBView, KnowledgeBase, Manifest, SyncReport, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ class Pipeline:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cache = IndexCache(settings.cache_dir)
         self.splitter = ChineseTextSplitter(settings.chunk_size, settings.chunk_overlap)
         self.embedding_spec = resolve_embedding(settings.embedding_model)
         self._embeddings: Any = None
@@ -86,6 +85,8 @@ class Pipeline:
         self._language_model: Any = None
         self._backends: dict[bool, Any] = {}
         self._backend_name: str | None = None
+        self._files_kb: KnowledgeBase | None = None
+        self._kbs: dict[str, KnowledgeBase] = {}
         self.timings: dict[str, float] = {}
 
     # -- models, loaded on first use
@@ -138,30 +139,136 @@ class Pipeline:
     def splitter_settings(self) -> dict[str, Any]:
         return {"kind": "zh-sentence", "chunk_size": self.settings.chunk_size, "overlap": self.settings.chunk_overlap}
 
-    def index_file(self, path: Path) -> tuple[FileIndex, bool]:
-        """One file's index from the cache, or built and cached; -> (index, was_cached)."""
-        data = read_bytes(path, self.settings.max_file_mb)
-        key = index_key(content_hash(data), self.embedding_spec.cache_id, self.splitter_settings())
-        cached = self.cache.load(key, str(path))
-        if cached is not None:
-            return cached, True
-        chunks = self.splitter.split_documents(load_file(path, data))
-        if not chunks:
-            raise InputError(f"{path}: no text to index")
-        index = self.index_chunks(chunks, path.name)
-        self.cache.save(key, index, {"source": str(path), "embedding": self.embedding_spec.cache_id})
-        log.info("indexed %s: %d chunks", path, len(chunks))
-        return index, False
+    def manifest(self) -> Manifest:
+        """What a knowledge base's chunks depend on: this run's embeddings and splitter."""
+        return Manifest(self.embedding_spec.cache_id, self.splitter_settings())
 
-    def index_chunks(self, chunks: list[Document], name: str) -> FileIndex:
-        """Chunks -> their vectors and BM25 words (what the cache stores for a file)."""
+    def open_kb(self, name: str, *, create: bool = False) -> KnowledgeBase:
+        """The knowledge base ``name``, checked against this run's embeddings and splitter."""
+        from ragqa.store import open_kb
+
+        return open_kb(self.settings, name, self.manifest(), create=create)
+
+    def files_kb(self) -> KnowledgeBase:
+        """The internal KB that ``ask PATH...`` keeps the files it was given in (under cache_dir)."""
+        if self._files_kb is None:
+            from ragqa.store import open_cache_kb
+
+            self._files_kb = open_cache_kb(self.settings, self.manifest())
+        return self._files_kb
+
+    def index_paths(
+        self, kb: KnowledgeBase, paths: Sequence[str | Path], *, sync: bool = False, strict: bool = False,
+        progress: bool | None = None, on_file: Callable[[str, str, str], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> SyncReport:
+        """Bring ``kb`` up to date with the files at ``paths``: add new files, re-index changed ones,
+        skip unchanged ones (same size and mtime, or same content), record unreadable ones.
+
+        ``sync`` also removes the KB's files under the given folders that are gone from disk.
+        ``strict`` raises on an unreadable file named directly (``ask``); otherwise it is recorded
+        as failed and the run goes on. ``on_file(path, status, detail)`` hears about every file.
+        """
+        from tqdm import tqdm
+
+        t = time.perf_counter()
+        given = list(paths)
+        files = expand_paths(given)
+        named = {Path(p).expanduser().resolve() for p in given if not Path(p).expanduser().is_dir()}
+        report = SyncReport()
+        show = _stderr_is_tty() if progress is None else progress
+        with kb.writing(on_wait=on_wait):
+            existing = {r.path: r for r in kb.files()}
+            bar = tqdm(files, desc=f"indexing into {kb.name}"[:40], unit="file", disable=not show or len(files) < 2)
+            for path in bar:
+                bar.set_postfix_str(path.name[:30], refresh=False)
+                try:
+                    status, record = self._sync_file(kb, path, existing)
+                except InputError as exc:
+                    if strict and path.resolve() in named:
+                        raise
+                    report.failed.append(str(exc))
+                    if on_file:
+                        on_file(str(path), "failed", str(exc))
+                    continue
+                setattr(report, status, getattr(report, status) + 1)
+                if status != "unchanged":
+                    report.chunks += record.chunks
+                if record.id is not None:
+                    report.file_ids.append(record.id)
+                    report.sources[record.path] = str(path)
+                if on_file:
+                    on_file(str(path), status, f"{record.chunks} chunks")
+            if sync:
+                roots = [Path(p).expanduser().resolve() for p in given if Path(p).expanduser().is_dir()]
+                on_disk = {str(p.resolve()) for p in files}
+                gone = [r.path for r in existing.values()
+                        if r.path not in on_disk and any(_is_under(Path(r.path), root) for root in roots)]
+                report.removed = kb.remove_files(gone)
+                for path in gone:
+                    if on_file:
+                        on_file(path, "removed", "")
+        report.seconds = time.perf_counter() - t
+        return report
+
+    def _sync_file(self, kb: KnowledgeBase, path: Path, existing: dict[str, FileRecord]) -> tuple[str, FileRecord]:
+        """One file into the KB; -> (added | updated | unchanged, its record). InputError if unreadable."""
+        from ragqa.loaders import check_supported, loader_id
+
+        check_supported(path)
+        real = str(path.resolve())
+        old = existing.get(real)
+        parser = loader_id(path)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        same_stat = old is not None and (old.size, old.mtime_ns, old.parser) == (st.st_size, st.st_mtime_ns, parser)
+        if same_stat and old.status == "ok":
+            return "unchanged", old
+        if same_stat and old.status == "failed":
+            raise InputError(old.error)  # unchanged since it failed: the same reason, without re-reading
+        record = FileRecord(real, st.st_size, st.st_mtime_ns, "", parser)
+        try:
+            data = read_bytes(path, self.settings.max_file_mb)
+            record.hash = content_hash(data)
+            if old is not None and old.status == "ok" and (old.hash, old.parser) == (record.hash, parser):
+                kb.update_record(record)  # touched, not changed
+                record.id, record.chunks = old.id, old.chunks
+                existing[real] = record
+                return "unchanged", record
+            status = "updated" if old is not None else "added"
+            twin = kb.find_by_hash(record.hash, parser)
+            if twin is not None:  # the same bytes under another name: copy, do not re-embed
+                existing[real] = kb.copy_file(twin, record)
+                return status, record
+            chunks = self.splitter.split_documents(load_file(path, data))
+            if not chunks:
+                raise InputError(f"{path}: no text to index")
+        except InputError as exc:
+            record.error = str(exc)
+            kb.mark_failed(record)
+            existing[real] = record
+            raise
+        vectors, tokens = self.embed_chunks(chunks, path.name)
+        existing[real] = kb.put_file(record, chunks, vectors, tokens)
+        log.info("indexed %s: %d chunks", path, len(chunks))
+        return status, record
+
+    def embed_chunks(self, chunks: list[Document], name: str) -> tuple[Any, list[list[str]]]:
+        """Chunks -> (their vectors, their BM25 words): what a KB stores per chunk."""
         import numpy as np
 
         from ragqa.retrieval import tokenize
 
         texts = [c.page_content for c in chunks]
         vectors = np.asarray(self._embed_with_progress(texts, name), dtype="float32")
-        return FileIndex(chunks, vectors, [tokenize(t) for t in texts])
+        return vectors, [tokenize(t) for t in texts]
+
+    def index_chunks(self, chunks: list[Document], name: str) -> FileIndex:
+        """Chunks -> an in-memory FileIndex (vectors and BM25 words)."""
+        vectors, tokens = self.embed_chunks(chunks, name)
+        return FileIndex(chunks, vectors, tokens)
 
     def _embed_with_progress(self, texts: list[str], name: str) -> list[list[float]]:
         """Embed in batches under one progress bar (a long file takes minutes on a CPU)."""
@@ -176,37 +283,55 @@ class Pipeline:
                 bar.update(len(batch))
         return vectors
 
-    def build_index(self, paths: Iterable[str | Path], *, skip_unreadable: bool = False) -> tuple[ChunkIndex, IndexReport]:
-        """Index every file. A file named directly must be readable (unless ``skip_unreadable``);
-        an unreadable file found inside a named folder (empty, binary, a scan without text) is
-        skipped and reported."""
+    def build_index(self, paths: Iterable[str | Path], *, skip_unreadable: bool = False) -> tuple[KBView, IndexReport]:
+        """The files at ``paths``, synced into the internal files KB and seen through a filter.
+
+        A file named directly must be readable (unless ``skip_unreadable``); an unreadable file
+        found inside a named folder (empty, binary, a scan without text) is skipped and reported.
+        Unchanged files cost a stat each, so a large cached folder is ready in milliseconds."""
+        from ragqa.store import KBView
+
         t = time.perf_counter()
         paths = list(paths)
-        named = set() if skip_unreadable else {
-            Path(p).expanduser().resolve() for p in paths if not Path(p).expanduser().is_dir()}
-        files = expand_paths(paths)
-        report = IndexReport(files=len(files))
-        indexes = []
-        from tqdm import tqdm
-
-        for path in tqdm(files, desc="indexing", unit="file", disable=len(files) < 2 or not _stderr_is_tty()):
-            try:
-                index, was_cached = self.index_file(path)
-            except InputError as exc:
-                if path.resolve() in named:
-                    raise
-                report.skipped.append(str(exc))
-                log.info("skipping %s", exc)
-                continue
-            report.cached += was_cached
-            report.chunks += len(index.chunks)
-            indexes.append(index)
+        kb = self.files_kb()
+        sync = self.index_paths(kb, paths, strict=not skip_unreadable)
+        report = IndexReport(files=sync.added + sync.updated + sync.unchanged + len(sync.failed),
+                             cached=sync.unchanged, skipped=list(sync.failed))
+        if not sync.file_ids:
+            raise NoReadableDocumentsError("no readable documents: " + "; ".join(sync.failed))
+        records = {r.id: r for r in kb.files()}
+        ok_ids = {i for i, r in records.items() if r.status == "ok"}
+        wanted = sorted(set(sync.file_ids))
+        report.chunks = sum(records[i].chunks for i in wanted if i in records)
+        view = KBView(kb, None if set(wanted) == ok_ids else wanted, sync.sources)
         report.seconds = time.perf_counter() - t
-        if not indexes:
-            raise NoReadableDocumentsError("no readable documents: " + "; ".join(report.skipped))
-        return ChunkIndex(indexes), report
+        return view, report
 
-    def retriever(self, index: ChunkIndex, settings: Settings | None = None) -> Any:
+    def kb_index(self, name: str) -> tuple[KBView, IndexReport]:
+        """A knowledge base to search (opened once per pipeline); refused when it has no chunks."""
+        t = time.perf_counter()
+        kb = self._kbs.get(name)
+        if kb is None:
+            kb = self._kbs[name] = self.open_kb(name)
+        n = kb.count()
+        if not n:
+            raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")
+        files = sum(1 for r in kb.files() if r.status == "ok") if kb.engine == "local" else 0
+        report = IndexReport(files=files, cached=files, chunks=n, seconds=time.perf_counter() - t)
+        return kb.view(None), report
+
+    def kb_paths(self, name: str) -> list[str]:
+        """The files of a knowledge base (what ``summarize --kb`` summarizes)."""
+        kb = self.open_kb(name)
+        try:
+            paths = [r.path for r in kb.files() if r.status == "ok"]
+        finally:
+            kb.close()
+        if not paths:
+            raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")
+        return paths
+
+    def retriever(self, index: Any, settings: Settings | None = None) -> Any:
         from ragqa.retrieval import make_retriever
 
         s = settings or self.settings
@@ -340,6 +465,7 @@ class Pipeline:
         on_token: Callable[[str], None] | None = None,
         dry_run: bool = False,
         history: Sequence[Any] = (),
+        kb: str | None = None,
         **overrides: Any,
     ) -> Answer:
         """Answer ``question`` from the files; ``on_token`` sees the answer as it streams.
@@ -349,7 +475,7 @@ class Pipeline:
         turns of a conversation; ``overrides`` (chain, k, retriever) apply to this question only.
         """
         answer: Answer | None = None
-        for item in self.ask_stream(paths, question, dry_run=dry_run, history=history, **overrides):
+        for item in self.ask_stream(paths, question, dry_run=dry_run, history=history, kb=kb, **overrides):
             if isinstance(item, Answer):
                 answer = item
             elif on_token:
@@ -365,22 +491,29 @@ class Pipeline:
         dry_run: bool = False,
         history: Sequence[Any] = (),
         skip_unreadable: bool = False,
+        kb: str | None = None,
         **overrides: Any,
     ) -> Iterator[str | Answer]:
         """Like ``ask``, as a generator: the answer's pieces (str) as they stream, then the Answer.
 
+        The documents are the files at ``paths`` or, with ``kb``, that knowledge base.
         ``skip_unreadable`` treats named files like files found in a folder: an unreadable one is
         left out with a note (the web page, where one bad upload must not block the rest).
         """
         question = (question or "").strip()
         if not question:
             raise InputError("the question is empty")
-        if not paths:
+        if kb is not None and paths:
+            raise InputError("give either PATH... or --kb NAME, not both (add files to a KB with: ragqa index PATH --kb NAME)")
+        if not paths and kb is None:
             raise InputError("no documents given")
         settings = self._settings_for(overrides)
         self.check_models()
         self.timings = {}
-        index, report = self.build_index(paths, skip_unreadable=skip_unreadable)
+        if kb is not None:
+            index, report = self.kb_index(kb)
+        else:
+            index, report = self.build_index(paths, skip_unreadable=skip_unreadable)
         timings: dict[str, Any] = {
             "index_s": round(report.seconds, 3),
             "files": report.files,
@@ -508,6 +641,14 @@ class LanguageModel:
         self.pb = pipeline.prompt_builder(self.backend)
         self.llm = RagqaLLM(backend=self.backend, params=asdict(GenerationParams.from_settings(pipeline.settings)),
                             stop_default=list(self.pb.chat_format.stop))
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
 
 
 def _stderr_is_tty() -> bool:

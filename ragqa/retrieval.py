@@ -88,13 +88,26 @@ def fuse_rankings(rankings: Sequence[Sequence[int]], rrf_k: int = RRF_K) -> list
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+def _hits_to_documents(
+    index: Any, hits: Sequence[tuple[int, float]], extra: Callable[[int], dict[str, float]] | None = None,
+) -> list[Document]:
+    """[(chunk id, score)] -> the chunks, fetched in one call, each with its scores."""
+    ids = [i for i, _ in hits]
+    docs = index.get_chunks(ids)
+    if len(docs) == len(ids):
+        by_id = dict(zip(ids, docs))
+    else:  # a KB leaves out chunks deleted meanwhile; its chunks carry their id
+        by_id = {int(d.metadata["chunk_id"]): d for d in docs}
+    return [_with_score(by_id[i], s, **(extra(i) if extra else {})) for i, s in hits if i in by_id]
+
+
 class VectorRetriever(BaseRetriever):
     """Top-k chunks by cosine similarity; each result carries ``metadata["score"]``.
 
     Like every retriever here, ``invoke(query, k=2)`` overrides ``k`` for one call.
     """
 
-    index: Any  # ragqa.store.ChunkIndex
+    index: Any  # a KB view or an in-memory ChunkIndex: search_ids, bm25_search, get_chunks
     embeddings: Any  # a LangChain Embeddings
     k: int = 4
 
@@ -102,7 +115,7 @@ class VectorRetriever(BaseRetriever):
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
         hits = self.index.search_ids(self.embeddings.embed_query(query), k or self.k)
-        return [_with_score(self.index.chunks[i], s) for i, s in hits]
+        return _hits_to_documents(self.index, hits)
 
 
 class BM25Retriever(BaseRetriever):
@@ -114,8 +127,8 @@ class BM25Retriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
-        hits = self.index.bm25_search_ids(tokenize(query), k or self.k)
-        return [_with_score(self.index.chunks[i], s) for i, s in hits]
+        hits = self.index.bm25_search(query, k or self.k)
+        return _hits_to_documents(self.index, hits)
 
 
 class HybridRetriever(BaseRetriever):
@@ -132,14 +145,12 @@ class HybridRetriever(BaseRetriever):
         k = k or self.k
         n = max(self.candidates, k)
         vector = self.index.search_ids(self.embeddings.embed_query(query), n)
-        keyword = self.index.bm25_search_ids(tokenize(query), n)
+        keyword = self.index.bm25_search(query, n)
         vec_score = dict(vector)
         kw_score = dict(keyword)
         fused = fuse_rankings([[i for i, _ in vector], [i for i, _ in keyword]])[:k]
-        return [
-            _with_score(self.index.chunks[i], s, vector_score=vec_score.get(i, 0.0), bm25_score=kw_score.get(i, 0.0))
-            for i, s in fused
-        ]
+        return _hits_to_documents(
+            self.index, fused, lambda i: {"vector_score": vec_score.get(i, 0.0), "bm25_score": kw_score.get(i, 0.0)})
 
 
 class Reranker(Protocol):

@@ -1,21 +1,13 @@
-"""FAISS indexes on disk, one per file, cached by content hash; merged in memory for a question.
+"""An in-memory index: chunks, a flat FAISS index and rank_bm25, for texts that are not in a
+knowledge base (``RagqaVectorStore.from_texts`` and the retriever tests).
 
-Layout: ``<cache_dir>/index/<key>/{index.faiss, chunks.json, meta.json}`` where ``key`` hashes
-the file's bytes, the embedding model and the splitter settings. ``chunks.json`` also holds each
-chunk's BM25 tokens (jieba words), so the keyword index needs no re-segmentation either. No pickle anywhere: FAISS's own
-file format for vectors, JSON for texts and metadata. A folder is written under a temporary name
-and renamed into place, so a crash leaves the old index or none, never half of one.
+It answers the same search calls as a knowledge base (``search_ids``, ``bm25_search``,
+``get_chunks``), so every retriever works over either.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.documents import Document
 
 from ragqa.errors import MissingDependencyError, RagqaError
+from ragqa.store.base import faiss_module as _faiss
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,120 +26,15 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = 2  # 2: BM25 tokens stored with the chunks
 
 
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise MissingDependencyError("faiss-cpu") from None
-    return faiss
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def index_key(file_hash: str, embedding_id: str, splitter: dict[str, Any]) -> str:
-    """Cache key: same bytes + same embedding model + same splitter settings -> same index."""
-    blob = json.dumps(
-        {"v": INDEX_FORMAT, "file": file_hash, "embedding": embedding_id, "splitter": splitter},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 @dataclass
 class FileIndex:
-    """One file's chunks and their vectors (row i of ``vectors`` embeds ``chunks[i]``)."""
+    """Chunks and their vectors (row i of ``vectors`` embeds ``chunks[i]``), with BM25 words."""
 
     chunks: list[Document]
     vectors: "np.ndarray"
     tokens: list[list[str]] | None = None  # BM25 words per chunk
-
-
-class IndexCache:
-    """Read and write per-file indexes under ``root``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root) / "index"
-
-    def path(self, key: str) -> Path:
-        return self.root / key
-
-    def load(self, key: str, source: str) -> FileIndex | None:
-        """The cached index, with ``source`` set on each chunk; None if absent or unreadable."""
-        folder = self.path(key)
-        if not (folder / "meta.json").is_file():
-            return None
-        try:
-            import numpy as np
-
-            meta = json.loads((folder / "meta.json").read_text("utf-8"))
-            if meta.get("format") != INDEX_FORMAT:
-                raise ValueError(f"format {meta.get('format')}")
-            records = json.loads((folder / "chunks.json").read_text("utf-8"))
-            index = _faiss().read_index(str(folder / "index.faiss"))
-            vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), "float32")
-            if len(records) != len(vectors):
-                raise ValueError("chunk and vector counts differ")
-            chunks = [
-                Document(page_content=r["text"], metadata={"source": source, **r["metadata"]})
-                for r in records
-            ]
-            tokens = [list(r["tokens"]) for r in records]
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("ignoring unreadable cached index %s (%s); rebuilding", folder, exc)
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        return FileIndex(chunks, vectors, tokens)
-
-    def save(self, key: str, index: FileIndex, meta: dict[str, Any]) -> None:
-        """Write atomically: a temp folder beside the target, renamed into place."""
-        import numpy as np
-
-        faiss = _faiss()
-        final = self.path(key)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._remove_stale_temps()
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
-        except OSError as exc:
-            raise RagqaError(f"cannot write the index cache in {self.root}: {exc.strerror or exc}") from None
-        try:
-            vectors = np.ascontiguousarray(index.vectors, dtype="float32")
-            flat = faiss.IndexFlatIP(vectors.shape[1])
-            flat.add(vectors)
-            faiss.write_index(flat, str(tmp / "index.faiss"))
-            tokens = index.tokens or [[] for _ in index.chunks]
-            records = [
-                {"text": d.page_content, "metadata": {k: v for k, v in d.metadata.items() if k != "source"},
-                 "tokens": t}
-                for d, t in zip(index.chunks, tokens)
-            ]
-            (tmp / "chunks.json").write_text(json.dumps(records, ensure_ascii=False), "utf-8")
-            (tmp / "meta.json").write_text(
-                json.dumps({"format": INDEX_FORMAT, "chunks": len(records), **meta}, ensure_ascii=False), "utf-8"
-            )
-            _fsync_dir(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / "meta.json").is_file():  # not a concurrent twin: a real failure
-                    raise
-        except OSError as exc:
-            raise RagqaError(f"cannot write the index cache in {self.root}: {exc.strerror or exc}") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-    def _remove_stale_temps(self, max_age_s: float = 3600.0) -> None:
-        """Temp folders of writers killed mid-save (kill -9) are never loaded; sweep old ones."""
-        now = time.time()
-        for entry in self.root.glob(".*"):
-            try:
-                if entry.is_dir() and now - entry.stat().st_mtime > max_age_s:
-                    shutil.rmtree(entry, ignore_errors=True)
-            except OSError:
-                pass
 
 
 def _lucene_bm25(corpus: list[list[str]]) -> Any:
@@ -169,12 +57,6 @@ def _lucene_bm25(corpus: list[list[str]]) -> Any:
             self.average_idf = sum(self.idf.values()) / max(len(self.idf), 1)
 
     return LuceneBM25(corpus)
-
-
-def _fsync_dir(folder: Path) -> None:
-    for name in os.listdir(folder):
-        with open(folder / name, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 class ChunkIndex:
@@ -272,6 +154,10 @@ class ChunkIndex:
         scores, ids = self._index.search(q, min(k, len(self.chunks)))
         return [[(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
 
+    def get_chunks(self, ids: Sequence[int]) -> list[Document]:
+        """The chunks with these ids, in order."""
+        return [self.chunks[i] for i in ids]
+
     def search(self, query_vector: Sequence[float], k: int) -> list[tuple[Document, float]]:
         return [(self.chunks[i], s) for i, s in self.search_ids(query_vector, k)]
 
@@ -284,6 +170,12 @@ class ChunkIndex:
             corpus = [t if t else ["\x00"] for t in self._tokens]  # BM25Okapi needs a word per doc
             self._bm25 = _lucene_bm25(corpus)
         return self._bm25
+
+    def bm25_search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """[(chunk id, BM25 score)] for a question, segmented as the chunks were."""
+        from ragqa.retrieval import tokenize
+
+        return self.bm25_search_ids(tokenize(query), k)
 
     def bm25_search_ids(self, query_tokens: Sequence[str], k: int) -> list[tuple[int, float]]:
         """[(chunk id, BM25 score)] best first; chunks sharing no word with the query are left out."""

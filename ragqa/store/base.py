@@ -1,0 +1,260 @@
+"""What every knowledge-base engine implements, and the parts they share.
+
+A knowledge base (KB) is a named, persistent collection: the files it holds (path, size, mtime,
+content hash, how they were parsed, status) and their chunks with vectors and BM25 words. Two
+engines implement ``KnowledgeBase``: ``local`` (SQLite + FAISS + tantivy, embedded, the default)
+and ``milvus`` (a Milvus server). The pipeline, CLI, web page and LangChain classes use this
+interface only.
+
+A KB remembers the embedding model and splitter settings it was built with (its *manifest*);
+opening it with other ones is a ``ConfigError`` that says how to rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.documents import Document
+
+from ragqa.errors import ConfigError, InputError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_KB = "default"
+_KB_NAME = re.compile(r"^[A-Za-z0-9\u3400-\u9fff][\w\u3400-\u9fff.-]{0,63}$")
+
+
+def faiss_module() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise MissingDependencyError("faiss-cpu") from None
+    return faiss
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_kb_name(name: str) -> str:
+    """A KB name is a folder and a Milvus collection: letters, digits, Chinese, '_', '-', '.'.
+
+    >>> check_kb_name("合同-2024")
+    '合同-2024'
+    """
+    name = (name or "").strip()
+    if not _KB_NAME.match(name) or ".." in name:
+        raise InputError(
+            f"invalid knowledge base name {name!r}: use letters, digits, Chinese characters, '_', '-' "
+            "or '.' (up to 64, not starting with '.' or '-', no '/' or '..')"
+        )
+    return name
+
+
+@dataclass
+class FileRecord:
+    """One file of a KB, as the KB remembers it."""
+
+    path: str  # absolute
+    size: int = 0
+    mtime_ns: int = 0
+    hash: str = ""
+    parser: str = ""  # how the file was read (ragqa.loaders.loader_id): part of "unchanged"
+    status: str = "ok"  # ok | failed
+    error: str = ""
+    chunks: int = 0
+    updated: float = 0.0
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "id"}
+        if not self.error:
+            del d["error"]
+        return d
+
+
+@dataclass
+class Manifest:
+    """What a KB's vectors and chunks depend on: opening it with other settings is refused."""
+
+    embedding: str
+    splitter: dict[str, Any]
+    dimension: int = 0  # known after the first file is embedded
+
+    def describe(self) -> str:
+        s = self.splitter
+        return f"embeddings {self.embedding}, chunks {s.get('chunk_size')}/{s.get('overlap')}"
+
+    def check(self, other: "Manifest", name: str) -> None:
+        """Refuse a run whose embeddings or splitter differ from the KB's."""
+        if (self.embedding, self.splitter) != (other.embedding, other.splitter):
+            raise ConfigError(
+                f"knowledge base {name!r} was built with {self.describe()}; this run uses "
+                f"{other.describe()}. Use the KB's settings, or rebuild it: "
+                f"ragqa kb drop {name} && ragqa index PATH... --kb {name}"
+            )
+
+    def to_json(self) -> str:
+        return json.dumps({"embedding": self.embedding, "splitter": self.splitter, "dimension": self.dimension},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        d = json.loads(text)
+        return cls(d["embedding"], d["splitter"], int(d.get("dimension", 0)))
+
+
+@dataclass
+class KBStats:
+    name: str
+    engine: str
+    files: int
+    failed: int
+    chunks: int
+    embedding: str
+    size_bytes: int
+    location: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SyncReport:
+    """What one ``ragqa index`` run did."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[str] = field(default_factory=list)  # "path: reason"
+    chunks: int = 0  # chunks embedded (or copied) in this run
+    seconds: float = 0.0
+    file_ids: list[int] = field(default_factory=list)  # the ok files among the paths given
+    sources: dict[str, str] = field(default_factory=dict)  # stored path -> the path as the user wrote it
+
+    def line(self) -> str:
+        return (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+                f"removed {self.removed}, failed {len(self.failed)}; {self.chunks} chunks in {self.seconds:.1f}s")
+
+
+class KnowledgeBase(ABC):
+    """One KB in one engine. Writes happen inside ``with kb.writing():`` (one writer at a time);
+    searches may run at any time, from any process."""
+
+    name: str
+    engine: str
+    manifest: Manifest
+
+    # -- files
+    @abstractmethod
+    def files(self) -> list[FileRecord]:
+        """Every file record, ok and failed."""
+
+    @abstractmethod
+    def find_by_hash(self, file_hash: str, parser: str) -> FileRecord | None:
+        """An ok file with these bytes read the same way (its chunks can be copied, not re-embedded)."""
+
+    # -- writing (inside ``writing()``)
+    @abstractmethod
+    def writing(self, on_wait: Any = None) -> Any:
+        """Context manager: the write lock; derived indexes are brought up to date on exit."""
+
+    @abstractmethod
+    def put_file(self, record: FileRecord, chunks: Sequence[Document], vectors: "np.ndarray",
+                 tokens: Sequence[Sequence[str]]) -> FileRecord:
+        """Store a file with its chunks, replacing whatever the KB had for that path, atomically."""
+
+    @abstractmethod
+    def copy_file(self, source: FileRecord, record: FileRecord) -> FileRecord:
+        """Store ``record`` with the chunks and vectors of ``source`` (same bytes elsewhere)."""
+
+    @abstractmethod
+    def update_record(self, record: FileRecord) -> None:
+        """Change a record's size/mtime/path-independent fields (a touched, unchanged file)."""
+
+    @abstractmethod
+    def mark_failed(self, record: FileRecord) -> None:
+        """Remember an unreadable file and why (its old chunks, if any, are removed)."""
+
+    @abstractmethod
+    def remove_files(self, paths: Iterable[str]) -> int:
+        """Remove these files and their chunks; -> how many were there."""
+
+    # -- searching
+    @abstractmethod
+    def count(self) -> int:
+        """Chunks in the KB."""
+
+    @abstractmethod
+    def search_batch_ids(self, query_vectors: Sequence[Sequence[float]], k: int,
+                         file_ids: Sequence[int] | None = None) -> list[list[tuple[int, float]]]:
+        """[(chunk id, cosine)] best first, per query; ``file_ids`` limits the search to those files."""
+
+    @abstractmethod
+    def bm25_search(self, query: str, k: int, file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
+        """[(chunk id, BM25 score)] best first; chunks sharing no word with the query are left out."""
+
+    @abstractmethod
+    def get_chunks(self, ids: Sequence[int]) -> list[Document]:
+        """The chunks with these ids, in order (ids no longer in the KB are left out)."""
+
+    @abstractmethod
+    def iter_chunks(self, file_ids: Sequence[int] | None = None) -> Iterable[Document]:
+        """Every chunk (of these files), in file and position order."""
+
+    def search_ids(self, query_vector: Sequence[float], k: int,
+                   file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
+        return self.search_batch_ids([query_vector], k, file_ids)[0]
+
+    # -- the KB as a whole
+    @abstractmethod
+    def stats(self) -> KBStats: ...
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete the KB and everything in it."""
+
+    def close(self) -> None:  # noqa: B027  (engines with connections override it)
+        pass
+
+    def view(self, file_ids: Sequence[int] | None) -> "KBView":
+        return KBView(self, file_ids)
+
+
+class KBView:
+    """A KB seen through a file filter (``ragqa ask PATH...`` searches just those files).
+
+    It answers the calls retrievers make (``search_ids``, ``bm25_search``, ``get_chunks``), so
+    every retriever works over a whole KB, a view, or an in-memory ChunkIndex alike."""
+
+    def __init__(self, kb: KnowledgeBase, file_ids: Sequence[int] | None, sources: dict[str, str] | None = None) -> None:
+        self.kb = kb
+        self.file_ids = list(file_ids) if file_ids is not None else None
+        self.sources = sources or {}  # stored path -> the path as the user wrote it
+
+    def search_ids(self, query_vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+        return self.kb.search_batch_ids([query_vector], k, self.file_ids)[0]
+
+    def search_batch_ids(self, query_vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
+        return self.kb.search_batch_ids(query_vectors, k, self.file_ids)
+
+    def bm25_search(self, query: str, k: int) -> list[tuple[int, float]]:
+        return self.kb.bm25_search(query, k, self.file_ids)
+
+    def get_chunks(self, ids: Sequence[int]) -> list[Document]:
+        docs = self.kb.get_chunks(ids)
+        if self.sources:
+            for d in docs:
+                d.metadata["source"] = self.sources.get(d.metadata.get("source", ""), d.metadata.get("source", ""))
+        return docs
+
+    def __len__(self) -> int:
+        return self.kb.count()

@@ -1,0 +1,730 @@
+"""The embedded engine: SQLite is the truth, FAISS and tantivy are indexes derived from it.
+
+Layout of a KB folder::
+
+    kb.sqlite        files, chunks (text, metadata, BM25 words, vector), a generation counter
+    vectors/         base-<n>.faiss + state.json: FAISS over the chunks up to ``max_id``
+    keywords/        a tantivy index of the chunks' jieba words + keywords.json (its generation)
+    write.lock       one writer at a time (readers never wait)
+
+Every change to a file is one SQLite transaction (WAL), so a crash (``kill -9``, a full disk)
+leaves the KB as it was before that file or after it, never half. The derived indexes may then be
+behind the truth; they are repaired from SQLite, never by re-embedding:
+
+- vectors: the base FAISS file holds chunks up to ``max_id``. Newer chunks (the *delta*) are read
+  from SQLite when the KB opens and searched in memory; deleted chunks are left in the base and
+  filtered out by id (a trigger records them in ``dead_chunks``). When the delta or the dead grow
+  past a tenth of the base, the writer rebuilds the base (flat up to ``HNSW_MIN`` chunks, exact;
+  HNSW above, approximate). So adding one file costs that file's work only.
+- keywords: each file row carries the generation that last changed it. Bringing tantivy up to
+  date deletes and re-adds the documents of the files changed since its stamp, in one tantivy
+  commit, then moves the stamp. Re-running that after a crash is harmless.
+
+No pickle anywhere: SQLite, FAISS's own format, tantivy's own format, JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.documents import Document
+
+from ragqa.errors import InputError, MissingDependencyError, RagqaError
+from ragqa.store.base import FileRecord, KBStats, KnowledgeBase, Manifest, faiss_module
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+DB_NAME = "kb.sqlite"
+HNSW_MIN = 50_000  # chunks from which the base index is HNSW (a flat scan of 100k x 384 takes ~30 ms)
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+COMPACT_MIN = 5_000  # delta or dead chunks tolerated before the base is rebuilt, at least
+COMPACT_RATIO = 0.1  # ... or this share of the base
+LOCK_WAIT_NOTE_S = 0.5
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL DEFAULT 0,
+    hash TEXT NOT NULL DEFAULT '',
+    parser TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'ok',
+    error TEXT NOT NULL DEFAULT '',
+    chunks INTEGER NOT NULL DEFAULT 0,
+    gen INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS files_hash ON files (hash, parser);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_id INTEGER NOT NULL,
+    ord INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    words TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_file ON chunks (file_id, ord);
+CREATE TABLE IF NOT EXISTS dead_chunks (id INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS removed_files (file_id INTEGER NOT NULL, gen INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS chunk_deleted AFTER DELETE ON chunks
+    BEGIN INSERT OR IGNORE INTO dead_chunks (id) VALUES (old.id); END;
+"""
+
+
+def _tantivy() -> Any:
+    try:
+        import tantivy
+    except ImportError:
+        raise MissingDependencyError("tantivy") from None
+    return tantivy
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _storage_error(exc: BaseException, where: Path) -> RagqaError:
+    """sqlite3/OSError -> one line: a read-only folder, a full disk, a damaged database."""
+    text = str(getattr(exc, "strerror", None) or exc)
+    if "readonly" in text or "read-only" in text.lower() or isinstance(exc, PermissionError):
+        return RagqaError(f"cannot write the knowledge base in {where}: the folder is read-only")
+    if "full" in text or getattr(exc, "errno", None) == 28:
+        return RagqaError(f"cannot write the knowledge base in {where}: the disk is full (nothing was half-written)")
+    if "not a database" in text or "malformed" in text:
+        return RagqaError(f"the knowledge base in {where} is damaged ({text}); drop and rebuild it")
+    return RagqaError(f"cannot use the knowledge base folder {where}: {text}")
+
+
+class LocalKB(KnowledgeBase):
+    """A KB in a folder on this machine (see the module docstring)."""
+
+    engine = "local"
+
+    def __init__(self, folder: Path, name: str, manifest: Manifest, *, create: bool = False) -> None:
+        self.folder = Path(folder)
+        self.name = name
+        db = self.folder / DB_NAME
+        if not db.is_file():
+            if not create:
+                raise InputError(f"no knowledge base named {name!r} (see: ragqa kb list)")
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _storage_error(exc, self.folder) from None
+        try:
+            self.db = sqlite3.connect(db, timeout=60, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            if create and not self._meta("format"):
+                self.db.executescript(_SCHEMA)  # idempotent; the KB exists once "format" is committed
+                with self._transaction():
+                    self._set_meta("format", str(FORMAT))
+                    self._set_meta("manifest", manifest.to_json())
+                    self._set_meta("generation", "0")
+                    self._set_meta("created", str(time.time()))
+            fmt = self._meta("format")
+            stored = self._meta("manifest")
+        except sqlite3.DatabaseError as exc:
+            raise _storage_error(exc, self.folder) from None
+        if fmt != str(FORMAT) or not stored:
+            raise RagqaError(f"{self.folder} is not a ragqa knowledge base of this version (format {fmt})")
+        self.manifest = Manifest.from_json(stored)
+        if manifest.embedding:
+            self.manifest.check(manifest, name)
+        self._vectors = _VectorIndex(self.folder / "vectors", self.db)
+        self._keywords = _KeywordIndex(self.folder / "keywords", self.db)
+        self._lock_path = self.folder / "write.lock"
+        self._writing = False
+        self._repair_if_free()
+
+    # -- sqlite helpers
+    def _meta(self, key: str) -> str | None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, value))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; any error rolls back, and storage errors become one line."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise _storage_error(exc, self.folder) from None
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, (sqlite3.DatabaseError, OSError)):
+                raise _storage_error(exc, self.folder) from None
+            raise
+
+    def generation(self) -> int:
+        return int(self._meta("generation") or 0)
+
+    def _next_generation(self) -> int:
+        gen = self.generation() + 1
+        self._set_meta("generation", str(gen))
+        return gen
+
+    # -- files
+    def files(self) -> list[FileRecord]:
+        rows = self.db.execute(
+            "SELECT id, path, size, mtime_ns, hash, parser, status, error, chunks, updated FROM files ORDER BY path"
+        ).fetchall()
+        return [_record(r) for r in rows]
+
+    def find_by_hash(self, file_hash: str, parser: str) -> FileRecord | None:
+        row = self.db.execute(
+            "SELECT id, path, size, mtime_ns, hash, parser, status, error, chunks, updated FROM files "
+            "WHERE hash = ? AND parser = ? AND status = 'ok' AND chunks > 0 LIMIT 1", (file_hash, parser)).fetchone()
+        return _record(row) if row else None
+
+    # -- writing
+    @contextlib.contextmanager
+    def writing(self, on_wait: Callable[[str], None] | None = None) -> Iterator["LocalKB"]:
+        """Hold the write lock; bring the derived indexes up to date on the way out."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self._lock_path))
+        try:
+            try:
+                lock.acquire(timeout=LOCK_WAIT_NOTE_S)
+            except Timeout:
+                if on_wait:
+                    on_wait(f"waiting for another ragqa process writing to knowledge base {self.name!r}…")
+                lock.acquire()
+        except OSError as exc:
+            raise _storage_error(exc, self.folder) from None
+        self._writing = True
+        try:
+            yield self
+        finally:
+            try:
+                self.refresh_derived(compact=True)
+            finally:
+                self._writing = False
+                lock.release()
+
+    def _require_writer(self) -> None:
+        if not self._writing:
+            raise RuntimeError("write to a knowledge base inside `with kb.writing():`")
+
+    def put_file(self, record: FileRecord, chunks: Sequence[Document], vectors: "np.ndarray",
+                 tokens: Sequence[Sequence[str]]) -> FileRecord:
+        import numpy as np
+
+        self._require_writer()
+        vectors = _unit_rows(np.asarray(vectors, dtype="float32"))
+        if len(vectors) != len(chunks) or len(tokens) != len(chunks):
+            raise RagqaError(f"{len(chunks)} chunks but {len(vectors)} vectors and {len(tokens)} word lists")
+        with self._transaction():
+            self._check_dimension(vectors.shape[1] if len(vectors) else 0)
+            record.chunks, record.status, record.error = len(chunks), "ok", ""
+            file_id = self._upsert(record)
+            self.db.executemany(
+                "INSERT INTO chunks (file_id, ord, text, meta, words, vector) VALUES (?, ?, ?, ?, ?, ?)",
+                ((file_id, i, d.page_content, json.dumps(_chunk_meta(d), ensure_ascii=False), " ".join(t),
+                  v.tobytes()) for i, (d, t, v) in enumerate(zip(chunks, tokens, vectors))),
+            )
+        return record
+
+    def copy_file(self, source: FileRecord, record: FileRecord) -> FileRecord:
+        self._require_writer()
+        with self._transaction():
+            record.chunks, record.status, record.error = source.chunks, "ok", ""
+            file_id = self._upsert(record)
+            self.db.execute(
+                "INSERT INTO chunks (file_id, ord, text, meta, words, vector) "
+                "SELECT ?, ord, text, meta, words, vector FROM chunks WHERE file_id = ? ORDER BY ord",
+                (file_id, source.id))
+        return record
+
+    def update_record(self, record: FileRecord) -> None:
+        self._require_writer()
+        with self._transaction():
+            self.db.execute("UPDATE files SET size = ?, mtime_ns = ?, updated = ? WHERE path = ?",
+                            (record.size, record.mtime_ns, time.time(), record.path))
+
+    def mark_failed(self, record: FileRecord) -> None:
+        self._require_writer()
+        with self._transaction():
+            record.status, record.chunks = "failed", 0
+            self._upsert(record)
+
+    def remove_files(self, paths: Iterable[str]) -> int:
+        self._require_writer()
+        n = 0
+        with self._transaction():
+            gen = self._next_generation()
+            for path in paths:
+                row = self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+                if row is None:
+                    continue
+                self.db.execute("DELETE FROM chunks WHERE file_id = ?", (row[0],))
+                self.db.execute("DELETE FROM files WHERE id = ?", (row[0],))
+                self.db.execute("INSERT INTO removed_files (file_id, gen) VALUES (?, ?)", (row[0], gen))
+                n += 1
+        return n
+
+    def _upsert(self, record: FileRecord) -> int:
+        """Insert or replace a file row (its old chunks go); inside a transaction."""
+        gen = self._next_generation()
+        record.updated = time.time()
+        row = self.db.execute("SELECT id FROM files WHERE path = ?", (record.path,)).fetchone()
+        values = (record.size, record.mtime_ns, record.hash, record.parser, record.status, record.error,
+                  record.chunks, gen, record.updated)
+        if row:
+            self.db.execute("DELETE FROM chunks WHERE file_id = ?", (row[0],))
+            self.db.execute("UPDATE files SET size=?, mtime_ns=?, hash=?, parser=?, status=?, error=?, chunks=?, "
+                            "gen=?, updated=? WHERE id = ?", (*values, row[0]))
+            record.id = int(row[0])
+        else:
+            cur = self.db.execute("INSERT INTO files (size, mtime_ns, hash, parser, status, error, chunks, gen, "
+                                  "updated, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*values, record.path))
+            record.id = int(cur.lastrowid)
+        return record.id
+
+    def _check_dimension(self, dimension: int) -> None:
+        if not dimension:
+            return
+        if not self.manifest.dimension:
+            self.manifest.dimension = dimension
+            self._set_meta("manifest", self.manifest.to_json())
+        elif dimension != self.manifest.dimension:
+            raise RagqaError(f"vectors have {dimension} dimensions but knowledge base {self.name!r} has "
+                             f"{self.manifest.dimension}")
+
+    # -- derived indexes
+    def refresh_derived(self, *, compact: bool = False) -> None:
+        """Bring tantivy up to the truth's generation; with ``compact``, rebuild the vector base
+        when its delta or dead chunks have grown too large. Needs the write lock."""
+        try:
+            self._keywords.sync(self.generation())
+            if compact:
+                self._vectors.compact_if_needed()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise _storage_error(exc, self.folder) from None
+
+    def _repair_if_free(self) -> None:
+        """On open: a keyword index behind the truth (a writer was killed) is repaired now, if no
+        writer holds the lock; otherwise the writer will, and searches filter stale hits."""
+        if self._keywords.generation() >= self.generation():
+            return
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self._lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            return
+        try:
+            log.info("knowledge base %s: bringing the keyword index up to date", self.name)
+            self.refresh_derived()
+        except RagqaError as exc:
+            log.warning("%s", exc)
+        finally:
+            lock.release()
+
+    # -- searching
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def _chunk_ids_of(self, file_ids: Sequence[int]) -> "np.ndarray":
+        import numpy as np
+
+        ids: list[int] = []
+        for part in _batches(list(file_ids), 900):
+            q = f"SELECT id FROM chunks WHERE file_id IN ({','.join('?' * len(part))})"
+            ids.extend(r[0] for r in self.db.execute(q, part))
+        return np.asarray(sorted(ids), dtype="int64")
+
+    def search_batch_ids(self, query_vectors: Sequence[Sequence[float]], k: int,
+                         file_ids: Sequence[int] | None = None) -> list[list[tuple[int, float]]]:
+        import numpy as np
+
+        q = np.array(query_vectors, dtype="float32")
+        if k <= 0 or not len(q):
+            return [[] for _ in range(len(q))]
+        dim = self.manifest.dimension
+        if dim and (q.ndim != 2 or q.shape[1] != dim):
+            raise RagqaError(f"query vectors have {q.shape[-1]} dimensions but knowledge base {self.name!r} "
+                             f"has {dim} (was it built with another embedding model?)")
+        allowed = self._chunk_ids_of(file_ids) if file_ids is not None else None
+        return self._vectors.search(_unit_rows(q), k, allowed)
+
+    def bm25_search(self, query: str, k: int, file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
+        from ragqa.retrieval import tokenize
+
+        words = list(dict.fromkeys(tokenize(query)))
+        if not words or k <= 0:
+            return []
+        hits = self._keywords.search(words, k, file_ids)
+        if not hits:
+            return hits
+        live = self._existing([i for i, _ in hits])  # a stale keyword index may name deleted chunks
+        return [(i, s) for i, s in hits if i in live][:k]
+
+    def _existing(self, ids: Sequence[int]) -> set[int]:
+        out: set[int] = set()
+        for part in _batches(list(ids), 900):
+            q = f"SELECT id FROM chunks WHERE id IN ({','.join('?' * len(part))})"
+            out.update(r[0] for r in self.db.execute(q, part))
+        return out
+
+    def get_chunks(self, ids: Sequence[int]) -> list[Document]:
+        found: dict[int, Document] = {}
+        for part in _batches([int(i) for i in ids], 900):
+            q = ("SELECT c.id, c.text, c.meta, f.path FROM chunks c JOIN files f ON f.id = c.file_id "
+                 f"WHERE c.id IN ({','.join('?' * len(part))})")
+            for cid, text, meta, path in self.db.execute(q, part):
+                found[cid] = _document(cid, text, meta, path)
+        return [found[int(i)] for i in ids if int(i) in found]
+
+    def iter_chunks(self, file_ids: Sequence[int] | None = None) -> Iterator[Document]:
+        q = "SELECT c.id, c.text, c.meta, f.path FROM chunks c JOIN files f ON f.id = c.file_id"
+        if file_ids is not None:
+            for part in _batches(list(file_ids), 900):
+                rows = self.db.execute(q + f" WHERE c.file_id IN ({','.join('?' * len(part))}) "
+                                       "ORDER BY c.file_id, c.ord", part).fetchall()
+                yield from (_document(*r) for r in rows)
+            return
+        for r in self.db.execute(q + " ORDER BY c.file_id, c.ord"):
+            yield _document(*r)
+
+    # -- the KB as a whole
+    def stats(self) -> KBStats:
+        files, failed = self.db.execute(
+            "SELECT count(*), coalesce(sum(status != 'ok'), 0) FROM files").fetchone()
+        size = sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+        return KBStats(self.name, self.engine, int(files) - int(failed), int(failed), self.count(),
+                       self.manifest.embedding, size, str(self.folder))
+
+    def drop(self) -> None:
+        from filelock import FileLock
+
+        with FileLock(str(self._lock_path)):
+            self.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.close()
+
+
+# -- derived: vectors --------------------------------------------------------------------------
+
+
+class _VectorIndex:
+    """FAISS over the chunks' vectors: a base file up to ``max_id`` plus the delta from SQLite."""
+
+    def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
+        self.folder = folder
+        self.db = db
+        self._base: Any = None
+        self._max_id = 0
+        self._kind = "none"
+        self._delta: tuple[Any, Any] | None = None  # (ids, vectors), loaded on first search
+        self._load_base()
+
+    def _load_base(self) -> None:
+        state = _read_json(self.folder / "state.json")
+        if not state:
+            return
+        path = self.folder / str(state.get("file", ""))
+        try:
+            base = faiss_module().read_index(str(path))
+        except (RuntimeError, OSError) as exc:
+            log.warning("vector index %s is unreadable (%s); searching from the database until it is rebuilt",
+                        path, exc)
+            return
+        if base.ntotal != state.get("count"):
+            log.warning("vector index %s does not match its state; ignoring it", path)
+            return
+        self._base, self._max_id, self._kind = base, int(state["max_id"]), str(state.get("kind", "flat"))
+
+    def _load_delta(self) -> tuple[Any, Any]:
+        import numpy as np
+
+        if self._delta is None:
+            rows = self.db.execute("SELECT id, vector FROM chunks WHERE id > ? ORDER BY id", (self._max_id,)).fetchall()
+            ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
+            vectors = np.vstack([np.frombuffer(r[1], dtype="float32") for r in rows]) if rows else None
+            self._delta = (ids, vectors)
+        return self._delta
+
+    def _dead_ids(self) -> "np.ndarray":
+        import numpy as np
+
+        rows = self.db.execute("SELECT id FROM dead_chunks WHERE id <= ?", (self._max_id,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
+
+    def search(self, q: "np.ndarray", k: int, allowed: "np.ndarray | None") -> list[list[tuple[int, float]]]:
+        import numpy as np
+
+        self._delta = None  # the truth may have grown since the last search (a long-lived page)
+        results: list[list[tuple[int, float]]] = [[] for _ in range(len(q))]
+        if self._base is not None and self._base.ntotal:
+            faiss = faiss_module()
+            faiss.omp_set_num_threads(1 if len(q) == 1 else max(1, os.cpu_count() or 1))
+            keep: list[Any] = []  # the selectors must outlive the search call
+            if allowed is not None:
+                keep.append(faiss.IDSelectorBatch(allowed[allowed <= self._max_id]))
+                sel = keep[-1]
+            else:
+                dead = self._dead_ids()
+                sel = None
+                if len(dead):
+                    keep.append(faiss.IDSelectorBatch(dead))
+                    keep.append(faiss.IDSelectorNot(keep[-1]))
+                    sel = keep[-1]
+            if self._kind == "hnsw":
+                params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, 2 * k))
+                if sel is not None:
+                    params.sel = sel
+            else:
+                params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            n = min(k, self._base.ntotal)
+            scores, ids = self._base.search(q, n, params=params)
+            for row, (srow, irow) in enumerate(zip(scores, ids)):
+                results[row] = [(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0]
+        delta_ids, delta_vectors = self._load_delta()
+        if delta_vectors is not None:
+            mask = np.isin(delta_ids, allowed) if allowed is not None else None
+            ids, vecs = (delta_ids[mask], delta_vectors[mask]) if mask is not None else (delta_ids, delta_vectors)
+            if len(ids):
+                scores = q @ vecs.T
+                n = min(k, len(ids))
+                for row in range(len(q)):
+                    top = np.argpartition(-scores[row], n - 1)[:n] if n < len(ids) else np.arange(len(ids))
+                    merged = results[row] + [(int(ids[j]), float(scores[row, j])) for j in top]
+                    results[row] = sorted(merged, key=lambda t: (-t[1], t[0]))[:k]
+        return results
+
+    def compact_if_needed(self) -> None:
+        """Rebuild the base when the delta or the dead chunks outgrow it (writer only)."""
+        base_n = self._base.ntotal if self._base is not None else 0
+        delta_n = self.db.execute("SELECT count(*) FROM chunks WHERE id > ?", (self._max_id,)).fetchone()[0]
+        dead_n = self.db.execute("SELECT count(*) FROM dead_chunks WHERE id <= ?", (self._max_id,)).fetchone()[0]
+        limit = max(COMPACT_MIN, COMPACT_RATIO * base_n)
+        if delta_n > limit or dead_n > limit or (dead_n and dead_n >= base_n):
+            self.rebuild()
+
+    def rebuild(self) -> None:
+        """Write a new base from every chunk in SQLite, atomically (file, then state.json)."""
+        import numpy as np
+
+        faiss = faiss_module()
+        total, max_id = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM chunks").fetchone()
+        dim_row = self.db.execute("SELECT length(vector) FROM chunks LIMIT 1").fetchone()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not total or not dim_row:
+            index, kind = None, "none"
+        else:
+            dim = dim_row[0] // 4
+            kind = "hnsw" if total >= HNSW_MIN else "flat"
+            if kind == "hnsw":
+                inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+                inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+                log.warning("building the HNSW vector index over %d chunks (once; about a minute per 100k)", total)
+            else:
+                inner = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIDMap(inner)
+            faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
+            cur = self.db.execute("SELECT id, vector FROM chunks WHERE id <= ? ORDER BY id", (max_id,))
+            while rows := cur.fetchmany(20_000):
+                ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
+                index.add_with_ids(np.vstack([np.frombuffer(r[1], dtype="float32") for r in rows]), ids)
+        name = f"base-{max_id}-{int(time.time() * 1000)}.faiss"
+        if index is not None:
+            tmp = self.folder / f".{name}.tmp"
+            faiss.write_index(index, str(tmp))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.folder / name)
+        _write_json_atomic(self.folder / "state.json",
+                           {"file": name if index is not None else "", "max_id": int(max_id),
+                            "count": int(index.ntotal) if index is not None else 0, "kind": kind})
+        self.db.execute("DELETE FROM dead_chunks WHERE id <= ?", (max_id,))
+        for stale in self.folder.glob("*.faiss"):
+            if stale.name != name:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        for tmp_file in self.folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp_file.unlink()
+        self._base, self._max_id, self._kind, self._delta = index, int(max_id), kind, None
+
+
+# -- derived: keywords (tantivy) ----------------------------------------------------------------
+
+
+class _KeywordIndex:
+    """tantivy over each chunk's jieba words (pre-tokenized; whitespace-split), BM25 scoring."""
+
+    ANALYZER = "ragqa_words"
+
+    def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
+        self.folder = folder
+        self.db = db
+        self.state_path = folder.with_name("keywords.json")
+        self._index: Any = None
+        self._schema: Any = None
+
+    def generation(self) -> int:
+        state = _read_json(self.state_path)
+        return int(state.get("generation", -1)) if state else -1
+
+    def _schema_(self) -> Any:
+        tantivy = _tantivy()
+        sb = tantivy.SchemaBuilder()
+        sb.add_unsigned_field("chunk_id", stored=True, indexed=True, fast=True)
+        sb.add_unsigned_field("file_id", indexed=True, fast=True)
+        sb.add_text_field("words", tokenizer_name=self.ANALYZER, index_option="freq")
+        return sb.build()
+
+    def _open(self, *, create: bool = False) -> Any:
+        if self._index is not None:
+            return self._index
+        tantivy = _tantivy()
+        analyzer = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
+        if not (self.folder / "meta.json").is_file():
+            if not create:
+                return None
+            self.folder.mkdir(parents=True, exist_ok=True)
+            index = tantivy.Index(self._schema_(), path=str(self.folder))
+        else:
+            index = tantivy.Index.open(str(self.folder))
+        index.register_tokenizer(self.ANALYZER, analyzer)
+        self._index, self._schema = index, index.schema
+        return index
+
+    def sync(self, generation: int) -> None:
+        """Re-index the files changed since this index's generation; one tantivy commit."""
+        have = self.generation()
+        if have >= generation and (self.folder / "meta.json").is_file():
+            return
+        tantivy = _tantivy()
+        if have < 0 or not (self.folder / "meta.json").is_file():
+            shutil.rmtree(self.folder, ignore_errors=True)  # missing or unknown state: from scratch
+            self._index = None
+            have = -1
+        try:
+            index = self._open(create=True)
+        except ValueError as exc:  # a damaged tantivy folder
+            log.warning("keyword index %s is unreadable (%s); rebuilding it", self.folder, exc)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self._index, have = None, -1
+            index = self._open(create=True)
+        changed = [r[0] for r in self.db.execute("SELECT id FROM files WHERE gen > ?", (have,))]
+        removed = [r[0] for r in self.db.execute("SELECT file_id FROM removed_files WHERE gen > ?", (have,))]
+        writer = index.writer(64_000_000, 1)
+        try:
+            if have >= 0:
+                for part in _batches(changed + removed, 1000):
+                    writer.delete_documents_by_query(tantivy.Query.term_set_query(self._schema, "file_id", part))
+            for part in _batches(changed, 500):
+                q = f"SELECT id, file_id, words FROM chunks WHERE file_id IN ({','.join('?' * len(part))})"
+                for cid, fid, words in self.db.execute(q, part):
+                    writer.add_document(tantivy.Document.from_dict(
+                        {"chunk_id": cid, "file_id": fid, "words": words}, self._schema))
+            writer.commit()
+            writer.wait_merging_threads()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.rollback()
+            raise
+        index.reload()
+        _write_json_atomic(self.state_path, {"generation": generation})
+        self.db.execute("DELETE FROM removed_files WHERE gen <= ?", (generation,))
+
+    def search(self, words: Sequence[str], k: int, file_ids: Sequence[int] | None) -> list[tuple[int, float]]:
+        index = self._open()
+        if index is None:
+            return []
+        tantivy = _tantivy()
+        index.reload()
+        schema = self._schema
+        query = tantivy.Query.boolean_query(
+            [(tantivy.Occur.Should, tantivy.Query.term_query(schema, "words", w)) for w in words])
+        if file_ids is not None:
+            query = tantivy.Query.boolean_query([
+                (tantivy.Occur.Must, query),
+                (tantivy.Occur.Must, tantivy.Query.term_set_query(schema, "file_id", list(file_ids))),
+            ])
+        searcher = index.searcher()
+        hits = searcher.search(query, k + 16).hits  # a few spare for chunks deleted since the last sync
+        if not hits:
+            return []
+        ids = searcher.fast_field_values("chunk_id", [addr for _, addr in hits])
+        return [(int(i), float(score)) for (score, _), i in zip(hits, ids) if i is not None and score > 0]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _record(row: Sequence[Any]) -> FileRecord:
+    rid, path, size, mtime_ns, file_hash, parser, status, error, chunks, updated = row
+    return FileRecord(path, size, mtime_ns, file_hash, parser, status, error, chunks, updated, rid)
+
+
+def _chunk_meta(doc: Document) -> dict[str, Any]:
+    return {k: v for k, v in doc.metadata.items() if k not in ("source", "score", "chunk_id")}
+
+
+def _document(cid: int, text: str, meta: str, path: str) -> Document:
+    return Document(id=str(cid), page_content=text, metadata={"source": path, **json.loads(meta), "chunk_id": cid})
+
+
+def _batches(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _unit_rows(vectors: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
+    if not len(vectors):
+        return vectors
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype="float32")
