@@ -160,7 +160,7 @@ class Pipeline:
     def index_paths(
         self, kb: KnowledgeBase, paths: Sequence[str | Path], *, sync: bool = False, strict: bool = False,
         progress: bool | None = None, on_file: Callable[[str, str, str], None] | None = None,
-        on_wait: Callable[[str], None] | None = None,
+        on_wait: Callable[[str], None] | None = None, files: list[Path] | None = None,
     ) -> SyncReport:
         """Bring ``kb`` up to date with the files at ``paths``: add new files, re-index changed ones,
         skip unchanged ones (same size and mtime, or same content), record unreadable ones.
@@ -173,7 +173,7 @@ class Pipeline:
 
         t = time.perf_counter()
         given = list(paths)
-        files = expand_paths(given)
+        files = expand_paths(given) if files is None else files
         named = {Path(p).expanduser().resolve() for p in given if not Path(p).expanduser().is_dir()}
         report = SyncReport()
         show = _stderr_is_tty() if progress is None else progress
@@ -293,8 +293,9 @@ class Pipeline:
 
         t = time.perf_counter()
         paths = list(paths)
+        files = expand_paths(paths)  # a missing path fails before anything is created
         kb = self.files_kb()
-        sync = self.index_paths(kb, paths, strict=not skip_unreadable)
+        sync = self.index_paths(kb, paths, strict=not skip_unreadable, files=files)
         report = IndexReport(files=sync.added + sync.updated + sync.unchanged + len(sync.failed),
                              cached=sync.unchanged, skipped=list(sync.failed))
         if not sync.file_ids:

@@ -142,17 +142,11 @@ class LocalKB(KnowledgeBase):
                 self.folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise _storage_error(exc, self.folder) from None
+        self._lock_path = self.folder / "write.lock"
         try:
-            self.db = sqlite3.connect(db, timeout=60, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            if create and not self._meta("format"):
-                self.db.executescript(_SCHEMA)  # idempotent; the KB exists once "format" is committed
-                with self._transaction():
-                    self._set_meta("format", str(FORMAT))
-                    self._set_meta("manifest", manifest.to_json())
-                    self._set_meta("generation", "0")
-                    self._set_meta("created", str(time.time()))
+            if create and not db.is_file():
+                self._create(db, manifest)
+            self.db = self._connect(db)
             fmt = self._meta("format")
             stored = self._meta("manifest")
         except sqlite3.DatabaseError as exc:
@@ -164,11 +158,36 @@ class LocalKB(KnowledgeBase):
             self.manifest.check(manifest, name)
         self._vectors = _VectorIndex(self.folder / "vectors", self.db)
         self._keywords = _KeywordIndex(self.folder / "keywords", self.db)
-        self._lock_path = self.folder / "write.lock"
         self._writing = False
         self._repair_if_free()
 
     # -- sqlite helpers
+    @staticmethod
+    def _connect(db: Path) -> sqlite3.Connection:
+        con = sqlite3.connect(db, timeout=60, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA synchronous=NORMAL")
+        return con
+
+    def _create(self, db: Path, manifest: Manifest) -> None:
+        """Make the database under the write lock (two processes may create one KB at once)."""
+        from filelock import FileLock
+
+        with FileLock(str(self._lock_path)):
+            if db.is_file():
+                return
+            tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            con = self._connect(tmp)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)
+                con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                    ("format", str(FORMAT)), ("manifest", manifest.to_json()), ("generation", "0"),
+                    ("created", str(time.time()))])
+            finally:
+                con.close()
+            os.replace(tmp, db)  # the KB exists whole or not at all
+
     def _meta(self, key: str) -> str | None:
         try:
             row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -30,6 +30,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("RAGQA_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
@@ -129,9 +130,15 @@ def cache_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_settings(cache_dir: Path) -> Callable[..., Settings]:
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def make_settings(cache_dir: Path, data_dir: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         overrides.setdefault("cache_dir", cache_dir)
+        overrides.setdefault("data_dir", data_dir)
         return Settings(**overrides)
 
     return make
@@ -172,11 +179,20 @@ def fixed_retriever() -> Callable[[Sequence[Document]], FixedRetriever]:
 
 
 @pytest.fixture
-def index_dirs(cache_dir: Path) -> Callable[[], list[Path]]:
-    """Everything under <cache>/index (finished indexes and any leftover temp folders)."""
+def indexed_paths(cache_dir: Path, data_dir: Path) -> Callable[[], list[str]]:
+    """Files indexed so far, in the internal files KB (ask PATH) and in every knowledge base."""
+    return lambda: indexed_files(cache_dir) + indexed_files(data_dir)
 
-    def listing() -> list[Path]:
-        root = cache_dir / "index"
-        return sorted(root.iterdir()) if root.is_dir() else []
 
-    return listing
+def indexed_files(root: Path) -> list[str]:
+    """Paths of the files indexed (status ok) in every knowledge base under ``root``."""
+    import sqlite3
+
+    out: list[str] = []
+    for db in sorted(root.rglob("kb.sqlite")):
+        con = sqlite3.connect(db)
+        try:
+            out += [r[0] for r in con.execute("SELECT path FROM files WHERE status = 'ok' ORDER BY path")]
+        finally:
+            con.close()
+    return out

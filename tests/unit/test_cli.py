@@ -62,9 +62,10 @@ class Run:
     cache_dir: Path
 
     @property
-    def index_entries(self) -> list[Path]:
-        root = self.cache_dir / "index"
-        return sorted(root.iterdir()) if root.is_dir() else []
+    def index_entries(self) -> list[str]:
+        from conftest import indexed_files
+
+        return indexed_files(self.cache_dir)
 
 
 def _scenarios(f: Files) -> dict[str, tuple[list[str], bool]]:

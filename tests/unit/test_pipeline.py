@@ -119,12 +119,12 @@ def test_backend_notes_are_passed_on(make_pipeline, fake_backend_cls, doc) -> No
 
 
 @pytest.mark.parametrize("question", ["", "   \n"])
-def test_empty_question_fails_before_any_indexing(make_pipeline, counting_embeddings_cls, doc, index_dirs, question) -> None:
+def test_empty_question_fails_before_any_indexing(make_pipeline, counting_embeddings_cls, doc, indexed_paths, question) -> None:
     emb = counting_embeddings_cls()
     with pytest.raises(InputError, match="question is empty"):
         make_pipeline(embeddings=emb).ask([doc], question)
     assert emb.document_calls == 0
-    assert index_dirs() == []
+    assert indexed_paths() == []
 
 
 def test_no_documents_is_an_input_error(make_pipeline) -> None:
@@ -155,12 +155,12 @@ def test_answer_to_dict_is_json_with_page_only_when_known() -> None:
     assert answer.sources[1].location() == "b.txt @0"
 
 
-def test_file_over_the_size_limit_is_refused(make_pipeline, counting_embeddings_cls, doc, index_dirs) -> None:
+def test_file_over_the_size_limit_is_refused(make_pipeline, counting_embeddings_cls, doc, indexed_paths) -> None:
     emb = counting_embeddings_cls()
     with pytest.raises(InputError) as err:
         make_pipeline(embeddings=emb, max_file_mb=0.0001).ask([doc], "熊猫吃什么？")  # ~100 bytes
     assert str(doc) in str(err.value) and "max_file_mb" in str(err.value)
-    assert emb.document_calls == 0 and index_dirs() == []
+    assert emb.document_calls == 0 and indexed_paths() == []
 
 
 def test_gbk_document_is_answered_from_correctly_decoded_text(make_pipeline, fake_backend_cls, tmp_path) -> None:
