@@ -9,6 +9,8 @@ from __future__ import annotations
 import codecs
 import logging
 import os
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -76,11 +78,11 @@ def check_supported(path: Path) -> None:
         raise InputError(f"{path}: unsupported file type {kind} (supported: {_suffix_list()})")
 
 
-LOADER_VERSION = 1  # bump when a loader's output changes, so stored chunks are re-made
+LOADER_VERSION = 2  # bump when a loader's output changes, so stored chunks are re-made
 
 
 def loader_id(path: Path) -> str:
-    """How this file is read, e.g. 'text/1' or 'pdf:unstructured-fast/1'. Part of what makes a
+    """How this file is read, e.g. 'text/2' or 'pdf:unstructured-fast/2'. Part of what makes a
     stored file "unchanged": the same bytes read another way (a .txt renamed .html) are re-read."""
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
@@ -140,13 +142,18 @@ def read_bytes(path: Path, max_mb: float | None = None) -> bytes:
 
 
 def decode_text(data: bytes, path: Path | str = "<text>") -> str:
-    """Decode bytes of a text file: BOM, then strict UTF-8, then GB18030, then detection.
+    """Decode bytes of a text file, or refuse them when the encoding cannot be told for sure.
 
-    GB18030 is a superset of GBK and GB2312, so one try covers the common Chinese encodings.
-    Binary data (NUL bytes, or no encoding that yields mostly printable text) is refused.
+    In order: a BOM; strict UTF-8; Korean (EUC-KR / CP949) when it reads as spaced Hangul words;
+    Western text (CP1252, which covers Latin-1) when it reads as Western words; GB18030 (a superset
+    of GBK and GB2312) when it reads as common Chinese; then charset_normalizer for the rest
+    (Cyrillic, Shift_JIS, Big5, ...). Binary data (NUL bytes, or no encoding that yields mostly
+    printable text) is refused, and so is text whose candidates disagree with none clearly right.
 
     >>> decode_text("中文".encode("gbk"))
     '中文'
+    >>> decode_text("Déjà vu, “encore”.".encode("cp1252"))
+    'Déjà vu, “encore”.'
     """
     for bom, encoding in _BOMS:
         if data.startswith(bom):
@@ -156,22 +163,154 @@ def decode_text(data: bytes, path: Path | str = "<text>") -> str:
                 break
     if b"\x00" in data[:8192]:
         raise InputError(f"{path}: looks like a binary file, not text")
-    for encoding in ("utf-8", "gb18030"):
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        if _mostly_printable(text) and (encoding == "utf-8" or _looks_chinese(text)):
-            return text
+    text = _strict(data, "utf-8")
+    if text is not None and _mostly_printable(text):
+        return text
+    # Korean before Chinese: EUC-KR bytes also decode as GB2312, into common but meaningless hanzi
+    text = _strict(data, "cp949")
+    if text is not None and _looks_korean(text):
+        return text
+    western = _strict(data, "cp1252")
+    confidence = _western_confidence(western) if western is not None else None
+    if confidence == "sure":
+        return western  # type: ignore[return-value]
+    text = _chinese_or_euc_jp(data, path)
+    if text is not None:
+        return text
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
+    matches = list(from_bytes(data, cp_exclusion=_UNLIKELY_ENCODINGS))
+    best = matches[0] if matches else None
+    if best is not None and confidence == "maybe" and str(best) != western:
+        # Latin text with letters CP1252 has but Western languages hardly use (Turkish CP1254 read
+        # as CP1252: "yaþýyor"): the other reading wins only on clearly better language evidence
+        as_cp1252 = max((m.coherence for m in matches if m.encoding == "cp1252"), default=0.0)
+        if best.coherence < as_cp1252 + 0.05:
+            raise _unsure(path, "cp1252", best.encoding)
     if best is not None:
         text = str(best)
-        if _mostly_printable(text):
+        if _mostly_printable(text) and _one_script(text):
             log.info("%s: decoded as %s", path, best.encoding)
             return text
     raise InputError(f"{path}: cannot detect the text encoding (save it as UTF-8) or it is binary")
+
+
+# What charset_normalizer may propose but a text file without a BOM practically never is:
+# EBCDIC code pages and BOM-less UTF-16/32 (short CJK text in a legacy encoding often "reads" as
+# one of them)
+_UNLIKELY_ENCODINGS = [
+    "cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140",
+    "utf_16", "utf_16_be", "utf_16_le", "utf_32", "utf_32_be", "utf_32_le",
+]
+
+
+def _unsure(path: Path | str, first: str, second: str) -> InputError:
+    return InputError(
+        f"{path}: cannot tell the text encoding for sure ({first} or {second}); "
+        f"save the file as UTF-8 and try again"
+    )
+
+
+def _strict(data: bytes, encoding: str) -> str | None:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+
+
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+_HANGUL_WORDS = re.compile(r"[\uac00-\ud7a3][^\w\s]* +[^\w\s]*[\uac00-\ud7a3]")
+
+
+def _looks_korean(text: str) -> bool:
+    """Hangul syllables for (nearly) every non-ASCII letter, and words separated by spaces.
+
+    Chinese GB2312 text decoded as EUC-KR gives Hangul mixed with hanja, and no spaces between
+    the "words"; real Korean separates its words with spaces.
+    """
+    wide = [ch for ch in text[:20000] if ch.isalpha() and not ch.isascii()]
+    if not wide or not _mostly_printable(text):
+        return False
+    hangul = sum(1 for ch in wide if _HANGUL.match(ch))
+    return hangul / len(wide) >= 0.95 and _HANGUL_WORDS.search(text) is not None
+
+
+# The accented letters of French, German, Spanish, Italian, Portuguese, Dutch, Catalan and the
+# Nordic languages, and the punctuation and signs Western text uses; CP1252's other characters
+# (Ð Ý Þ ð ý þ Š š Ž ž Ÿ ƒ ¤ ¦ ¨ ª ¬ ¯ ´ ¶ ¸ º ˆ ˜ and the soft hyphen) are what other code pages
+# (Turkish, Central European, Cyrillic, CJK) turn into when read as CP1252.
+_WESTERN_LETTERS = frozenset("ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜßàáâãäåæçèéêëìíîïñòóôõöøùúûüÿŒœ")
+_WESTERN_SIGNS = frozenset("\u00a0¡¢£¥§©«®°±²³µ·¹»¼½¾¿×÷€‚„…†‡‰‹‘’“”•–—™›")
+_WESTERN = _WESTERN_LETTERS | _WESTERN_SIGNS
+_LETTERS = re.compile(r"[^\W\d_]+")
+# a sign between two letters, which Western text only does with an apostrophe, a middle dot
+# (Catalan col·lecció) or a dash; "mo¿e", "by³o" (Polish CP1250) or "¤µ¤Ñ" (Big5) do it all the time
+_SIGN_IN_WORD = re.compile(r"(?<=[^\W\d_])[^\w\s\x00-\x7f’·–—…](?=[^\W\d_])")
+
+
+def _western_confidence(text: str) -> str | None:
+    """How much ``text`` (bytes read as CP1252) looks like a Western language.
+
+    ``"sure"``: its words are ASCII words with accented letters in them ("déjà", "Größe", "à"),
+    and every non-ASCII character is a common Western letter or sign. ``"maybe"``: the same words,
+    but with characters other code pages produce (Turkish "yaþýyor"). ``None``: words made only of
+    non-ASCII letters (Cyrillic, Greek, CJK bytes read as CP1252: "Ïðèâåò"), signs inside words,
+    or unprintable text.
+
+    >>> _western_confidence("Il était déjà tard.")
+    'sure'
+    >>> _western_confidence("Ïðèâåò, êàê äåëà?") is None
+    True
+    """
+    if not _mostly_printable(text) or _SIGN_IN_WORD.search(text):
+        return None
+    accented = [w for w in _LETTERS.findall(text) if not w.isascii()]
+    foreign = sum(1 for w in accented if len(w) > 1 and not any(ch.isascii() for ch in w))
+    if foreign > 0.05 * len(accented):
+        return None
+    return "sure" if all(ch.isascii() or ch in _WESTERN for ch in text) else "maybe"
+
+
+def _kana_share(text: str) -> float:
+    wide = [ch for ch in text[:20000] if not ch.isascii()]
+    return sum(1 for ch in wide if "\u3040" <= ch <= "\u30ff") / len(wide) if wide else 0.0
+
+
+def _one_script(text: str) -> bool:
+    """Nearly all non-ASCII letters in one writing system (East Asian scripts count as one).
+
+    A wrong code page often mixes scripts (Latin with Greek, Cyrillic with box drawing)."""
+    scripts: dict[str, int] = {}
+    for ch in text[:20000]:
+        if ch.isascii() or not ch.isalpha():
+            continue
+        name = unicodedata.name(ch, "UNKNOWN")
+        script = "EAST_ASIAN" if name.startswith(_EAST_ASIAN) else name.split()[0]
+        scripts[script] = scripts.get(script, 0) + 1
+    total = sum(scripts.values())
+    return not total or max(scripts.values()) / total >= 0.9
+
+
+_EAST_ASIAN = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "HALFWIDTH", "FULLWIDTH", "BOPOMOFO")
+
+
+def _chinese_or_euc_jp(data: bytes, path: Path | str) -> str | None:
+    """GB18030 when it reads as common Chinese; None to go on guessing.
+
+    GB2312 has kana where EUC-JP has them, and where Big5 has its commonest hanzi: Japanese EUC-JP
+    and Big5 both read as "Chinese" full of kana (real Chinese is not a fifth kana). Big5 refuses
+    no EUC-JP text, but about 40% of Big5 characters have a second byte EUC-JP refuses: a dozen
+    characters that are all valid EUC-JP are Japanese; fewer may be either.
+    """
+    text = _strict(data, "gb18030")
+    if text is None or not _mostly_printable(text) or not _looks_chinese(text):
+        return None
+    if _kana_share(text) < 0.2:
+        return text
+    japanese = _strict(data, "euc_jp")
+    if japanese is not None and _strict(data, "big5") is not None and sum(not ch.isascii() for ch in japanese) < 12:
+        raise _unsure(path, "euc_jp", "big5")
+    return japanese
 
 
 def _looks_chinese(text: str) -> bool:

@@ -59,6 +59,83 @@ def test_decode_text_gbk_doctest_example() -> None:
     assert decode_text("中文".encode("gbk")) == "中文"
 
 
+# Legacy encodings, a few sentences and one short line each. Before ragqa preferred CP1252 for
+# Western text, charset_normalizer read these as CP1250/CP1257/CP437 ("déjà" -> "déją", "“hello”"
+# -> "УhelloФ") and GB18030 read Korean EUC-KR as Chinese ("서울은" -> "辑匡篮").
+LEGACY = [
+    ("cp1252", "fr", "Il était déjà tard quand nous sommes arrivés à la gare. « Ça coûte 12 € », m’a dit "
+               "l’employé avec un “sourire” poli. Où est passé le train de 18 h ?"),
+    ("cp1252", "fr-short", "C’était déjà vu, “hélas”."),
+    ("cp1252", "de", "Die Größe der Straße überrascht viele Besucher. „Schöne Grüße aus München“, schrieb sie – "
+               "und fügte hinzu: Das Frühstück kostet nur 9 €."),
+    ("cp1252", "de-short", "Schöne Grüße aus Köln – 5 €."),
+    ("cp1252", "es", "¿Dónde está la estación? Mañana iremos a Córdoba con el niño. El billete cuesta 25 € y "
+               "“no incluye” el almuerzo… ¡Qué lástima!"),
+    ("cp1252", "es-short", "¿Qué tal? Mañana, señor."),
+    ("cp1252", "en-quotes", "“Hello,” she said. “It’s a lovely day — isn’t it?”"),
+    ("cp1252", "en-short", "“hello”"),
+    ("cp1252", "de-signs", "Temperatur: 20 °C ± 2 °C, Fläche 3 m²."),
+    ("latin-1", "fr", "Le café est très chaud ce matin. Ça va ? Où est la bibliothèque du lycée ? Les élèves "
+                "préfèrent le thé glacé, naïvement."),
+    ("latin-1", "fr-short", "déjà vu à Noël"),
+    ("latin-1", "sv", "Vi åker till Göteborg på fredag och äter smörgåsar."),
+    ("cp1251", "ru", "Москва — столица России. Сегодня в городе тепло и солнечно, а вечером обещают дождь. "
+               "«Мы встретимся у метро», — сказал он."),
+    ("cp1251", "ru-short", "Привет, как дела?"),
+    ("shift_jis", "ja", "東京は日本の首都です。今日は天気が良くて、公園を散歩しました。桜がとてもきれいでした。"),
+    ("shift_jis", "ja-short", "こんにちは、世界。"),
+    ("shift_jis", "ja-katakana", "東京タワー"),
+    ("euc-jp", "ja", "今日はいい天気ですね。散歩に行きましょう。"),
+    ("euc-kr", "ko", "서울은 대한민국의 수도입니다. 오늘은 날씨가 좋아서 공원에서 산책을 했습니다. 벚꽃이 정말 예뻤어요."),
+    ("euc-kr", "ko-short", "안녕하세요, 세계."),
+    ("big5", "zh-hant", "臺灣的夜市非常熱鬧，許多觀光客喜歡在這裡品嚐小吃。我們昨天晚上去了士林夜市，買了珍珠奶茶和雞排。"),
+    ("big5", "zh-hant-short", "今天天氣很好。"),
+    ("gbk", "zh-hans", "北京是中国的首都。今天天气很好，我们去公园散步了。晚上吃了烤鸭和饺子。"),
+    ("gbk", "zh-hans-short", "你好，世界。"),
+    ("utf-16", "fr", "Il était déjà tard. « Ça coûte 12 € », m’a dit l’employé."),
+    ("utf-16", "ru-short", "Привет, как дела?"),
+]
+
+
+@pytest.mark.parametrize("encoding, label, text", LEGACY, ids=[f"{e}-{label}" for e, label, _ in LEGACY])
+def test_legacy_encodings_decode_exactly(tmp_path: Path, encoding: str, label: str, text: str) -> None:
+    path = write(tmp_path / "legacy.txt", text.encode(encoding))
+    assert load_file(path)[0].page_content == text
+
+
+# Encodings whose bytes also read as plausible text in another one: ragqa may decode them, but if
+# it is not sure it says so (an InputError naming the file), never returns mojibake.
+AMBIGUOUS = [
+    ("cp1254", "Türkiye’de yaşıyorum ve İstanbul’u çok seviyorum."),
+    ("cp1254", "Şişli’de oturuyoruz."),
+    ("cp1250", "Zażółć gęślą jaźń."),
+    ("iso8859_15", "L'œuvre coûte 10 €."),
+    ("euc-jp", "日本語の文章です。"),  # these bytes are Big5 too ("中華民國" likewise)
+    ("big5", "中華民國"),
+]
+
+
+@pytest.mark.parametrize("encoding, text", AMBIGUOUS, ids=[f"{e}-{n}" for n, (e, _) in enumerate(AMBIGUOUS)])
+def test_ambiguous_text_is_decoded_exactly_or_refused(tmp_path: Path, encoding: str, text: str) -> None:
+    path = write(tmp_path / "doc.txt", text.encode(encoding))
+    try:
+        decoded = load_file(path)[0].page_content
+    except InputError as exc:
+        message = str(exc)
+        assert str(path) in message and "UTF-8" in message and "\n" not in message
+    else:
+        assert decoded == text
+
+
+def test_unsure_encoding_names_the_candidates(tmp_path: Path) -> None:
+    path = write(tmp_path / "kurz.txt", "日本語の文章です。".encode("euc-jp"))
+    with pytest.raises(InputError) as err:
+        load_file(path)
+    assert str(err.value) == (
+        f"{path}: cannot tell the text encoding for sure (euc_jp or big5); save the file as UTF-8 and try again"
+    )
+
+
 # --------------------------------------------------------------------------- refusals
 
 
