@@ -7,11 +7,14 @@ PDF, DOCX and HTML go through unstructured's partitioners (text layer only, no O
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 import os
 import re
 import unicodedata
+import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from langchain_core.documents import Document
@@ -115,7 +118,7 @@ def load_file(path: str | Path, data: bytes | None = None) -> list[Document]:
         docs = [Document(page_content=decode_text(data, path), metadata={"source": str(path)})]
     else:
         _check_not_text_garbage(data, path, suffix)
-        docs = list(_partition(path, suffix))
+        docs = list(_partition(path, suffix, data))
     docs = [d for d in docs if d.page_content.strip()]
     if not docs:
         raise InputError(f"{path}: no text found (empty file, or a scanned PDF without a text layer)")
@@ -381,26 +384,76 @@ def _prepare_unstructured() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _partition(path: Path, suffix: str) -> Iterator[Document]:
-    _prepare_unstructured()
+@contextmanager
+def _quiet_parsers() -> Iterator[None]:
+    """Silence pypdf, pdfminer and unstructured while a file is parsed.
+
+    They log a WARNING (and sometimes warn) for every oddity of a damaged file ("EOF marker not
+    found"); ragqa reports what is wrong with the file in one line of its own instead.
+    """
+    loggers = [logging.getLogger(name) for name in ("pypdf", "pdfminer", "unstructured")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
     try:
-        if suffix == ".pdf":
-            from unstructured.partition.pdf import partition_pdf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
-            elements = partition_pdf(filename=str(path), strategy="fast", languages=["eng", "chi_sim"])
-        elif suffix == ".docx":
-            from unstructured.partition.docx import partition_docx
 
-            elements = partition_docx(filename=str(path))
-        else:
-            from unstructured.partition.html import partition_html
+def _pdf_damage(path: Path, data: bytes) -> str | None:
+    """Why pypdf cannot read this PDF (None when it can); a password-protected one is refused.
 
-            elements = partition_html(filename=str(path))
+    unstructured turns both cases into "no elements", which would read as a scanned PDF. A PDF with
+    only an owner password (printing or copying restricted) opens with the empty user password and
+    is read as usual.
+    """
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        return None  # only the messages get vaguer; unstructured reads the PDF without it
+    try:
+        with _quiet_parsers():
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise InputError(f"{path}: the PDF is password-protected (remove the password and try again)")
+            len(reader.pages)
+    except InputError:
+        raise
+    except Exception as exc:  # pypdf raises many types on damaged files
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return reason if len(reason) <= 120 else reason[:119] + "…"
+    return None
+
+
+def _partition(path: Path, suffix: str, data: bytes) -> Iterator[Document]:
+    _prepare_unstructured()
+    damage = _pdf_damage(path, data) if suffix == ".pdf" else None
+    damaged = f"{path}: the PDF is damaged ({damage}; get a fresh copy, or re-save it from a PDF viewer)"
+    try:
+        with _quiet_parsers():
+            if suffix == ".pdf":
+                from unstructured.partition.pdf import partition_pdf
+
+                elements = partition_pdf(filename=str(path), strategy="fast", languages=["eng", "chi_sim"])
+            elif suffix == ".docx":
+                from unstructured.partition.docx import partition_docx
+
+                elements = partition_docx(filename=str(path))
+            else:
+                from unstructured.partition.html import partition_html
+
+                elements = partition_html(filename=str(path))
     except ImportError as exc:
         raise MissingDependencyError(exc.name or "unstructured") from None
     except InputError:
         raise
     except Exception as exc:  # partitioners raise many types on corrupt files
+        if damage:
+            raise InputError(damaged) from None
         raise InputError(f"{path}: cannot read this {suffix} file ({type(exc).__name__}: {exc})") from None
 
     pages: dict[int | None, list[str]] = {}
@@ -410,6 +463,8 @@ def _partition(path: Path, suffix: str) -> Iterator[Document]:
             continue
         page = getattr(element.metadata, "page_number", None) if suffix == ".pdf" else None
         pages.setdefault(page, []).append(text)
+    if damage and not any(pages.values()):
+        raise InputError(damaged)  # text that pdfminer could still get out of it is kept
     for page, texts in pages.items():
         meta: dict = {"source": str(path)}
         if page is not None:
