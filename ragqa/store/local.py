@@ -484,6 +484,8 @@ class _VectorIndex:
         self._max_id = 0
         self._kind = "none"
         self._delta: tuple[Any, Any] | None = None  # (ids, vectors), loaded on first search
+        self._dead: Any = None
+        self._generation: str | None = None  # of the truth when the delta was read
         self._load_base()
 
     def _load_base(self) -> None:
@@ -515,13 +517,23 @@ class _VectorIndex:
     def _dead_ids(self) -> "np.ndarray":
         import numpy as np
 
-        rows = self.db.execute("SELECT id FROM dead_chunks WHERE id <= ?", (self._max_id,)).fetchall()
-        return np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
+        if self._dead is None:
+            rows = self.db.execute("SELECT id FROM dead_chunks WHERE id <= ?", (self._max_id,)).fetchall()
+            self._dead = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
+        return self._dead
+
+    def _refresh(self) -> None:
+        """Forget the delta and dead ids when the truth has changed since they were read (another
+        process may write while a long-lived page searches)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        generation = row[0] if row else None
+        if generation != self._generation:
+            self._delta, self._dead, self._generation = None, None, generation
 
     def search(self, q: "np.ndarray", k: int, allowed: "np.ndarray | None") -> list[list[tuple[int, float]]]:
         import numpy as np
 
-        self._delta = None  # the truth may have grown since the last search (a long-lived page)
+        self._refresh()
         results: list[list[tuple[int, float]]] = [[] for _ in range(len(q))]
         if self._base is not None and self._base.ntotal:
             faiss = faiss_module()
@@ -612,7 +624,7 @@ class _VectorIndex:
         for tmp_file in self.folder.glob(".*.tmp"):
             with contextlib.suppress(OSError):
                 tmp_file.unlink()
-        self._base, self._max_id, self._kind, self._delta = index, int(max_id), kind, None
+        self._base, self._max_id, self._kind, self._delta, self._dead = index, int(max_id), kind, None, None
 
 
 # -- derived: keywords (tantivy) ----------------------------------------------------------------
