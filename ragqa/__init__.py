@@ -2,8 +2,8 @@
 
 Importing ragqa loads no heavy library (torch, faiss, llama_cpp, gradio); they load on first use.
 The parts are LangChain components (README "Python API"): ``load_documents``,
-``ChineseTextSplitter``, ``make_embeddings``, ``RagqaVectorStore``, ``get_prompt``,
-``make_qa_chain``, ``make_summarize_chain``.
+``ChineseTextSplitter``, ``make_embeddings``, ``RagqaVectorStore``, ``KnowledgeBaseStore`` (a
+persistent knowledge base as a VectorStore), ``get_prompt``, ``make_qa_chain``, ``make_summarize_chain``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Answer",
     "ChineseTextSplitter",
+    "KnowledgeBaseStore",
     "Pipeline",
     "PromptBuilder",
     "RagqaError",
@@ -45,6 +46,7 @@ _LAZY = {
     "make_summarize_chain": "ragqa.chains",
     "PromptBuilder": "ragqa.chains",
     "RagqaVectorStore": "ragqa.retrieval",
+    "KnowledgeBaseStore": "ragqa.retrieval",
     "get_prompt": "ragqa.prompts",
 }
 
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     from ragqa.loaders import load_documents
     from ragqa.pipeline import Answer, Pipeline, Source
     from ragqa.prompts import get_prompt
-    from ragqa.retrieval import RagqaVectorStore
+    from ragqa.retrieval import KnowledgeBaseStore, RagqaVectorStore
     from ragqa.splitting import ChineseTextSplitter
 
 

