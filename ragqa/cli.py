@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from ragqa.errors import RagqaError
+from ragqa.errors import ConfigError, RagqaError
 
 app = typer.Typer(
     add_completion=False,
@@ -312,7 +312,7 @@ def eval_command(
             max_new_tokens=max_new_tokens, cache_dir=cache_dir,
         )
         if limit is not None and limit < 1:
-            raise RagqaError("--limit must be at least 1")
+            raise ConfigError("--limit must be at least 1")
         if answers and limit is None:
             limit = DEFAULT_ANSWER_SAMPLE
             typer.echo(f"note: --answers runs the LLM per question; evaluating the first {limit} (set --limit)", err=True)
@@ -392,7 +392,10 @@ def serve(
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     except OSError as exc:  # the port is taken, the address is not ours
-        reason = "the port is in use (choose another with --port)" if "empty port" in str(exc) else str(exc)
+        import errno
+
+        in_use = exc.errno == errno.EADDRINUSE or "empty port" in str(exc)
+        reason = "the port is in use (choose another with --port)" if in_use else (exc.strerror or str(exc))
         _fail(f"cannot serve on {host}:{port}: {reason}", 1)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
@@ -610,7 +613,35 @@ def _width(text: str) -> int:
 
 
 def main() -> None:
-    app()
+    """Run the CLI; usage mistakes (unknown flag, `-k abc`, a missing argument) are one line."""
+    try:
+        import typer._click.exceptions as click  # typer >= 0.16 vendors click
+    except ImportError:  # pragma: no cover - older typer
+        import click.exceptions as click  # type: ignore[no-redef]
+
+    try:
+        code = app(standalone_mode=False)  # returns the code of a typer.Exit instead of raising it
+    except click.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help())
+        sys.exit(0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("ragqa: error: interrupted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        hint = ""
+        if exc.ctx is not None and exc.ctx.command_path:
+            hint = f" (see: {exc.ctx.command_path} --help)"
+        message = " ".join(exc.format_message().split())
+        if "No such option: -" in message:
+            message += "; a question that starts with '-' goes after `--`"
+        typer.echo(f"ragqa: error: {message}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        typer.echo(f"ragqa: error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

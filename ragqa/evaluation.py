@@ -42,35 +42,65 @@ class QAItem:
     answers: list[str]
 
 
+SQUAD_SHAPE = '{"data": [{"paragraphs": [{"context": "...", "qas": [{"question": "...", "answers": [{"text": "..."}]}]}]}]}'
+
+
 def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[str], list[QAItem]]:
-    """Distinct contexts and their questions from a SQuAD v1-style JSON file."""
+    """Distinct contexts and their questions from a SQuAD v1-style JSON file.
+
+    Anything else is an InputError naming the file, the first place that is not SQuAD-shaped
+    (``data[0].paragraphs[2].qas``) and the shape expected.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text("utf-8"))
-        articles = data["data"]
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a SQuAD-format JSON file ({type(exc).__name__}: {exc})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; expected a SQuAD-format JSON file {SQUAD_SHAPE}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            f"expected a SQuAD-format file {SQUAD_SHAPE}"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+    def not_squad(where: str, expected: str) -> InputError:
+        return InputError(f"{path}: not a SQuAD-format file: {where} should be {expected} (expected {SQUAD_SHAPE})")
+
+    articles = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(articles, list):
+        raise not_squad("the top level", 'an object with a "data" list')
     contexts: list[str] = []
     seen: dict[str, int] = {}
     items: list[QAItem] = []
-    try:
-        for article in articles:
-            for para in article["paragraphs"]:
-                context = para["context"]
-                if context not in seen:
-                    if max_contexts is not None and len(contexts) >= max_contexts:
-                        continue
-                    seen[context] = len(contexts)
-                    contexts.append(context)
-                cid = seen[context]
-                for qa in para["qas"]:
-                    answers = [a["text"] for a in qa.get("answers", []) if a.get("text", "").strip()]
-                    if qa.get("question", "").strip() and answers:
-                        items.append(QAItem(str(qa.get("id", len(items))), qa["question"].strip(), cid, answers))
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a SQuAD-format JSON file (missing {exc})") from None
+    for i, article in enumerate(articles):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise not_squad(f"data[{i}]", 'an object with a "paragraphs" list')
+        for j, para in enumerate(paragraphs):
+            where = f"data[{i}].paragraphs[{j}]"
+            if not (isinstance(para, dict) and isinstance(para.get("context"), str) and isinstance(para.get("qas"), list)):
+                raise not_squad(where, 'an object with a "context" text and a "qas" list')
+            context = para["context"]
+            if context not in seen:
+                if max_contexts is not None and len(contexts) >= max_contexts:
+                    continue
+                seen[context] = len(contexts)
+                contexts.append(context)
+            cid = seen[context]
+            for k, qa in enumerate(para["qas"]):
+                answers = qa.get("answers", []) if isinstance(qa, dict) else None
+                question = qa.get("question", "") if isinstance(qa, dict) else None
+                if not isinstance(answers, list) or not isinstance(question, str):
+                    raise not_squad(f"{where}.qas[{k}]", 'an object with a "question" text and an "answers" list')
+                texts = [a.get("text") if isinstance(a, dict) else None for a in answers]
+                if not all(isinstance(t, str) for t in texts):
+                    raise not_squad(f"{where}.qas[{k}].answers", 'a list of objects with a "text"')
+                texts = [t for t in texts if t.strip()]
+                if question.strip() and texts:
+                    items.append(QAItem(str(qa.get("id", len(items))), question.strip(), cid, texts))
     if not items:
         raise InputError(f"{path}: no answerable questions found")
     return contexts, items
