@@ -325,7 +325,10 @@ class Pipeline:
         """The files of a knowledge base (what ``summarize --kb`` summarizes)."""
         kb = self.open_kb(name)
         try:
-            paths = [r.path for r in kb.files() if r.status == "ok"]
+            from ragqa.retrieval import TEXT_PARSER
+
+            # files only: texts added through the LangChain store have no file to summarize
+            paths = [r.path for r in kb.files() if r.status == "ok" and r.parser != TEXT_PARSER]
         finally:
             kb.close()
         if not paths:
