@@ -272,11 +272,8 @@ class Pipeline:
 
     def _embed_with_progress(self, texts: list[str], name: str) -> list[list[float]]:
         """Embed in batches under one progress bar (a long file takes minutes on a CPU)."""
-        from tqdm import tqdm
-
         vectors: list[list[float]] = []
-        with tqdm(total=len(texts), desc=f"embedding {name[:30]}", unit="chunk",
-                  disable=len(texts) <= EMBED_BATCH or not _stderr_is_tty()) as bar:
+        with progress_bar(len(texts), f"embedding {name[:30]}", "chunk", enabled=len(texts) > EMBED_BATCH) as bar:
             for i in range(0, len(texts), EMBED_BATCH):
                 batch = texts[i:i + EMBED_BATCH]
                 vectors.extend(self.embeddings.embed_documents(batch))
@@ -645,6 +642,48 @@ class LanguageModel:
         self.pb = pipeline.prompt_builder(self.backend)
         self.llm = RagqaLLM(backend=self.backend, params=asdict(GenerationParams.from_settings(pipeline.settings)),
                             stop_default=list(self.pb.chat_format.stop))
+
+
+LOG_PROGRESS_EVERY_S = 10.0
+
+
+class _LineProgress:
+    """Progress for a stderr that is not a terminal (a log file, CI): a plain line every
+    ``LOG_PROGRESS_EVERY_S`` seconds, so a file that takes hours still shows it is moving."""
+
+    def __init__(self, total: int, desc: str, unit: str) -> None:
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.started = self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        import sys
+
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= LOG_PROGRESS_EVERY_S and self.done < self.total:
+            self.last = now
+            rate = self.done / max(now - self.started, 1e-9)
+            left = (self.total - self.done) / rate if rate else 0
+            sys.stderr.write(f"{self.desc}: {self.done}/{self.total} {self.unit}s "
+                             f"({100 * self.done // max(self.total, 1)}%, about {left:.0f}s left)\n")
+            sys.stderr.flush()
+
+    def __enter__(self) -> "_LineProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, unit: str, *, enabled: bool = True) -> Any:
+    """tqdm on a terminal; timed plain lines when stderr is a log; nothing when not ``enabled``."""
+    from tqdm import tqdm
+
+    if enabled and _stderr_is_tty():
+        return tqdm(total=total, desc=desc, unit=unit)
+    if enabled:
+        return _LineProgress(total, desc, unit)
+    return tqdm(total=total, disable=True)
 
 
 def _is_under(path: Path, root: Path) -> bool:

@@ -217,3 +217,18 @@ def test_folder_with_no_readable_file_is_an_error(make_pipeline, tmp_path) -> No
     (folder / "empty.txt").write_text("", "utf-8")
     with pytest.raises(InputError, match="no readable documents"):
         make_pipeline().ask([folder], "熊猫吃什么？")
+
+
+def test_long_embedding_shows_progress_lines_when_stderr_is_a_log(make_pipeline, tmp_path, monkeypatch, capsys) -> None:
+    """A 150 MB file takes hours: with stderr redirected to a file there must still be lines."""
+    import ragqa.pipeline as pl
+
+    monkeypatch.setattr(pl, "LOG_PROGRESS_EVERY_S", 0.0)  # a line per batch instead of every 10 s
+    monkeypatch.setattr(pl, "_stderr_is_tty", lambda: False)
+    doc = tmp_path / "long.txt"
+    doc.write_text("熊猫吃竹子。" * 2000, "utf-8")
+    p = make_pipeline(chunk_size=60, chunk_overlap=0)
+    p.index_paths(p.open_kb("t", create=True), [doc])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("embedding long.txt:")]
+    assert len(lines) >= 3 and "\r" not in "".join(lines)
+    assert "chunks (" in lines[0] and "s left)" in lines[0]
