@@ -497,7 +497,8 @@ def kb_list(
         typer.echo("no knowledge bases yet (create one with: ragqa index PATH... --kb NAME)", err=True)
         return
     rows = [("name", "files", "failed", "chunks", "embedding", "size")]
-    rows += [(k.name, str(k.files), str(k.failed), str(k.chunks), k.embedding, _size(k.size_bytes)) for k in kbs]
+    rows += [(k.name, str(k.files), str(k.failed), str(k.chunks), k.embedding,
+              _size(k.size_bytes) if k.engine == "local" else "-") for k in kbs]
     widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths)).rstrip())
