@@ -7,6 +7,15 @@ BIN := $(VENV)/bin
 # torch is pinned for the install only: an unpinned torch pulls a multi-GB CUDA build, and this
 # CPU wheel is what ragqa is tested with. A user with a GPU installs their own torch first.
 TORCH_PIN ?= torch==2.13.0
+# llama-cpp-python is compiled from source. Its default build (-march=native) turns on AMX on CPUs
+# that report it (Xeon Sapphire Rapids and later); in VMs whose kernel does not grant AMX tiles the
+# first generated token then segfaults. On x86-64 ragqa builds it for AVX2/FMA/F16C instead (any
+# x86-64 CPU since 2013), once: the wheel is kept in ~/.cache/ragqa/wheels, keyed by these flags.
+LLAMA_CPP_VERSION ?= 0.3.36
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
+LLAMA_WHEELS := $(HOME)/.cache/ragqa/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 
 .PHONY: setup browser demo test unit integration clean
 
@@ -14,6 +23,9 @@ $(BIN)/ragqa: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+	  $(BIN)/python -m pip wheel -q --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install -q -e ".[test]" "$(TORCH_PIN)"
 	# unstructured[pdf] drags in timm -> torchvision. PyPI's torchvision is built for CUDA torch and
 	# breaks `import transformers` next to a CPU torch ("operator torchvision::nms does not exist").
