@@ -184,8 +184,15 @@ def run_size(chunks: int, work: Path, repeats: int) -> dict:
     schema = kw.schema
     searcher = kw.searcher()
 
+    import faiss
+
+    from ragqa.store.local import HNSW_EF_SEARCH
+
+    # the same search effort ragqa asks of an HNSW base (faiss's own default efSearch is 16)
+    raw_params = faiss.SearchParametersHNSW(efSearch=HNSW_EF_SEARCH) if kb3._vectors._kind == "hnsw" else None
+
     def raw_vector(q: str) -> None:
-        base.search(np.asarray([qvecs[q]], dtype="float32"), 20)
+        base.search(np.asarray([qvecs[q]], dtype="float32"), 20, params=raw_params)
 
     def raw_bm25(q: str) -> None:
         query = tantivy.Query.boolean_query(
