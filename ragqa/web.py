@@ -1,27 +1,39 @@
-"""The web page: a thin Gradio shell over ``Pipeline`` (upload, ask with streaming, summarize).
+"""The web page: a thin Gradio shell over ``Pipeline`` and the knowledge bases (KBs).
 
-Nothing here re-implements the pipeline: uploads go through ``Pipeline.index_file`` (so the index
-cache is shared with the CLI), questions through ``Pipeline.ask_stream``, summaries through
-``Pipeline.summarize_file``. The models load on the first request, not at start.
+The page works on one KB at a time (picked or created at the top). Uploads are copied into
+``<data_dir>/uploads/<kb>/`` (Gradio's temp files vanish; these stay) and indexed with
+``Pipeline.index_paths``, so the page and ``ragqa index``/``ragqa ask --kb`` share the same KBs.
+Questions go through ``Pipeline.ask_stream(kb=...)``, summaries through ``Pipeline.summarize_file``.
+The models load on the first request, not at start; building the page only lists the KBs' names.
 
-Every event that touches a model shares one queue slot (``concurrency_id="model"``, limit 1):
-llama.cpp contexts are not thread-safe, so two browsers asking at once are answered in turn.
+Every event that runs a model or writes a KB shares one queue slot (``concurrency_id="model"``,
+limit 1): llama.cpp contexts are not thread-safe, so two browsers asking at once are answered in
+turn. Another process (the CLI) may write the same KB meanwhile: the KB's write lock orders the
+writers, and searches re-read what changed, so the page sees the CLI's files without a restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragqa.config import Settings
-from ragqa.errors import ConfigError, InputError, NoReadableDocumentsError, RagqaError
+from ragqa.errors import ConfigError, InputError, RagqaError
 from ragqa.pipeline import Answer, Pipeline
+from ragqa.store import DEFAULT_KB, check_kb_name, kb_exists
+
+if TYPE_CHECKING:
+    from ragqa.store import FileRecord, KnowledgeBase
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +41,32 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SNIPPET_CHARS = 400
-MODEL_QUEUE = "model"  # one concurrency group for everything that runs a model
+MODEL_QUEUE = "model"  # one concurrency group for everything that runs a model or writes a KB
 FILE_TYPES = [".txt", ".md", ".markdown", ".pdf", ".docx", ".html", ".htm"]
+UPLOADS = "uploads"  # <data_dir>/uploads/<kb>/<file name>: the page's uploaded documents
+SUMMARIES = "web-summaries"  # <cache_dir>/web-summaries: the Summarize tab's downloads
 
 # UI text in both languages; Gradio picks the browser's language (or the one set in the page's
 # Settings panel), English otherwise.
 UI_TEXT: dict[str, dict[str, str]] = {
     "en": {
         "title": "## ragqa: ask your documents",
-        "intro": "Upload documents, then ask questions about them or summarize them. "
-                 "Everything runs on this machine.",
-        "files": "Documents (txt, md, pdf, docx, html)",
+        "intro": "Pick or create a knowledge base, upload documents into it, then ask questions about "
+                 "them or summarize them. Everything runs and is kept on this machine.",
+        "kb": "Knowledge base",
+        "kb_new": "New knowledge base",
+        "kb_new_ph": "name, e.g. contracts-2024",
+        "kb_create": "Create",
+        "files": "Upload documents (txt, md, pdf, docx, html)",
         "status": "Indexing",
+        "docs": "Documents in this knowledge base",
+        "doc_pick": "Document",
+        "delete": "Delete from the knowledge base",
         "tab_ask": "Ask",
         "tab_summarize": "Summarize",
         "chat": "Conversation",
         "question": "Question",
-        "question_ph": "Ask about the uploaded documents, then press Enter",
+        "question_ph": "Ask about the documents of this knowledge base, then press Enter",
         "send": "Ask",
         "clear": "Clear chat",
         "sources": "Sources",
@@ -61,14 +82,21 @@ UI_TEXT: dict[str, dict[str, str]] = {
     },
     "zh": {
         "title": "## ragqa：向你的文档提问",
-        "intro": "上传文档，然后提问或生成摘要。所有计算都在本机完成。",
-        "files": "文档（txt、md、pdf、docx、html）",
+        "intro": "选择或新建一个知识库，把文档上传进去，然后提问或生成摘要。所有计算和数据都在本机。",
+        "kb": "知识库",
+        "kb_new": "新建知识库",
+        "kb_new_ph": "名称，例如 合同-2024",
+        "kb_create": "新建",
+        "files": "上传文档（txt、md、pdf、docx、html）",
         "status": "索引",
+        "docs": "本知识库中的文档",
+        "doc_pick": "文档",
+        "delete": "从知识库中删除",
         "tab_ask": "问答",
         "tab_summarize": "摘要",
         "chat": "对话",
         "question": "问题",
-        "question_ph": "就上传的文档提问，按回车发送",
+        "question_ph": "就本知识库中的文档提问，按回车发送",
         "send": "提问",
         "clear": "清空对话",
         "sources": "出处",
@@ -84,13 +112,14 @@ UI_TEXT: dict[str, dict[str, str]] = {
     },
 }
 
-# Messages shown in the page (toasts and status lines) carry both languages: they are made in
-# Python, where the browser's language is not known.
+# Messages and texts made in Python (toasts, status lines, the table's headers) carry both
+# languages: the browser's language is not known there.
 MSG = {
-    "no_files": "Upload a document first. 请先上传文档。",
+    "no_files": "Upload a document to this knowledge base first. 请先向这个知识库上传文档。",
     "no_question": "Type a question. 请输入问题。",
-    "no_readable": "None of the uploaded files could be read. 上传的文件都无法读取。",
+    "no_doc": "Pick a document first. 请先选择文档。",
 }
+DOC_HEADERS = ["document 文档", "chunks 片段", "status 状态"]
 
 
 def _gradio() -> Any:
@@ -120,6 +149,50 @@ def _name(path: str) -> str:
     return Path(path).name
 
 
+def kb_names(settings: Settings) -> list[str]:
+    """The KBs' names, without opening any: ``list_kbs`` opens each one (its vector index, its
+    size on disk), too slow for a page that must be up in seconds."""
+    from ragqa.store import is_local, local_root
+
+    if is_local(settings):
+        from ragqa.store.local import DB_NAME
+
+        root = local_root(settings)
+        return sorted(p.parent.name for p in root.glob(f"*/{DB_NAME}")) if root.is_dir() else []
+    from ragqa.store.milvus import milvus_kb_names
+
+    return sorted(milvus_kb_names(settings))
+
+
+@dataclass
+class DocRow:
+    """One document of a KB as the page shows it."""
+
+    label: str  # the file name for uploads; the full path for files indexed from elsewhere (CLI)
+    path: str
+    chunks: int
+    status: str
+    error: str = ""
+
+    def row(self) -> list[Any]:
+        return [self.label, self.chunks, "✓" if self.status == "ok" else f"✗ {self.error}"]
+
+
+@dataclass
+class KBPage:
+    """What the page shows about one KB: a header line and its documents."""
+
+    name: str
+    info: str
+    docs: list[DocRow] = field(default_factory=list)
+
+    def rows(self) -> list[list[Any]]:
+        return [d.row() for d in self.docs]
+
+    def labels(self, *, ok_only: bool = False) -> list[str]:
+        return [d.label for d in self.docs if d.status == "ok" or not ok_only]
+
+
 # -- handlers: plain functions over a Pipeline (unit-tested without a browser) -------------------
 
 
@@ -128,39 +201,191 @@ class Handlers:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self.settings = pipeline.settings
 
-    def index(self, files: Sequence[Any] | None, progress: Any = None) -> tuple[str, list[str]]:
-        """Index each upload (or take it from the cache); -> (status lines, names of good files)."""
-        paths = _paths(files)
-        lines, good = [], []
-        for i, path in enumerate(paths):
-            if progress is not None:
-                progress((i, len(paths)), desc=f"indexing {_name(path)}")
-            t = time.perf_counter()
+    # -- knowledge bases
+    def kb_names(self) -> list[str]:
+        """Every KB's name, with the default one even before it exists (the first upload makes it)."""
+        return sorted({DEFAULT_KB, *kb_names(self.settings)})
+
+    def create_kb(self, name: str | None) -> str:
+        """Make the KB ``name`` (nothing happens if it exists); -> its checked name."""
+        name = _checked(name)
+        try:
+            self._kb(name, create=True)
+        except RagqaError as exc:
+            raise _page_error(exc) from None
+        return name
+
+    def _kb(self, name: str, *, create: bool = False) -> "KnowledgeBase | None":
+        """The KB as the pipeline keeps it open for questions (``Pipeline.kb_index`` caches one per
+        name), so the page's uploads, listings and questions share one object; None if absent."""
+        kbs = self.pipeline._kbs  # Pipeline has no public accessor for its open KBs (see kb_index)
+        kb = kbs.get(name)
+        if kb is not None and not kb_exists(self.settings, name):  # dropped meanwhile (ragqa kb drop)
+            kbs.pop(name, None)
+            kb.close()
+            kb = None
+        if kb is None:
+            if not create and not kb_exists(self.settings, name):
+                return None
+            kb = kbs[name] = self.pipeline.open_kb(name, create=create)
+        return kb
+
+    def uploads_dir(self, name: str) -> Path:
+        return (Path(self.settings.data_dir) / UPLOADS / name).resolve()
+
+    def page(self, name: str | None) -> KBPage:
+        """The header line and the documents of KB ``name`` (a KB that cannot be opened, e.g. one
+        built with another embedding model, is shown with the reason instead of failing)."""
+        name = _checked(name)
+        try:
+            kb = self._kb(name)
+            records = kb.files() if kb is not None else []
+        except RagqaError as exc:
+            return KBPage(name, f"**{name}** · ✗ {html.escape(str(exc))}")
+        if kb is None:
+            return KBPage(name, f"**{name}** · new, empty: upload documents to fill it. "
+                                "新知识库：上传文档即可。")
+        folder = self.uploads_dir(name)
+        docs = [self._row(r, folder) for r in records]
+        ok = [d for d in docs if d.status == "ok"]
+        n, chunks = len(ok), sum(d.chunks for d in ok)
+        info = (f"**{name}** · {n} document{'s' if n != 1 else ''} 文档 · "
+                f"{chunks} chunk{'s' if chunks != 1 else ''} 片段")
+        if len(docs) > n:
+            info += f" · {len(docs) - n} unreadable 无法读取"
+        return KBPage(name, info, docs)
+
+    @staticmethod
+    def _row(record: "FileRecord", folder: Path) -> DocRow:
+        path = Path(record.path)
+        label = path.name if path.parent == folder else record.path
+        error = _strip_path(record.error, record.path) if record.error else ""
+        return DocRow(label, record.path, record.chunks, record.status, error)
+
+    # -- documents
+    def index(self, kb_name: str | None, files: Sequence[Any] | None, progress: Any = None) -> str:
+        """Copy the uploads into the KB's uploads folder and index them; -> one status line each.
+
+        An identical file already in the KB is ``(unchanged)``; a file with the name of one in the
+        KB but other bytes replaces it (``updated``); an unreadable one is reported and the rest go on.
+        """
+        from ragqa.loaders import check_supported
+
+        name = _checked(kb_name)
+        uploads = _paths(files)
+        if not uploads:
+            return ""
+        lines: dict[str, str] = {}  # upload name -> its status line, in upload order
+        wanted: dict[str, Path] = {}  # upload name -> the upload
+        for upload in uploads:
+            label = _safe_name(_name(upload))
             try:
-                index, cached = self.pipeline.index_file(Path(path))
+                check_supported(Path(label))
             except InputError as exc:
-                lines.append(f"✗ **{_name(path)}**: {_strip_path(str(exc), path)}")
+                lines[label] = f"✗ **{label}**: {_strip_path(str(exc), label)}"
                 continue
-            except RagqaError as exc:
-                raise _page_error(exc) from None
-            good.append(_name(path))
-            how = "cached" if cached else f"{time.perf_counter() - t:.1f}s"
-            n = len(index.chunks)
-            lines.append(f"✓ **{_name(path)}**: {n} chunk{'s' if n != 1 else ''} ({how})")
-        return "\n\n".join(lines), good
+            lines[label], wanted[label] = "", Path(upload)
+        if not wanted:
+            return "\n\n".join(lines.values())
+        try:
+            kb = self._kb(name, create=True)  # before copying: a KB that cannot be opened keeps nothing
+            assert kb is not None
+            folder = self.uploads_dir(name)
+            copies = [str(self._copy_upload(upload, folder / label)) for label, upload in wanted.items()]
+            times = self._index_copies(kb, copies, progress)
+        except RagqaError as exc:
+            raise _page_error(exc) from None
+        records = {r.path: r for r in kb.files()}
+        for path, (status, detail, seconds) in times.items():
+            label = _name(path)
+            if status == "failed":
+                lines[label] = f"✗ **{label}**: {_strip_path(detail, path)}"
+                continue
+            record = records.get(str(Path(path).resolve()))
+            n = record.chunks if record is not None else 0
+            if status == "unchanged":
+                lines[label] = f"✓ **{label}**: (unchanged)"
+            else:
+                how = f"{seconds:.1f}s" + (", updated" if status == "updated" else "")
+                lines[label] = f"✓ **{label}**: {n} chunk{'s' if n != 1 else ''} ({how})"
+        return "\n\n".join(line for line in lines.values() if line)
 
+    def _copy_upload(self, source: Path, target: Path) -> Path:
+        """Copy an upload where it stays (temp file + rename: a reader never sees half a file)."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise RagqaError(f"cannot keep the upload {target.name} in {target.parent}: {exc.strerror or exc}") from None
+        return target
+
+    def _index_copies(self, kb: "KnowledgeBase", copies: list[str], progress: Any) -> dict[str, tuple[str, str, float]]:
+        """Index the copied uploads; -> path -> (status, detail, seconds) as ``index_paths`` reported them."""
+        results: dict[str, tuple[str, str, float]] = {}
+        clock = [time.perf_counter()]
+
+        def on_file(path: str, status: str, detail: str) -> None:
+            now = time.perf_counter()
+            results[path] = (status, detail, now - clock[0])
+            clock[0] = now
+            if progress is not None:
+                progress((len(results), len(copies)), desc=f"{_name(path)}: {status}")
+
+        def on_wait(message: str) -> None:
+            log.info("%s", message)
+            if progress is not None:
+                progress((0, len(copies)), desc=message)
+
+        if progress is not None:
+            progress((0, len(copies)), desc=f"indexing {_name(copies[0])}")
+        self.pipeline.index_paths(kb, copies, strict=False, progress=False, on_file=on_file, on_wait=on_wait)
+        return results
+
+    def delete(self, kb_name: str | None, label: str | None) -> str:
+        """Remove one document from the KB (and its uploaded copy); -> a status line."""
+        name = _checked(kb_name)
+        if not label:
+            raise _page_error(InputError(MSG["no_doc"]))
+        doc = next((d for d in self.page(name).docs if d.label == label), None)
+        if doc is None:
+            raise _page_error(InputError(f"no document {label!r} in knowledge base {name!r}. "
+                                         f"知识库 {name!r} 中没有文档 {label!r}。"))
+        kb = self._kb(name)
+        assert kb is not None
+        try:
+            with kb.writing(on_wait=lambda m: log.info("%s", m)):
+                kb.remove_files([doc.path])
+        except RagqaError as exc:
+            raise _page_error(exc) from None
+        if Path(doc.path).parent == self.uploads_dir(name):
+            with contextlib.suppress(OSError):
+                Path(doc.path).unlink()
+            return f"🗑 **{doc.label}**: deleted 已删除"
+        return f"🗑 **{doc.label}**: removed from the knowledge base; the file itself stays 已从知识库移除，原文件保留"
+
+    # -- answering
     def ask(
-        self, files: Sequence[Any] | None, question: str, history: list[dict[str, Any]] | None,
+        self, kb_name: str | None, question: str, history: list[dict[str, Any]] | None,
         chain: str | None = None, k: float | None = None, retriever: str | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], str, list[dict[str, Any]], str]]:
         """Stream (chat, sources markdown, sources data, question box) as the answer grows."""
         question = (question or "").strip()
-        paths = _paths(files)
+        name = _checked(kb_name)
         if not question:
             raise _page_error(InputError(MSG["no_question"]))
-        if not paths:
-            raise _page_error(InputError(MSG["no_files"]))
+        self._require_documents(name)
         earlier = list(history or [])
         chat = earlier + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         yield list(chat), "", [], ""
@@ -168,7 +393,7 @@ class Handlers:
         answer: Answer | None = None
         try:
             for item in self.pipeline.ask_stream(
-                paths, question, history=earlier, skip_unreadable=True,
+                [], question, kb=name, history=earlier,
                 chain=chain or None, k=int(k) if k else None, retriever=retriever or None,
             ):
                 if isinstance(item, Answer):
@@ -177,39 +402,48 @@ class Handlers:
                 text += item
                 chat[-1] = {"role": "assistant", "content": text}
                 yield list(chat), "", [], ""
-        except NoReadableDocumentsError:
-            raise _page_error(InputError(MSG["no_readable"])) from None
         except RagqaError as exc:
             raise _page_error(exc) from None
         assert answer is not None
         chat[-1] = {"role": "assistant", "content": answer.answer or text.strip()}
-        answer.notes = [_strip_paths(n, paths) for n in answer.notes]
+        answer.notes = [_strip_folder(n, self.uploads_dir(name)) for n in answer.notes]
         yield chat, sources_markdown(answer), sources_data(answer), ""
 
-    def summarize(
-        self, files: Sequence[Any] | None, picked: Sequence[str] | None, progress: Any = None
-    ) -> tuple[str, str | None]:
-        """One summary per picked upload (all if none picked); -> (markdown, downloadable file)."""
-        paths = _paths(files)
-        if not paths:
+    def _require_documents(self, name: str) -> "KnowledgeBase":
+        try:
+            kb = self._kb(name)
+            empty = kb is None or not kb.count()
+        except RagqaError as exc:
+            raise _page_error(exc) from None
+        if empty:
             raise _page_error(InputError(MSG["no_files"]))
+        assert kb is not None
+        return kb
+
+    def summarize(
+        self, kb_name: str | None, picked: Sequence[str] | None, progress: Any = None
+    ) -> tuple[str, str | None]:
+        """One summary per picked document of the KB (all if none picked); -> (markdown, downloadable file)."""
+        name = _checked(kb_name)
+        self._require_documents(name)
+        docs = [d for d in self.page(name).docs if d.status == "ok"]
         if picked:
             wanted = set(picked)
-            paths = [p for p in paths if _name(p) in wanted]
+            docs = [d for d in docs if d.label in wanted]
         parts, done = [], 0
-        for i, path in enumerate(paths):
-            step = (lambda s, i=i, path=path: progress((i, len(paths)), desc=f"{_name(path)}: {s}")) if progress else None
+        for i, doc in enumerate(docs):
+            step = (lambda s, i=i, doc=doc: progress((i, len(docs)), desc=f"{doc.label}: {s}")) if progress else None
             if step:
                 step("reading")
             try:
-                record = self.pipeline.summarize_file(path, on_step=step)
+                record = self.pipeline.summarize_file(doc.path, on_step=step)
             except InputError as exc:
-                parts.append(f"### {_name(path)}\n\n✗ {_strip_path(str(exc), path)}")
+                parts.append(f"### {doc.label}\n\n✗ {_strip_path(str(exc), doc.path)}")
                 continue
             except RagqaError as exc:
                 raise _page_error(exc) from None
             done += 1
-            parts.append(f"### {_name(path)}\n\n{record['summary']}\n\n"
+            parts.append(f"### {doc.label}\n\n{record['summary']}\n\n"
                          f"<sub>{record['chain']}, {record['chunks']} part(s), {record['seconds']:.1f}s</sub>")
         body = "\n\n".join(parts)
         if not done:
@@ -219,11 +453,29 @@ class Handlers:
     def _write_download(self, body: str) -> str:
         from ragqa.outputs import write_atomic
 
-        folder = self.pipeline.settings.cache_dir / "web-summaries"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(self.settings.cache_dir) / SUMMARIES
         path = folder / f"summaries-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.md"
         write_atomic(path, body + "\n")
         return str(path)
+
+
+def _checked(name: str | None) -> str:
+    """A KB name from the page, checked: a bad one is a message in the page."""
+    try:
+        return check_kb_name(name or "")
+    except InputError as exc:
+        raise _page_error(exc) from None
+
+
+def _safe_name(name: str) -> str:
+    """An upload's name as a file name in the uploads folder (never a folder, never empty)."""
+    name = Path(name.replace("\\", "/")).name.strip()
+    return name if name not in ("", ".", "..") else "upload"
+
+
+def _strip_folder(message: str, folder: Path) -> str:
+    """Messages name the files' places on the server; the page shows the files' own names."""
+    return message.replace(f"{folder}{os.sep}", "")
 
 
 def _strip_paths(message: str, paths: Sequence[str]) -> str:
@@ -284,22 +536,39 @@ def model_info(settings: Settings, backend: str) -> str:
             f"**Embeddings** `{settings.embedding_model}` · **Context** {settings.n_ctx} tokens")
 
 
-def build_app(pipeline: Pipeline) -> Any:
-    """The Blocks app. Building it loads no model."""
+def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
+    """The Blocks app, opened on KB ``kb``. Building it loads no model and opens no KB (it lists
+    the KBs' names); a browser's page load shows the KB's documents."""
     gr = _gradio()
     t = gr.I18n(**UI_TEXT)
     h = Handlers(pipeline)
     s = pipeline.settings
+    start = check_kb_name(kb)
 
     with gr.Blocks(title="ragqa") as app:
         gr.Markdown(t("title"))
         gr.Markdown(t("intro"))
         gr.Markdown(model_info(s, pipeline.backend_name), elem_id="model-info")
         with gr.Row():
-            with gr.Column(scale=1, min_width=280):
+            with gr.Column(scale=1, min_width=300):
+                kb_pick = gr.Dropdown(sorted({start, *h.kb_names()}), value=start, label=t("kb"), elem_id="kb",
+                                      allow_custom_value=True, filterable=True)
+                kb_info = gr.Markdown(f"**{start}**", elem_id="kb-info")
+                with gr.Accordion(t("kb_new"), open=False):
+                    with gr.Row():
+                        kb_new = gr.Textbox(show_label=False, placeholder=t("kb_new_ph"), lines=1, max_lines=1,
+                                            elem_id="kb-new", scale=3)
+                        kb_create = gr.Button(t("kb_create"), elem_id="kb-create", size="sm", scale=1)
                 files = gr.File(label=t("files"), file_count="multiple", file_types=FILE_TYPES,
                                 elem_id="files")
                 status = gr.Markdown(elem_id="index-status", label=t("status"))
+                docs = gr.Dataframe(headers=DOC_HEADERS, datatype=["str", "number", "str"], value=[],
+                                    label=t("docs"), elem_id="docs", interactive=False, wrap=True,
+                                    max_height=360, column_widths=["50%", "20%", "30%"])
+                with gr.Row():
+                    doc_pick = gr.Dropdown([], value=None, label=t("doc_pick"), elem_id="doc-pick",
+                                           allow_custom_value=True, scale=3)
+                    delete = gr.Button(t("delete"), elem_id="delete-doc", variant="stop", size="sm", scale=1)
                 with gr.Accordion(t("options"), open=False):
                     chain = gr.Dropdown(["stuff", "refine"], value=s.chain, label=t("chain"), elem_id="chain")
                     k = gr.Slider(1, 20, value=s.k, step=1, label=t("k"), elem_id="k")
@@ -316,29 +585,62 @@ def build_app(pipeline: Pipeline) -> Any:
                     with gr.Accordion(t("raw_sources"), open=False):
                         sources_json = gr.JSON(elem_id="sources-json")
                 with gr.Tab(t("tab_summarize"), elem_id="tab-summarize"):
-                    picked = gr.CheckboxGroup([], label=t("pick"), elem_id="picked")
+                    picked = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                         label=t("pick"), elem_id="picked")
                     summarize = gr.Button(t("summarize"), variant="primary", elem_id="summarize")
                     with gr.Accordion(t("summaries"), open=True):
                         summaries = gr.Markdown(elem_id="summaries")
                     download = gr.File(label=t("download"), elem_id="download", interactive=False)
 
-        def on_upload(uploaded: list[Any] | None, progress: Any = gr.Progress()) -> tuple[str, Any]:
-            text, good = h.index(uploaded, progress)
-            return text, gr.CheckboxGroup(choices=good, value=[])
+        shown = [kb_info, docs, picked, doc_pick]  # what depends on the KB's documents
 
-        def on_ask(uploaded, q, history, chain_type, k_value, retriever_kind):
-            yield from h.ask(uploaded, q, history, chain_type, k_value, retriever_kind)
+        def view(name: str | None) -> tuple[Any, ...]:
+            page = h.page(name)
+            return (page.info, page.rows(), gr.Dropdown(choices=page.labels(ok_only=True), value=[]),
+                    gr.Dropdown(choices=page.labels(), value=None))
 
-        def on_summarize(uploaded, names, progress: Any = gr.Progress()):
-            return h.summarize(uploaded, names, progress)
+        def on_load(name):
+            return gr.Dropdown(choices=sorted({name or start, *h.kb_names()})), *view(name)
 
-        files.upload(on_upload, files, [status, picked], api_name="index", concurrency_id=MODEL_QUEUE)
-        files.clear(lambda: ("", gr.CheckboxGroup(choices=[], value=[])), None, [status, picked],
-                    api_visibility="private")
-        question.submit(on_ask, [files, question, chat, chain, k, retriever], [chat, sources, sources_json, question],
-                        api_name="ask", concurrency_id=MODEL_QUEUE)
+        def on_switch(name):  # another KB: its documents; the chat and last upload's lines were about the other
+            return *view(name), [], "", [], ""
+
+        def on_create(name):
+            name = h.create_kb(name)
+            return gr.Dropdown(choices=sorted({name, *h.kb_names()}), value=name), ""
+
+        def on_upload(name, uploaded, progress: Any = gr.Progress()):
+            text = h.index(name, uploaded, progress)
+            return text, *view(name), None
+
+        def on_delete(name, label):
+            return h.delete(name, label), *view(name)
+
+        def on_select(evt):
+            row = evt.row_value or []
+            return row[0] if row else None
+
+        on_select.__annotations__["evt"] = gr.SelectData  # how Gradio knows to pass the clicked row
+
+        def on_ask(name, q, history, chain_type, k_value, retriever_kind):
+            yield from h.ask(name, q, history, chain_type, k_value, retriever_kind)
+
+        def on_summarize(name, labels, progress: Any = gr.Progress()):
+            return h.summarize(name, labels, progress)
+
+        app.load(on_load, kb_pick, [kb_pick, *shown], api_visibility="private")
+        kb_pick.change(on_switch, kb_pick, [*shown, chat, sources, sources_json, status], api_name="documents")
+        kb_create.click(on_create, kb_new, [kb_pick, kb_new], api_name="create_kb")
+        kb_new.submit(on_create, kb_new, [kb_pick, kb_new], api_visibility="private")
+        files.upload(on_upload, [kb_pick, files], [status, *shown, files], api_name="index",
+                     concurrency_id=MODEL_QUEUE)
+        docs.select(on_select, None, doc_pick, api_visibility="private")
+        delete.click(on_delete, [kb_pick, doc_pick], [status, *shown], api_name="delete",
+                     concurrency_id=MODEL_QUEUE)
+        question.submit(on_ask, [kb_pick, question, chat, chain, k, retriever],
+                        [chat, sources, sources_json, question], api_name="ask", concurrency_id=MODEL_QUEUE)
         clear.click(lambda: ([], "", []), None, [chat, sources, sources_json], api_visibility="private")
-        summarize.click(on_summarize, [files, picked], [summaries, download], api_name="summarize",
+        summarize.click(on_summarize, [kb_pick, picked], [summaries, download], api_name="summarize",
                         concurrency_id=MODEL_QUEUE)
     app.ragqa_i18n = t
     return app
@@ -357,15 +659,18 @@ def serve(
     gr = _gradio()
     credentials = parse_auth(auth)
     if host not in LOCAL_HOSTS and credentials is None:
-        log.warning("serving on %s without --auth: anyone who can reach this port can read the "
-                    "uploaded documents", host)
+        log.warning("serving on %s without --auth: anyone who can reach this port can read and change "
+                    "the knowledge bases", host)
     pipeline = Pipeline(settings)
     pipeline.check_models()  # a bad model path fails now, not at the first question
     app = build_app(pipeline)
     app.queue(default_concurrency_limit=1, max_size=max_queue)
+    downloads = Path(settings.cache_dir) / SUMMARIES
+    downloads.mkdir(parents=True, exist_ok=True)
     app.launch(
         server_name=host, server_port=port, auth=credentials, inbrowser=open_browser, share=False,
         max_file_size=int(settings.max_file_mb * 1024 * 1024),  # the loaders' limit, in bytes
+        allowed_paths=[str(downloads)],  # the summaries offered for download; never the uploads
         i18n=app.ragqa_i18n, theme=_theme(gr),
         ssr_mode=False, footer_links=["api", "settings"], show_error=True, quiet=False,
     )

@@ -34,12 +34,42 @@ def browser():
         b.close()
 
 
+@pytest.fixture
+def kb_page(start_page, tmp_path: Path):
+    """A page of its own, its knowledge bases under ``data`` (default tmp_path/data) -> its URL.
+    Two pages on the same ``data`` are the page restarted (or the CLI beside it)."""
+
+    def start(*extra: str, data: Path | None = None) -> str:
+        return start_page("--data-dir", str(data or tmp_path / "data"), *extra)
+
+    return start
+
+
 def open_page(browser, url: str, locale: str = "en-US"):
     context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     page.goto(url)
     page.wait_for_selector("#files input[type=file]", state="attached", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#kb-info').innerText.trim() !== ''", timeout=30_000)
     return page
+
+
+def upload(page, *paths: Path, expect: str) -> str:
+    """Upload files into the page's knowledge base; -> the status once it mentions ``expect``."""
+    page.locator("#files input[type=file]").set_input_files([str(p) for p in paths])
+    page.wait_for_function(f"() => document.querySelector('#index-status').innerText.includes({expect!r})",
+                           timeout=180_000)
+    return page.locator("#index-status").inner_text()
+
+
+def switch_kb(page, name: str) -> None:
+    page.locator("#kb input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    page.wait_for_function(f"() => document.querySelector('#kb-info').innerText.startsWith({name!r})", timeout=30_000)
+
+
+def documents(page) -> str:
+    return page.locator("#docs").inner_text()
 
 
 def bot_messages(page) -> list[str]:
@@ -77,8 +107,9 @@ def ask(page, question: str, n_before: int) -> list[str]:
     return seen
 
 
-def test_upload_ask_stream_sources_follow_up_and_clear(browser, web_server: str, web_doc: Path, tmp_path: Path) -> None:
-    page = open_page(browser, web_server)
+def test_upload_ask_stream_sources_follow_up_and_clear(browser, kb_page, web_doc: Path, tmp_path: Path) -> None:
+    page = open_page(browser, kb_page())
+    assert page.locator("#kb input").input_value() == "default"
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     page.locator("#files input[type=file]").set_input_files([str(web_doc), str(empty)])
@@ -90,6 +121,13 @@ def test_upload_ask_stream_sources_follow_up_and_clear(browser, web_server: str,
     status = page.locator("#index-status").inner_text()
     assert "✓ quillon_bridge.md: 1 chunk (" in status
     assert "✗ empty.txt" in status and "empty" in status.split("empty.txt", 1)[1]
+    page.wait_for_function("() => document.querySelector('#kb-info').innerText.includes('1 document')", timeout=10_000)
+    assert "1 chunk" in page.locator("#kb-info").inner_text()
+    table = documents(page)
+    assert "quillon_bridge.md" in table and "empty.txt" in table and "✗" in table
+    assert str(tmp_path) not in table and str(web_doc.parent) not in status  # no server paths in the page
+
+    assert "✓ quillon_bridge.md: (unchanged)" in upload(page, web_doc, expect="unchanged")
 
     seen = ask(page, "Who built the Quillon bridge?", 0)
     answer = seen[-1]
@@ -114,11 +152,57 @@ def test_upload_ask_stream_sources_follow_up_and_clear(browser, web_server: str,
     assert page.locator("#sources").inner_text().strip() == ""
 
 
-def test_page_speaks_chinese_to_a_chinese_browser_and_switches(browser, web_server: str) -> None:
+def test_knowledge_bases_create_switch_delete_and_survive_a_restart(browser, kb_page, web_doc: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    page = open_page(browser, kb_page(data=data))
+    page.get_by_text("New knowledge base").click()
+    page.locator("#kb-new input").fill("../bridges")
+    page.locator("#kb-create").click()
+    page.get_by_text("invalid knowledge base name").first.wait_for(timeout=10_000)  # a message; the page goes on
+    page.locator("#kb-new input").fill("桥梁-bridges")
+    page.locator("#kb-create").click()
+    page.wait_for_function("() => document.querySelector('#kb-info').innerText.startsWith('桥梁-bridges')", timeout=30_000)
+    assert page.locator("#kb input").input_value() == "桥梁-bridges"
+    assert "0 documents" in page.locator("#kb-info").inner_text()
+    upload(page, web_doc, expect="quillon_bridge.md")
+    page.wait_for_function("() => document.querySelector('#docs').innerText.includes('quillon_bridge.md')", timeout=10_000)
+
+    switch_kb(page, "default")  # the other KB is empty, and asking it says what to do
+    assert "quillon_bridge.md" not in documents(page) + page.locator("#index-status").inner_text()
+    page.locator("#question textarea").fill("Who built the Quillon bridge?")
+    page.locator("#question textarea").press("Enter")
+    page.get_by_text("Upload a document to this knowledge base first").first.wait_for(timeout=30_000)
+
+    switch_kb(page, "桥梁-bridges")
+    page.wait_for_function("() => document.querySelector('#docs').innerText.includes('quillon_bridge.md')", timeout=10_000)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "web_kb.png"), full_page=True)
+
+    restarted = open_page(browser, kb_page(data=data))  # a new server process on the same data dir
+    switch_kb(restarted, "桥梁-bridges")
+    restarted.wait_for_function("() => document.querySelector('#docs').innerText.includes('quillon_bridge.md')",
+                                timeout=10_000)
+    assert "1 document" in restarted.locator("#kb-info").inner_text()
+    assert "Brask" in ask(restarted, "Who built the Quillon bridge?", 0)[-1]
+
+    restarted.locator("#docs").get_by_test_id("cell-0-0").click()  # pick the row, then delete it
+    restarted.wait_for_function("() => document.querySelector('#doc-pick input').value === 'quillon_bridge.md'",
+                                timeout=10_000)
+    restarted.locator("#delete-doc").click()
+    restarted.wait_for_function("() => document.querySelector('#index-status').innerText.includes('deleted')",
+                                timeout=60_000)
+    restarted.wait_for_function("() => document.querySelector('#kb-info').innerText.includes('0 documents')",
+                                timeout=10_000)
+    assert "quillon_bridge.md" not in documents(restarted)
+    assert not (data / "uploads" / "桥梁-bridges" / "quillon_bridge.md").exists()
+
+
+def test_page_speaks_chinese_to_a_chinese_browser_and_switches(browser, kb_page) -> None:
+    web_server = kb_page()
     page = open_page(browser, web_server, locale="zh-CN")
     page.wait_for_selector("#clear")
     assert page.locator("#clear").inner_text().strip() == "清空对话"
-    assert "上传文档" in page.locator("body").inner_text()
+    assert "上传文档" in page.locator("body").inner_text() and "知识库" in page.locator("body").inner_text()
     OUTPUT.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OUTPUT / "web_zh.png"), full_page=True)
 
@@ -131,8 +215,9 @@ def test_page_speaks_chinese_to_a_chinese_browser_and_switches(browser, web_serv
     english.wait_for_function("() => document.querySelector('#clear').innerText.trim() === '清空对话'", timeout=10_000)
 
 
-def test_page_makes_no_request_beyond_the_server(browser, web_server: str) -> None:
+def test_page_makes_no_request_beyond_the_server(browser, kb_page) -> None:
     """Private by default: no web fonts, analytics or CDN scripts (the machine may be offline)."""
+    web_server = kb_page()
     context = browser.new_context(locale="zh-CN")
     page = context.new_page()
     outside: list[str] = []
@@ -143,26 +228,29 @@ def test_page_makes_no_request_beyond_the_server(browser, web_server: str) -> No
     assert outside == []
 
 
-def test_summarize_tab_gives_a_summary_and_a_download(browser, web_server: str, web_doc: Path) -> None:
-    page = open_page(browser, web_server)
-    page.locator("#files input[type=file]").set_input_files([str(web_doc)])
-    page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('quillon_bridge.md')",
-                           timeout=180_000)
+def test_summarize_tab_gives_a_summary_and_a_download(browser, kb_page, web_doc: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.md"
+    other.write_text("# Lanterns\n\nThe lantern walk starts at the mill at dusk.\n", encoding="utf-8")
+    page = open_page(browser, kb_page())
+    upload(page, web_doc, other, expect="other.md")
     page.get_by_role("tab", name="Summarize").click()
-    page.locator("#picked").get_by_text("quillon_bridge.md").click()
+    page.locator("#picked input").click()
+    page.get_by_role("option", name="quillon_bridge.md").click()
+    page.keyboard.press("Escape")
     page.locator("#summarize").click()
     page.wait_for_function("() => document.querySelector('#summaries').innerText.includes('quillon_bridge.md')",
                            timeout=ANSWER_TIMEOUT_S * 1000)
     text = page.locator("#summaries").inner_text()
     assert len(text.split("quillon_bridge.md", 1)[1].split()) >= 5  # a summary, not just the title
+    assert "other.md" not in text  # only the picked document
     page.wait_for_selector("#download a", timeout=10_000)
     assert page.locator("#download").inner_text().strip().endswith(".md") or ".md" in page.locator("#download").inner_text()
     OUTPUT.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OUTPUT / "web_summarize.png"), full_page=True)
 
 
-def test_upload_over_the_size_cap_is_refused_in_the_page(browser, start_page, web_doc: Path, tmp_path: Path) -> None:
-    url = start_page("--max-file-mb", "0.001")  # about 1 KB
+def test_upload_over_the_size_cap_is_refused_in_the_page(browser, kb_page, web_doc: Path, tmp_path: Path) -> None:
+    url = kb_page("--max-file-mb", "0.001")  # about 1 KB
     big = tmp_path / "big.txt"
     big.write_text("The Quillon bridge. " * 200, encoding="utf-8")  # 4 KB
     page = open_page(browser, url)
