@@ -305,12 +305,24 @@ class Pipeline:
         report.seconds = time.perf_counter() - t
         return view, report
 
+    def kb(self, name: str, *, create: bool = False) -> KnowledgeBase:
+        """The knowledge base ``name``, opened once per pipeline and kept open (a web page asks,
+        uploads and lists through one object)."""
+        kb = self._kbs.get(name)
+        if kb is None:
+            kb = self._kbs[name] = self.open_kb(name, create=create)
+        return kb
+
+    def forget_kb(self, name: str) -> None:
+        """Close a kept-open KB (it was dropped, or is about to be)."""
+        kb = self._kbs.pop(name, None)
+        if kb is not None:
+            kb.close()
+
     def kb_index(self, name: str) -> tuple[KBView, IndexReport]:
         """A knowledge base to search (opened once per pipeline); refused when it has no chunks."""
         t = time.perf_counter()
-        kb = self._kbs.get(name)
-        if kb is None:
-            kb = self._kbs[name] = self.open_kb(name)
+        kb = self.kb(name)
         n = kb.count()
         if not n:
             raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, InputError, RagqaError
 from ragqa.pipeline import Answer, Pipeline
-from ragqa.store import DEFAULT_KB, check_kb_name, kb_exists
+from ragqa.store import DEFAULT_KB, check_kb_name, kb_exists, kb_names
 
 if TYPE_CHECKING:
     from ragqa.store import FileRecord, KnowledgeBase
@@ -149,21 +149,6 @@ def _name(path: str) -> str:
     return Path(path).name
 
 
-def kb_names(settings: Settings) -> list[str]:
-    """The KBs' names, without opening any: ``list_kbs`` opens each one (its vector index, its
-    size on disk), too slow for a page that must be up in seconds."""
-    from ragqa.store import is_local, local_root
-
-    if is_local(settings):
-        from ragqa.store.local import DB_NAME
-
-        root = local_root(settings)
-        return sorted(p.parent.name for p in root.glob(f"*/{DB_NAME}")) if root.is_dir() else []
-    from ragqa.store.milvus import milvus_kb_names
-
-    return sorted(milvus_kb_names(settings))
-
-
 @dataclass
 class DocRow:
     """One document of a KB as the page shows it."""
@@ -220,17 +205,11 @@ class Handlers:
     def _kb(self, name: str, *, create: bool = False) -> "KnowledgeBase | None":
         """The KB as the pipeline keeps it open for questions (``Pipeline.kb_index`` caches one per
         name), so the page's uploads, listings and questions share one object; None if absent."""
-        kbs = self.pipeline._kbs  # Pipeline has no public accessor for its open KBs (see kb_index)
-        kb = kbs.get(name)
-        if kb is not None and not kb_exists(self.settings, name):  # dropped meanwhile (ragqa kb drop)
-            kbs.pop(name, None)
-            kb.close()
-            kb = None
-        if kb is None:
-            if not create and not kb_exists(self.settings, name):
+        if not kb_exists(self.settings, name):
+            self.pipeline.forget_kb(name)  # dropped meanwhile (ragqa kb drop)
+            if not create:
                 return None
-            kb = kbs[name] = self.pipeline.open_kb(name, create=create)
-        return kb
+        return self.pipeline.kb(name, create=create)
 
     def uploads_dir(self, name: str) -> Path:
         return (Path(self.settings.data_dir) / UPLOADS / name).resolve()

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_KB", "ChunkIndex", "FileIndex", "FileRecord", "KBStats", "KBView", "KnowledgeBase", "Manifest",
-    "SyncReport", "check_kb_name", "content_hash", "drop_kb", "kb_exists", "list_kbs", "open_kb",
+    "SyncReport", "check_kb_name", "content_hash", "drop_kb", "kb_exists", "kb_names", "list_kbs", "open_kb",
     "open_cache_kb",
 ]
 
@@ -88,19 +88,22 @@ def kb_exists(settings: "Settings", name: str) -> bool:
     return name in milvus_kb_names(settings)
 
 
-def list_kbs(settings: "Settings") -> list[KBStats]:
-    """Every KB of the configured engine, by name."""
+def kb_names(settings: "Settings") -> list[str]:
+    """The KBs' names, sorted, without opening any (a page that must start in seconds)."""
     if is_local(settings):
         from ragqa.store.local import DB_NAME
 
         root = local_root(settings)
-        names = sorted(p.parent.name for p in root.glob(f"*/{DB_NAME}")) if root.is_dir() else []
-    else:
-        from ragqa.store.milvus import milvus_kb_names
+        return sorted(p.parent.name for p in root.glob(f"*/{DB_NAME}")) if root.is_dir() else []
+    from ragqa.store.milvus import milvus_kb_names
 
-        names = milvus_kb_names(settings)
+    return sorted(milvus_kb_names(settings))
+
+
+def list_kbs(settings: "Settings") -> list[KBStats]:
+    """Every KB of the configured engine, by name, with its counts and size."""
     out = []
-    for name in names:
+    for name in kb_names(settings):
         kb = open_kb(settings, name)
         try:
             out.append(kb.stats())

@@ -529,6 +529,9 @@ class _VectorIndex:
         generation = row[0] if row else None
         if generation != self._generation:
             self._delta, self._dead, self._generation = None, None, generation
+            state = _read_json(self.folder / "state.json") or {}
+            if state.get("file") and state.get("max_id") != self._max_id:
+                self._load_base()  # another process rebuilt the base (its old dead ids are gone)
 
     def search(self, q: "np.ndarray", k: int, allowed: "np.ndarray | None") -> list[list[tuple[int, float]]]:
         import numpy as np

@@ -19,7 +19,8 @@ def run_ragqa(tmp_path: Path):
     cache = tmp_path / "cache"
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, "RAGQA_CACHE_DIR": str(cache), "RAGQA_TEMPERATURE": "0"}
+        env = {**os.environ, "RAGQA_CACHE_DIR": str(cache), "RAGQA_DATA_DIR": str(cache / "data"),
+               "RAGQA_TEMPERATURE": "0"}
         proc = subprocess.run(
             [sys.executable, "-m", "ragqa", *args], capture_output=True, text=True, env=env, timeout=600
         )
@@ -92,7 +93,8 @@ def start_web_server(cache: Path, *extra: str):
     root = Path(__file__).resolve().parents[2]
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")},
-           "RAGQA_CACHE_DIR": str(cache), "RAGQA_TEMPERATURE": "0", "RAGQA_MAX_NEW_TOKENS": "120",
+           "RAGQA_CACHE_DIR": str(cache), "RAGQA_DATA_DIR": str(cache / "data"), "RAGQA_TEMPERATURE": "0",
+           "RAGQA_MAX_NEW_TOKENS": "120",
            "GRADIO_ANALYTICS_ENABLED": "False"}
     log_path = cache / "server.log"
     cache.mkdir(parents=True, exist_ok=True)
