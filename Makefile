@@ -38,11 +38,12 @@ setup: $(BIN)/ragqa
 # The web page tests drive a real headless Chromium: Debian's package (Playwright's own browser
 # download is not reachable offline). Installed here when missing and we may use apt.
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && \
+	  dpkg -s fonts-noto-cjk >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
-	    echo "chromium is missing and apt is not available to this user: the web page tests will skip"; exit 0; fi; \
-	  echo "installing chromium for the web page tests"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	    echo "chromium or fonts-noto-cjk is missing and apt is not available to this user: the web page tests may skip"; exit 0; fi; \
+	  echo "installing chromium and a CJK font (screenshots of the Chinese page) for the web page tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
 
 demo: setup
 	$(BIN)/ragqa ask corpora/en/heron_festival.md "When is the Zorblat festival held, and what does it celebrate?"
