@@ -256,11 +256,17 @@ class LocalKB(KnowledgeBase):
         except OSError as exc:
             raise _storage_error(exc, self.folder) from None
         self._writing = True
+        failed = True
         try:
             yield self
+            failed = False
         finally:
             try:
                 self.refresh_derived(compact=True)
+            except RagqaError as exc:
+                if not failed:
+                    raise
+                log.warning("%s", exc)  # the write's own error is the one to report
             finally:
                 self._writing = False
                 lock.release()
