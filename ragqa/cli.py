@@ -33,12 +33,20 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+class _NoteFormatter(logging.Formatter):
+    """Warnings are things the user should know while the run goes on: `note: ...` lines, the
+    same as the CLI's own notes. Other levels (with -v) keep their level and logger name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.WARNING:
+            return f"note: {record.getMessage()}"
+        return f"{record.levelname} {record.name}: {record.getMessage()}"
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_NoteFormatter())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     for noisy in ("httpx", "sentence_transformers", "transformers", "huggingface_hub", "faiss"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
 
@@ -254,7 +262,8 @@ def summarize(
             elif rec["status"] == "skipped":
                 line = f"skipped {name} (already summarized)"
             else:
-                line = f"failed  {rec['error']}" if rec["error"].startswith(name) else f"failed  {name}: {rec['error']}"
+                reason = rec["error"] if rec["error"].startswith(name) else f"{name}: {rec['error']}"
+                line = f"note: failed {reason}"
             if progress:
                 from tqdm import tqdm
 
@@ -341,7 +350,7 @@ def eval_command(
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but localhost is reachable from the network: set --auth."),
-    port: int = typer.Option(7860, "--port", "-p", help="Port to listen on."),
+    port: int = typer.Option(7860, "--port", "-p", min=1, max=65535, help="Port to listen on (1-65535)."),
     auth: Optional[str] = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD required to open the page (env RAGQA_WEB_AUTH)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in a browser."),
     model: Optional[str] = ModelOpt,
@@ -388,6 +397,7 @@ def serve(
             max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, cache_dir=cache_dir,
             data_dir=data_dir, store=store,
         )
+        _check_host(host)
         serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
@@ -555,10 +565,13 @@ def kb_remove(
         from ragqa.store import open_kb
 
         kb = open_kb(_kb_settings(data_dir, store, config), name)
-        roots = [Path(p).expanduser().resolve() for p in paths]
+        from ragqa.retrieval import TEXT_PREFIX
+
+        texts = {p for p in paths if p.startswith(TEXT_PREFIX)}  # texts added through the LangChain store
+        roots = [Path(p).expanduser().resolve() for p in paths if p not in texts]
         with kb.writing(on_wait=lambda m: typer.echo(m, err=True)):
-            gone = [r.path for r in kb.files() if any(Path(r.path) == root or root in Path(r.path).parents
-                                                      for root in roots)]
+            gone = [r.path for r in kb.files()
+                    if r.path in texts or any(Path(r.path) == root or root in Path(r.path).parents for root in roots)]
             n = kb.remove_files(gone)
         kb.close()
     except RagqaError as exc:
@@ -596,6 +609,17 @@ def kb_drop(
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     typer.echo(f"dropped {name}", err=True)
+
+
+def _check_host(host: str) -> None:
+    """A --host that does not resolve is a clear error, not a server start that fails later."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {host!r}: not an address or a host name this machine can resolve "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _size(n: int) -> str:

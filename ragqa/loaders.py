@@ -129,7 +129,7 @@ def read_bytes(path: Path, max_mb: float | None = None) -> bytes:
     try:
         size = path.stat().st_size
         if max_mb is not None and size > max_mb * 1024 * 1024:
-            raise InputError(f"{path}: {size / 1e6:.0f} MB is over the {max_mb:g} MB limit (max_file_mb)")
+            raise InputError(f"{path}: {size / 2**20:.1f} MB is over the {max_mb:g} MB limit (max_file_mb)")
         data = path.read_bytes()
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None

@@ -56,6 +56,9 @@ def open_kb(settings: "Settings", name: str, manifest: Manifest | None = None, *
     if is_local(settings):
         from ragqa.store.local import LocalKB
 
+        data = Path(settings.data_dir)
+        if data.exists() and not data.is_dir():
+            raise RagqaError(f"cannot use the data folder {data}: it is a file (set --data-dir to a folder)")
         return LocalKB(local_root(settings) / name, name, manifest, create=create)
     from ragqa.store.milvus import MilvusKB
 
@@ -74,6 +77,18 @@ def open_cache_kb(settings: "Settings", manifest: Manifest, purpose: str = "file
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RagqaError(f"cannot use the cache folder {settings.cache_dir}: {exc.strerror or exc}") from None
+    try:
+        return LocalKB(folder, name, manifest, create=True)
+    except RagqaError as exc:
+        if "is damaged" not in str(exc) and "not a ragqa knowledge base" not in str(exc):
+            raise
+    # a cache, not the user's data: a damaged one is set aside and made anew (its files re-indexed)
+    import logging
+    import time
+
+    aside = folder.with_name(f"{folder.name}.damaged-{int(time.time())}")
+    logging.getLogger(__name__).warning("the cache in %s is damaged; moved to %s and rebuilt", folder, aside)
+    folder.rename(aside)
     return LocalKB(folder, name, manifest, create=True)
 
 

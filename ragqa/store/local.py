@@ -319,18 +319,17 @@ class LocalKB(KnowledgeBase):
 
     def remove_files(self, paths: Iterable[str]) -> int:
         self._require_writer()
-        n = 0
+        ids = [row[0] for path in paths
+               if (row := self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone())]
+        if not ids:
+            return 0  # nothing to do: the KB is not touched
         with self._transaction():
             gen = self._next_generation()
-            for path in paths:
-                row = self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
-                if row is None:
-                    continue
-                self.db.execute("DELETE FROM chunks WHERE file_id = ?", (row[0],))
-                self.db.execute("DELETE FROM files WHERE id = ?", (row[0],))
-                self.db.execute("INSERT INTO removed_files (file_id, gen) VALUES (?, ?)", (row[0], gen))
-                n += 1
-        return n
+            for file_id in ids:
+                self.db.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
+                self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+                self.db.execute("INSERT INTO removed_files (file_id, gen) VALUES (?, ?)", (file_id, gen))
+        return len(ids)
 
     def _upsert(self, record: FileRecord) -> int:
         """Insert or replace a file row (its old chunks go); inside a transaction."""
@@ -374,7 +373,7 @@ class LocalKB(KnowledgeBase):
     def _repair_if_free(self) -> None:
         """On open: a keyword index behind the truth (a writer was killed) is repaired now, if no
         writer holds the lock; otherwise the writer will, and searches filter stale hits."""
-        if self._keywords.generation() >= self.generation():
+        if self._keywords.generation() >= self.generation() and self._keywords.healthy():
             return
         from filelock import FileLock, Timeout
 
@@ -650,6 +649,7 @@ class _KeywordIndex:
         self.state_path = folder.with_name("keywords.json")
         self._index: Any = None
         self._schema: Any = None
+        self.damaged = False
 
     def generation(self) -> int:
         state = _read_json(self.state_path)
@@ -674,20 +674,34 @@ class _KeywordIndex:
             self.folder.mkdir(parents=True, exist_ok=True)
             index = tantivy.Index(self._schema_(), path=str(self.folder))
         else:
-            index = tantivy.Index.open(str(self.folder))
+            try:
+                index = tantivy.Index.open(str(self.folder))
+            except ValueError as exc:  # tantivy's "Data corrupted" and the like
+                if not create:
+                    log.warning("keyword index %s is damaged (%s); it is rebuilt by the next writer",
+                                self.folder, str(exc).splitlines()[0][:200])
+                    self.damaged = True
+                    return None
+                raise
         index.register_tokenizer(self.ANALYZER, analyzer)
         self._index, self._schema = index, index.schema
         return index
 
+    def healthy(self) -> bool:
+        """Opens (or is not there yet, for an empty KB); a damaged index is not healthy."""
+        if (self.folder / "meta.json").is_file():
+            self._open()
+        return not self.damaged
+
     def sync(self, generation: int) -> None:
         """Re-index the files changed since this index's generation; one tantivy commit."""
         have = self.generation()
-        if have >= generation and (self.folder / "meta.json").is_file():
+        if have >= generation and (self.folder / "meta.json").is_file() and not self.damaged:
             return
         tantivy = _tantivy()
-        if have < 0 or not (self.folder / "meta.json").is_file():
-            shutil.rmtree(self.folder, ignore_errors=True)  # missing or unknown state: from scratch
-            self._index = None
+        if have < 0 or not (self.folder / "meta.json").is_file() or self.damaged:
+            shutil.rmtree(self.folder, ignore_errors=True)  # missing, damaged or unknown state: from scratch
+            self._index, self.damaged = None, False
             have = -1
         try:
             index = self._open(create=True)
