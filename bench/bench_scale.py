@@ -191,6 +191,8 @@ def run_size(chunks: int, work: Path, repeats: int) -> dict:
     # the same search effort ragqa asks of an HNSW base (faiss's own default efSearch is 16)
     raw_params = faiss.SearchParametersHNSW(efSearch=HNSW_EF_SEARCH) if kb3._vectors._kind == "hnsw" else None
 
+    faiss.omp_set_num_threads(1)  # one query at a time, as ragqa searches (threads only add overhead here)
+
     def raw_vector(q: str) -> None:
         base.search(np.asarray([qvecs[q]], dtype="float32"), 20, params=raw_params)
 
