@@ -78,6 +78,12 @@ StoreOpt = typer.Option(None, "--store", help="KB engine: local (default) or a M
 DataDirOpt = typer.Option(None, "--data-dir", help="Where local knowledge bases live (default ~/.local/share/ragqa).")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Cache folder (default ~/.cache/ragqa).")
 MaxFileOpt = typer.Option(None, "--max-file-mb", help="Refuse files larger than this many MB (default 200).")
+FusionOpt = typer.Option(
+    None, "--fusion",
+    help="How hybrid fuses vector and BM25 hits: zscore (default: z-scores, vector weight w=0.5, raised by "
+    "lift=1 x (below=0.5 - the share of the query's idf mass BM25's best chunk holds)), minmax or rrf "
+    "(reciprocal rank, k=60); parameters after colons, e.g. zscore:w=0.6:lift=0, rrf:k=60 (README \"Retrieval\").",
+)
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,6 +99,7 @@ def ask(
     chain: Optional[str] = typer.Option(None, "--chain", help="stuff (default) or refine."),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Chunks to retrieve (default 4)."),
     retriever: Optional[str] = typer.Option(None, "--retriever", help="hybrid (default), vector or bm25."),
+    fusion: Optional[str] = FusionOpt,
     reranker: Optional[str] = typer.Option(None, "--reranker", help="Cross-encoder to re-score candidates (off by default)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Characters per chunk (default 600)."),
     chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap characters (default 100)."),
@@ -141,7 +148,7 @@ def ask(
         model=model, backend=backend, base_url=base_url, api_model=api_model,
         device=device, torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
         rope_scaling=rope_scaling, embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
-        retriever=retriever, reranker=reranker,
+        retriever=retriever, fusion=fusion, reranker=reranker,
         chunk_size=chunk_size, chunk_overlap=chunk_overlap, lang=lang, system_prompt=system_prompt,
         n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, rope_freq_base=rope_freq_base,
         rope_freq_scale=rope_freq_scale, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -286,9 +293,16 @@ def summarize(
 
 @app.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
 def eval_command(
-    data: Path = typer.Argument(..., help="SQuAD-format JSON (e.g. ../shared/eval/zh_mrc/cmrc2018_trial.squad.json)."),
+    data: Path = typer.Argument(..., help="SQuAD-format JSON (e.g. ../shared/eval/zh_mrc/cmrc2018_trial.squad.json), "
+                                "or query -> document lines: .jsonl {\"query\", \"document\"} or .tsv query<TAB>document."),
     embedding_model: Optional[str] = EmbOpt,
     retriever: Optional[str] = typer.Option(None, "--retriever", help="vector, bm25 or hybrid."),
+    fusion: Optional[str] = FusionOpt,
+    compare: Optional[str] = typer.Option(
+        None, "--compare",
+        help="Several retrievers side by side from one index and one search each, e.g. vector,bm25,hybrid "
+        "(hybrid:rrf or a fusion spec alone: hybrid with that fusion).",
+    ),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Chunks an answer would use (default 4)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size"),
     chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap"),
@@ -305,9 +319,9 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Measure retrieval recall@1/3/5/10 and MRR on SQuAD-format data; optionally EM/F1 of answers.
+    """Measure retrieval recall@1/3/5/10 and MRR on SQuAD-format or query -> document data; optionally EM/F1 of answers.
 
-    Example: ragqa eval ../shared/eval/zh_mrc/cmrc2018_trial.squad.json --retriever hybrid
+    Example: ragqa eval ../shared/eval/zh_mrc/cmrc2018_trial.squad.json --compare vector,bm25,hybrid
     """
     _setup_logging(verbose)
     try:
@@ -316,7 +330,7 @@ def eval_command(
         from ragqa.pipeline import Pipeline
 
         settings = load_settings(
-            config, embedding_model=embedding_model, retriever=retriever, k=k, chunk_size=chunk_size,
+            config, embedding_model=embedding_model, retriever=retriever, fusion=fusion, k=k, chunk_size=chunk_size,
             chunk_overlap=chunk_overlap, model=model, chat_format=chat_format, chain=chain,
             max_new_tokens=max_new_tokens, cache_dir=cache_dir,
         )
@@ -329,7 +343,7 @@ def eval_command(
         if answers:
             pipeline.check_models()
         report = evaluate(data, pipeline, max_contexts=max_contexts, limit=limit, answers=limit if answers else 0,
-                          seed_baseline=seed_baseline, progress=sys.stderr.isatty())
+                          seed_baseline=seed_baseline, progress=sys.stderr.isatty(), compare=compare)
     except RagqaError as exc:
         _fail(str(exc), getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
@@ -338,13 +352,33 @@ def eval_command(
         sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
         return
     st = report["settings"]
+    if "compare" in report:
+        _print_comparison(report)
+        return
     typer.echo(f"{report['questions']} questions, {report['contexts']} contexts, {report['chunks']} chunks; "
-               f"retriever {st['retriever']}, embedding {st['embedding_model']}, k {st['k']}")
+               f"retriever {st['retriever']}{' (' + st['fusion'] + ')' if 'fusion' in st else ''}, "
+               f"embedding {st['embedding_model']}, k {st['k']}")
     typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith(("recall@", "mrr"))))
     typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith("answer_in_context@")))
     if "answers" in report:
         a = report["answers"]
         typer.echo(f"answers (n={a['n']}): EM {a['em']:.3f}  F1 {a['f1']:.3f}  contains answer {a['contains_answer']:.3f}")
+
+
+def _print_comparison(report: dict[str, Any]) -> None:
+    """The retrievers of ``eval --compare`` side by side: one column each, one metric a row."""
+    st, rows = report["settings"], report["compare"]
+    typer.echo(f"{report['questions']} questions, {report['contexts']} contexts, {report['chunks']} chunks; "
+               f"embedding {st['embedding_model']}, k {st['k']}")
+    for label, row in rows.items():
+        if "fusion" in row and label != row["fusion"]:
+            typer.echo(f"{label}: fusion {row['fusion']}")
+    metrics = [m for m in next(iter(rows.values())) if m.startswith(("recall@", "mrr", "answer_in_context@"))]
+    width = max(len(m) for m in metrics)
+    cols = [max(len(label), 6) for label in rows]
+    typer.echo(" " * width + "".join(f"  {label:>{w}}" for label, w in zip(rows, cols)))
+    for m in metrics:
+        typer.echo(f"{m:<{width}}" + "".join(f"  {rows[label][m]:>{w}.3f}" for label, w in zip(rows, cols)))
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -366,6 +400,7 @@ def serve(
     chain: Optional[str] = typer.Option(None, "--chain", help="Default QA chain: stuff or refine."),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Default chunks per question (default 4)."),
     retriever: Optional[str] = typer.Option(None, "--retriever", help="Default retriever: hybrid, vector or bm25."),
+    fusion: Optional[str] = FusionOpt,
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window in tokens (default 4096)."),
     n_threads: Optional[int] = typer.Option(None, "--threads", "-t"),
     n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers"),
@@ -393,7 +428,7 @@ def serve(
             config, model=model, backend=backend, base_url=base_url, api_model=api_model, device=device,
             torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
             embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
-            retriever=retriever, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+            retriever=retriever, fusion=fusion, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
             max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, cache_dir=cache_dir,
             data_dir=data_dir, store=store,
         )

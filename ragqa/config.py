@@ -23,6 +23,8 @@ from ragqa.errors import ConfigError
 DEFAULT_LLM = "smollm2"
 # chosen by `ragqa eval` on CMRC2018, DRCD and SQuAD (README "Retrieval"): best for zh and en
 DEFAULT_EMBEDDING = "multilingual-e5-small"
+# kept equal to ragqa.retrieval.DEFAULT_FUSION (a test checks); chosen by `ragqa eval --compare` (README "Retrieval")
+DEFAULT_FUSION = "zscore"
 # settings only the transformers backend can honour: refused with any other backend
 TRANSFORMERS_ONLY = ("load_in_4bit", "load_in_8bit", "rope_scaling")
 
@@ -96,7 +98,14 @@ class Settings(BaseSettings):
     # -- retrieval and chains
     k: int = Field(4, ge=1, le=100, description="Chunks retrieved per question.")
     retriever: Literal["vector", "bm25", "hybrid"] = Field(
-        "hybrid", description="vector (embeddings), bm25 (jieba words) or hybrid (rank fusion of both)."
+        "hybrid", description="vector (embeddings), bm25 (jieba words) or hybrid (both, fused)."
+    )
+    fusion: str = Field(
+        DEFAULT_FUSION,
+        description="How hybrid fuses the two lists: zscore (default; w * z-score of the cosine + (1 - w) * "
+        "z-score of BM25, w=0.5, raised by lift=1 x (below=0.5 - share) when BM25's best chunk holds a share "
+        "of the query's idf mass under below), minmax (min-max scaled scores, w=0.5) or rrf (reciprocal "
+        "rank, k=60); parameters after colons, e.g. zscore:w=0.6:lift=0, rrf:k=60.",
     )
     reranker: str | None = Field(
         None, description="Cross-encoder to re-score candidates (name or folder); off by default."
@@ -172,6 +181,13 @@ class Settings(BaseSettings):
                 f"max_new_tokens ({self.max_new_tokens}) must be less than n_ctx ({self.n_ctx})"
             )
         self._check_backend_options()
+        if self.fusion != DEFAULT_FUSION:  # the default is known good: spare every run the import
+            from ragqa.retrieval import make_fusion
+
+            try:
+                self.fusion = make_fusion(self.fusion).spec
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         if self.api_key is None and os.environ.get("OPENAI_API_KEY"):
             self.api_key = SecretStr(os.environ["OPENAI_API_KEY"])
         return self

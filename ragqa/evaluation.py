@@ -1,11 +1,12 @@
-"""Measure retrieval (and optionally answers) on SQuAD-format data with ragqa's own pipeline.
+"""Measure retrieval (and optionally answers) with ragqa's own pipeline.
 
-Every distinct context becomes a document, split, embedded and indexed exactly as ``ask`` does;
-every question is a query whose relevant document is its own context. Reported:
+Data: SQuAD-format JSON, or a simple query -> document file (JSONL or TSV, see ``load_pairs``).
+Every distinct context (document) is split, embedded and indexed exactly as ``ask`` does;
+every question (query) is relevant to its own context. Reported:
 
 - ``recall@k``: a chunk of the question's own context is among the top k; ``mrr``: mean
   reciprocal rank of the first such chunk (0 past the deepest k).
-- ``answer_in_context@k``: a top-k chunk contains a gold answer string.
+- ``answer_in_context@k``: a top-k chunk contains a gold answer string (where the data has answers).
 - with ``answers``: the chain and LLM answer a sample; EM and F1 against the gold answers
   (SQuAD normalisation for English, character level for Chinese) and answer containment.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
-from ragqa.errors import InputError
+from ragqa.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,76 @@ def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[
                     items.append(QAItem(str(qa.get("id", len(items))), question.strip(), cid, texts))
     if not items:
         raise InputError(f"{path}: no answerable questions found")
+    return contexts, items
+
+
+PAIRS_SHAPE = ('JSONL lines {"query": "...", "document": "...", "answers": ["..."]} (answers optional; a line '
+               'with only "document" adds a document no query is about) or TSV lines query<TAB>document')
+
+
+def load_eval_data(path: str | Path, max_contexts: int | None = None) -> tuple[list[str], list[QAItem]]:
+    """Contexts and queries from a ``.jsonl`` or ``.tsv`` query -> document file, else SQuAD JSON."""
+    if Path(path).suffix.lower() in (".jsonl", ".tsv"):
+        return load_pairs(path, max_contexts)
+    return load_squad(path, max_contexts)
+
+
+def load_pairs(path: str | Path, max_contexts: int | None = None) -> tuple[list[str], list[QAItem]]:
+    """Distinct documents and their queries from a query -> document file.
+
+    JSONL: one object per line, ``{"query": .., "document": .., "answers": [..], "id": ..}``;
+    ``answers`` and ``id`` are optional, and a line with a document and no query adds a document
+    that is only a distractor. TSV: ``query<TAB>document`` per line (a first line
+    ``query<TAB>document`` is a header; an empty query adds a distractor). The same document text
+    on several lines is one document. ``max_contexts`` keeps the first N distinct documents.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text("utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; expected {PAIRS_SHAPE}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    tsv = path.suffix.lower() == ".tsv"
+    contexts: list[str] = []
+    seen: dict[str, int] = {}
+    items: list[QAItem] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if tsv:
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise InputError(f"{path}, line {n}: {len(parts)} tab-separated fields, expected 2 "
+                                 f"(query<TAB>document)")
+            if n == 1 and [p.strip().lower() for p in parts] == ["query", "document"]:
+                continue
+            row: Any = {"query": parts[0], "document": parts[1]}
+        else:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}, line {n}: not valid JSON ({exc.msg}); expected {PAIRS_SHAPE}") from None
+        document = row.get("document") if isinstance(row, dict) else None
+        query = row.get("query", "") if isinstance(row, dict) else None
+        answers = row.get("answers", []) if isinstance(row, dict) else None
+        if not (isinstance(document, str) and document.strip() and isinstance(query, str)
+                and isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+            raise InputError(f"{path}, line {n}: expected a non-empty \"document\" text, a \"query\" text and "
+                             f"optionally an \"answers\" list of texts ({PAIRS_SHAPE})")
+        document = document.strip()
+        if document not in seen:
+            if max_contexts is not None and len(contexts) >= max_contexts:
+                continue
+            seen[document] = len(contexts)
+            contexts.append(document)
+        if query.strip():
+            qid = str(row.get("id", len(items))) if isinstance(row, dict) else str(len(items))
+            items.append(QAItem(qid, query.strip(), seen[document], [a for a in answers if a.strip()]))
+    if not items:
+        raise InputError(f"{path}: no queries found; expected {PAIRS_SHAPE}")
     return contexts, items
 
 
@@ -199,43 +270,157 @@ def build_eval_index(
     return kb.view([record.id])
 
 
-def rank_chunks(
-    kind: str, index: Any, embeddings: Any, questions: Sequence[str], depth: int,
-    candidates: int = 20, progress: bool = True,
-) -> list[list[int]]:
-    """Chunk ids for each question, best first, the way the named retriever ranks them."""
+@dataclass
+class Candidates:
+    """Per question, the vector and BM25 hits ``[(chunk id, score)]`` best first (None: not searched)."""
+
+    vector: list[list[tuple[int, float]]] | None
+    keyword: list[list[tuple[int, float]]] | None
+
+
+def search_candidates(
+    index: Any, embeddings: Any, questions: Sequence[str], n: int, *, vector: bool = True, keyword: bool = True,
+    progress: bool = True,
+) -> Candidates:
+    """The top ``n`` of each search for every question: one batched vector pass, one BM25 pass."""
     from tqdm import tqdm
 
     from ragqa.embeddings import embed_queries
-    from ragqa.retrieval import fuse_rankings
 
-    vector: list[list[int]] = []
-    keyword: list[list[int]] = []
-    n = max(depth, candidates) if kind == "hybrid" else depth
-    if kind in ("vector", "hybrid"):
+    vec: list[list[tuple[int, float]]] | None = None
+    kw: list[list[tuple[int, float]]] | None = None
+    if vector:
+        vec = []
         for i in tqdm(range(0, len(questions), QUERY_BATCH), desc="vector search", unit="batch", disable=not progress):
             vecs = embed_queries(embeddings, list(questions[i:i + QUERY_BATCH]))
-            vector.extend([cid for cid, _ in row] for row in index.search_batch_ids(vecs, n))
-    if kind in ("bm25", "hybrid"):
-        for q in tqdm(questions, desc="BM25 search", unit="q", disable=not progress):
-            keyword.append([cid for cid, _ in index.bm25_search(q, n)])
+            vec.extend(index.search_batch_ids(vecs, n))
+    if keyword:
+        kw = [index.bm25_search(q, n) for q in tqdm(questions, desc="BM25 search", unit="q", disable=not progress)]
+    return Candidates(vec, kw)
+
+
+def rank_candidates(kind: str, candidates: Candidates, questions: Sequence[str], depth: int,
+                    fusion: Any = None, words: Callable[[int], set[str]] | None = None) -> list[list[int]]:
+    """Chunk ids for each question, best first, as the named retriever ranks the candidates
+    (``hybrid`` fuses them with ``fusion``, default: the default fusion; ``words`` gives a
+    chunk's BM25 words to a query-adaptive fusion)."""
+    from ragqa.retrieval import make_fusion
+
     if kind == "vector":
-        return vector
+        return [[cid for cid, _ in hits][:depth] for hits in candidates.vector or []]
     if kind == "bm25":
-        return keyword
-    return [[cid for cid, _ in fuse_rankings([v, k])][:depth] for v, k in zip(vector, keyword)]
+        return [[cid for cid, _ in hits][:depth] for hits in candidates.keyword or []]
+    fuse = make_fusion(fusion)
+    return [[cid for cid, _ in fuse(q, v, k, words)][:depth]
+            for q, v, k in zip(questions, candidates.vector or [], candidates.keyword or [])]
+
+
+def _memo_words(text_of: Callable[[int], str]) -> Callable[[int], set[str]]:
+    """chunk id -> its BM25 words, each chunk segmented once."""
+    from ragqa.retrieval import tokenize
+
+    seen: dict[int, set[str]] = {}
+
+    def words(cid: int) -> set[str]:
+        if cid not in seen:
+            seen[cid] = set(tokenize(text_of(cid)))
+        return seen[cid]
+    return words
+
+
+def rank_chunks(
+    kind: str, index: Any, embeddings: Any, questions: Sequence[str], depth: int,
+    candidates: int = 20, progress: bool = True, fusion: Any = None, reranker: Any = None,
+) -> list[list[int]]:
+    """Chunk ids for each question, best first, the way the named retriever ranks them; with a
+    reranker, it re-scores each question's top ``candidates``."""
+    n = max(depth, candidates) if kind == "hybrid" or reranker is not None else depth
+    found = search_candidates(index, embeddings, questions, n, vector=kind != "bm25", keyword=kind != "vector",
+                              progress=progress)
+    words = _memo_words(lambda cid: "".join(d.page_content for d in index.get_chunks([cid])))
+    rankings = rank_candidates(kind, found, questions, n, fusion, words)
+    if reranker is not None:
+        rankings = rerank(reranker, index, questions, rankings, candidates, progress)
+    return [r[:depth] for r in rankings]
+
+
+def rerank(reranker: Any, index: Any, questions: Sequence[str], rankings: Sequence[Sequence[int]],
+           candidates: int, progress: bool = True) -> list[list[int]]:
+    """Each ranking's top ``candidates`` reordered by the reranker's scores (ties keep their order)."""
+    from tqdm import tqdm
+
+    out = []
+    for q, ranking in tqdm(list(zip(questions, rankings)), desc="reranking", unit="q", disable=not progress):
+        top = list(ranking[:candidates])
+        texts = [d.page_content for d in index.get_chunks(top)]
+        scores = reranker.score(q, texts) if top else []
+        order = sorted(range(len(top)), key=lambda j: -scores[j])
+        out.append([top[j] for j in order])
+    return out
+
+
+def parse_compare(text: str, fusion: str) -> list[tuple[str, str, str | None]]:
+    """``vector,bm25,hybrid,hybrid:rrf`` -> [(label, retriever, fusion)]; ``hybrid`` uses ``fusion``,
+    ``hybrid:SPEC`` (or a fusion spec alone) that fusion.
+
+    >>> parse_compare("vector,bm25,hybrid,rrf", "zscore:w=0.6")
+    [('vector', 'vector', None), ('bm25', 'bm25', None), ('hybrid', 'hybrid', 'zscore:w=0.6:lift=1:below=0.5'), ('rrf', 'hybrid', 'rrf:k=60')]
+    """
+    from ragqa.retrieval import RETRIEVERS, make_fusion
+
+    rows: list[tuple[str, str, str | None]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        if item in ("vector", "bm25"):
+            rows.append((item, item, None))
+        elif item == "hybrid":
+            rows.append((item, item, make_fusion(fusion).spec))
+        else:
+            try:
+                spec = make_fusion(item.removeprefix("hybrid:")).spec
+            except ConfigError as exc:
+                raise ConfigError(f"--compare: {item!r} is neither a retriever ({', '.join(RETRIEVERS)}) nor a "
+                                 f"fusion: {exc}") from None
+            rows.append((item, "hybrid", spec))
+    if not rows:
+        raise ConfigError("--compare needs retrievers separated by commas, e.g. vector,bm25,hybrid")
+    return rows
+
+
+def _ranking_metrics(rankings: Sequence[Sequence[int]], items: Sequence[QAItem], ctx_of: dict[int, int],
+                     norm_chunks: dict[int, str], k: int) -> dict[str, float]:
+    """recall@1/3/5/10, recall@k, MRR; answer_in_context@.. over the questions that have answers."""
+    doc_hits = [[ctx_of[c] == it.context_id for c in ranking] for it, ranking in zip(items, rankings)]
+    report: dict[str, float] = retrieval_metrics(doc_hits)
+    report[f"recall@{k}(k)"] = round(sum(any(h[:k]) for h in doc_hits) / len(items), 4)
+    answered = [(it, ranking) for it, ranking in zip(items, rankings) if it.answers]
+    if answered:
+        ans_hits = [
+            [any(normalize_answer(a) in norm_chunks[c] for a in it.answers) for c in ranking]
+            for it, ranking in answered
+        ]
+        for kk, v in retrieval_metrics(ans_hits).items():
+            if kk.startswith("recall@"):
+                report["answer_in_context@" + kk.split("@")[1]] = v
+        report[f"answer_in_context@{k}(k)"] = round(sum(any(h[:k]) for h in ans_hits) / len(ans_hits), 4)
+    return report
 
 
 def evaluate(
     data_path: str | Path, pipeline: Any, *, max_contexts: int | None = None, limit: int | None = None,
-    answers: int = 0, seed_baseline: bool = False, progress: bool = True,
+    answers: int = 0, seed_baseline: bool = False, progress: bool = True, compare: str | None = None,
 ) -> dict[str, Any]:
     """Retrieval metrics for every question (or the first ``limit``), and answer metrics for the
     first ``answers`` questions when asked. ``seed_baseline`` reproduces the seed scripts'
-    retrieval: LangChain's default English separators, 600/100, k = 1, vector search."""
+    retrieval: LangChain's default English separators, 600/100, k = 1, vector search.
+    ``compare`` ("vector,bm25,hybrid") measures several retrievers over one index and one search
+    each: their metrics are in ``report["compare"]``, by label, in the order given."""
+    from ragqa.retrieval import make_fusion
+
     s = pipeline.settings
     t0 = time.perf_counter()
-    contexts, items = load_squad(data_path, max_contexts)
+    contexts, items = load_eval_data(data_path, max_contexts)
     if limit:
         items = items[:limit]
     if seed_baseline:
@@ -245,36 +430,60 @@ def evaluate(
         split, splitter_id, kind, k = seed_splitter.split_text, {"kind": "langchain-default", "chunk_size": 600, "overlap": 100}, "vector", 1
     else:
         split, splitter_id, kind, k = pipeline.splitter.split_text, pipeline.splitter_settings(), s.retriever, s.k
+    rows = parse_compare(compare, s.fusion) if compare else [(kind, kind, make_fusion(s.fusion).spec if kind == "hybrid" else None)]
+    if compare and answers:
+        raise ConfigError("--answers measures one retriever's answers; drop --compare (or --answers)")
+    if answers and not any(it.answers for it in items[:answers]):
+        raise InputError(f"{data_path}: --answers needs gold answers, and these queries have none "
+                         '(give each JSONL line an "answers" list)')
     index = build_eval_index(contexts, split, pipeline, splitter_id)
-    embeddings = pipeline.embeddings
+    needs_vector = any(r != "bm25" for _, r, _ in rows)
+    embeddings = pipeline.embeddings if needs_vector else None
+    reranker = pipeline.reranker
     t_index = time.perf_counter() - t0
     depth = max(max(KS), k)
+    n = max(depth, s.rerank_candidates) if any(r == "hybrid" for _, r, _ in rows) or reranker else depth
     t1 = time.perf_counter()
-    rankings = rank_chunks(kind, index, embeddings, [it.question for it in items], depth,
-                           s.rerank_candidates, progress)
-    t_search = time.perf_counter() - t1
+    questions = [it.question for it in items]
+    found = search_candidates(index, embeddings, questions, n, vector=needs_vector,
+                              keyword=any(r != "vector" for _, r, _ in rows), progress=progress)
     chunks = list(index.kb.iter_chunks(index.file_ids))
+    text_of = {int(c.metadata["chunk_id"]): c.page_content for c in chunks}
+    words = _memo_words(text_of.__getitem__)
+    results: dict[str, tuple[list[list[int]], float]] = {}
+    for label, retriever, fusion in rows:
+        t = time.perf_counter()
+        rankings = rank_candidates(retriever, found, questions, n, fusion, words)
+        if reranker is not None:
+            rankings = rerank(reranker, index, questions, rankings, s.rerank_candidates, progress)
+        results[label] = ([r[:depth] for r in rankings], time.perf_counter() - t)
+    t_search = time.perf_counter() - t1
     ctx_of = {int(c.metadata["chunk_id"]): c.metadata["context"] for c in chunks}
     norm_chunks = {int(c.metadata["chunk_id"]): normalize_answer(c.page_content) for c in chunks}
-    doc_hits = [[ctx_of[c] == it.context_id for c in ranking] for it, ranking in zip(items, rankings)]
-    ans_hits = [
-        [any(normalize_answer(a) in norm_chunks[c] for a in it.answers) for c in ranking]
-        for it, ranking in zip(items, rankings)
-    ]
-    report: dict[str, Any] = retrieval_metrics(doc_hits)
-    report[f"recall@{k}(k)"] = round(sum(any(h[:k]) for h in doc_hits) / len(items), 4)
-    for kk, v in retrieval_metrics(ans_hits).items():
-        if kk.startswith("recall@"):
-            report["answer_in_context@" + kk.split("@")[1]] = v
-    report[f"answer_in_context@{k}(k)"] = round(sum(any(h[:k]) for h in ans_hits) / len(items), 4)
+    settings = {"data": str(data_path), "embedding_model": s.embedding_model, "retriever": kind, "k": k,
+                "splitter": splitter_id, "seed_baseline": seed_baseline}
+    if kind == "hybrid" and not compare:
+        settings["fusion"] = rows[0][2]
+    if reranker is not None:
+        settings.update(reranker=s.reranker, rerank_candidates=s.rerank_candidates)
+    report: dict[str, Any] = {}
+    if compare:
+        report["compare"] = {
+            label: {"retriever": retriever, **({"fusion": fusion} if fusion else {}),
+                    **_ranking_metrics(results[label][0], items, ctx_of, norm_chunks, k),
+                    "rank_s": round(results[label][1], 3)}
+            for label, retriever, fusion in rows
+        }
+        settings["compare"] = [label for label, _, _ in rows]
+    else:
+        report.update(_ranking_metrics(results[kind][0], items, ctx_of, norm_chunks, k))
     report.update(
         questions=len(items), contexts=len(contexts), chunks=len(chunks),
         seconds={"index": round(t_index, 2), "search": round(t_search, 2)},
-        settings={"data": str(data_path), "embedding_model": s.embedding_model, "retriever": kind, "k": k,
-                  "splitter": splitter_id, "seed_baseline": seed_baseline},
+        settings=settings,
     )
     if answers:
-        report["answers"] = _evaluate_answers(pipeline, index, items[:answers], rankings, k, progress)
+        report["answers"] = _evaluate_answers(pipeline, index, items[:answers], results[kind][0], k, progress)
     return report
 
 

@@ -350,7 +350,7 @@ class Pipeline:
         s = settings or self.settings
         embeddings = None if s.retriever == "bm25" else self.embeddings  # BM25 needs no model
         return make_retriever(s.retriever, index, embeddings, s.k, reranker=self.reranker,
-                              candidates=s.rerank_candidates)
+                              candidates=s.rerank_candidates, fusion=s.fusion)
 
     @property
     def reranker(self) -> Any:

@@ -3,9 +3,10 @@
 - ``vector``: cosine similarity of embeddings (FAISS).
 - ``bm25``: Okapi BM25 over words: jieba segmentation for Chinese runs, lower-cased words for
   Latin text. Finds the exact names and numbers an embedding model blurs.
-- ``hybrid``: reciprocal-rank fusion of the two rankings (score = sum of 1 / (60 + rank)).
+- ``hybrid``: the two lists fused into one ranking by a registered fusion function (``zscore``,
+  the default: a convex combination of per-query z-scores; ``minmax``; ``rrf``, reciprocal rank).
 
-An optional reranker (a cross-encoder by name) re-scores the candidates; it is off by default.
+An optional reranker (a cross-encoder by name) re-scores the (fused) candidates; it is off by default.
 
 ``RagqaVectorStore`` is an in-memory index as a LangChain VectorStore, built from texts or documents;
 ``KnowledgeBaseStore`` is a persistent knowledge base (what ``ragqa index`` fills) as one.
@@ -18,6 +19,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 RETRIEVERS = ("vector", "bm25", "hybrid")
 RRF_K = 60
+# chosen by `ragqa eval --compare` on MRC, keyword and search-style sets (README "Retrieval")
+DEFAULT_FUSION = "zscore"
 DEFAULT_CANDIDATES = 20
 
 _TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9]+")
@@ -95,6 +99,218 @@ def fuse_rankings(rankings: Sequence[Sequence[int]], rrf_k: int = RRF_K) -> list
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+# -- fusion: how hybrid turns a vector and a BM25 list into one ranking -------------------------
+#
+# A fusion function sees the query and the two hit lists, [(chunk id, score)] best first (cosines
+# and BM25 scores), and may ask for the words of a chunk; nothing else of the engine, so it works
+# over every engine. Each is registered by name with its parameters and their defaults; a spec
+# names one, with parameters after colons: "zscore:w=0.6:lift=0".
+
+Hits = Sequence[tuple[int, float]]
+ChunkWords = Callable[[int], set[str]]  # chunk id -> its BM25 words
+FusionFn = Callable[..., list[tuple[int, float]]]
+
+
+@dataclass(frozen=True)
+class FusionInfo:
+    fn: FusionFn
+    params: dict[str, tuple[float, float, float]]  # name: (default, lowest, highest)
+    help: str
+
+
+FUSIONS: dict[str, FusionInfo] = {}
+
+
+def register_fusion(name: str, help: str, **params: tuple[float, float, float]) -> Callable[[FusionFn], FusionFn]:
+    """Register ``fn(query, vector_hits, keyword_hits, *, words, **params) -> [(id, score)]`` as ``name``."""
+    def add(fn: FusionFn) -> FusionFn:
+        FUSIONS[name] = FusionInfo(fn, params, help)
+        return fn
+    return add
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A fusion function with its parameters; call it with the query, the vector hits, the keyword
+    hits and (for query-adaptive fusions) ``words``, which gives a chunk's BM25 words by id."""
+
+    name: str
+    params: dict[str, float]
+
+    @property
+    def spec(self) -> str:
+        """The canonical spec: every parameter spelled out ("rrf:k=60")."""
+        return ":".join([self.name, *(f"{k}={v:g}" for k, v in self.params.items())])
+
+    def __call__(self, query: str, vector: Hits, keyword: Hits, words: ChunkWords | None = None,
+                 ) -> list[tuple[int, float]]:
+        return FUSIONS[self.name].fn(query, vector, keyword, words=words, **self.params)
+
+
+def make_fusion(spec: "str | Fusion | None" = None) -> Fusion:
+    """A fusion from its spec: a registered name, optionally with parameters ("zscore:w=0.6",
+    "rrf:k=60"); None is the default, DEFAULT_FUSION.
+
+    >>> make_fusion("zscore:w=0.6").spec
+    'zscore:w=0.6:lift=1:below=0.5'
+    >>> make_fusion("rrf").spec
+    'rrf:k=60'
+    """
+    if isinstance(spec, Fusion):
+        return spec
+    name, *given = (spec or DEFAULT_FUSION).strip().split(":")
+    name = name.strip().lower()
+    info = FUSIONS.get(name)
+    if info is None:
+        raise ConfigError(f"unknown fusion {name!r}; choose one of: {fusion_help()}")
+    params = {k: v[0] for k, v in info.params.items()}
+    for part in given:
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if key not in info.params or not eq:
+            valid = ", ".join(f"{k}=" for k in info.params) or "none"
+            raise ConfigError(f"fusion {name!r}: {part!r} is not a parameter; its parameters: {valid} "
+                              f"(e.g. {name}:{next(iter(info.params), 'w')}=...)")
+        _, lo, hi = info.params[key]
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not lo <= number <= hi:
+            raise ConfigError(f"fusion {name!r}: {key} must be a number from {lo:g} to {hi:g} (got {value!r})")
+        params[key] = number
+    return Fusion(name, params)
+
+
+def fusion_help() -> str:
+    """The registered fusions with their parameters, for errors and --help."""
+    return "; ".join(
+        f"{n} ({', '.join(f'{k}={d:g}' for k, (d, _, _) in i.params.items())}: {i.help})" for n, i in FUSIONS.items())
+
+
+@register_fusion("rrf", "reciprocal rank, sum of 1/(k + rank)", k=(RRF_K, 1, 1000))
+def rrf_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords | None = None,
+               k: float = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal-rank fusion of the two lists; the scores themselves are ignored."""
+    return fuse_rankings([[i for i, _ in vector], [i for i, _ in keyword]], rrf_k=int(k))
+
+
+def _zscores(scores: dict[int, float]) -> dict[int, float]:
+    """Each score as standard deviations above the mean (0 when all are equal)."""
+    if not scores:
+        return {}
+    mean = sum(scores.values()) / len(scores)
+    sd = (sum((x - mean) ** 2 for x in scores.values()) / len(scores)) ** 0.5
+    return {i: (x - mean) / sd if sd > 0 else 0.0 for i, x in scores.items()}
+
+
+def _minmax(scores: dict[int, float]) -> dict[int, float]:
+    """Each score scaled to [0, 1] between the lowest and the highest (1 when all are equal)."""
+    if not scores:
+        return {}
+    lo, hi = min(scores.values()), max(scores.values())
+    return {i: (x - lo) / (hi - lo) if hi > lo else 1.0 for i, x in scores.items()}
+
+
+def _both_scores(vector: Hits, keyword: Hits) -> tuple[dict[int, float], dict[int, float]]:
+    """Both scores for every candidate in either list.
+
+    A chunk the vector list left out gets the list's lowest cosine (it ranked below all of them).
+    BM25 leaves out chunks sharing no word with the query: when its list is shorter than the
+    vector list (both were asked for the same number), it ran out of matches and a missing chunk
+    scores 0; otherwise it was cut off and a missing chunk gets the list's lowest score.
+
+    >>> _both_scores([(1, 0.9), (2, 0.8)], [(3, 5.0)])
+    ({1: 0.9, 2: 0.8, 3: 0.8}, {1: 0.0, 2: 0.0, 3: 5.0})
+    """
+    ids = list(dict.fromkeys([i for i, _ in vector] + [i for i, _ in keyword]))
+    v, kw = dict(vector), dict(keyword)
+    v_floor = min(v.values(), default=0.0)
+    k_floor = 0.0 if len(keyword) < len(vector) else min(kw.values(), default=0.0)
+    return {i: v.get(i, v_floor) for i in ids}, {i: kw.get(i, k_floor) for i in ids}
+
+
+def _convex(vector: Hits, keyword: Hits, w: float,
+            normalise: Callable[[dict[int, float]], dict[int, float]]) -> list[tuple[int, float]]:
+    """w * vector + (1 - w) * keyword, each normalised over all the candidates."""
+    v_raw, k_raw = _both_scores(vector, keyword)
+    v, kw = normalise(v_raw), normalise(k_raw)
+    fused = {i: w * v[i] + (1 - w) * kw[i] for i in v}
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+_idf: tuple[dict[str, float], float] | None = None
+
+
+def _idf_table() -> tuple[dict[str, float], float]:
+    """jieba's general-corpus idf of Chinese words, and its median (what an unknown word gets)."""
+    global _idf
+    if _idf is None:
+        _segmenter()
+        import jieba.analyse
+
+        table = jieba.analyse.default_tfidf
+        _idf = (table.idf_freq, table.median_idf)
+    return _idf
+
+
+def matched_share(query: str, chunk_words: set[str]) -> float:
+    """How much of the query's idf mass a chunk holds: the idf-weighted share of the query's
+    words that are among the chunk's words (idf from jieba's general-corpus table, so the same
+    on every engine; a word it does not know, English included, counts as rare).
+
+    >>> round(matched_share("熊猫的尾巴", set(tokenize("熊猫吃竹子"))), 2)  # 熊猫 (idf 9.1) of 熊猫, 的 (0.9), 尾巴 (7.9)
+    0.51
+    """
+    idf, unknown = _idf_table()
+    weights = {w: idf.get(w, unknown) for w in dict.fromkeys(tokenize(query))}
+    total = sum(weights.values())
+    return sum(x for w, x in weights.items() if w in chunk_words) / total if total else 0.0
+
+
+@register_fusion(
+    "zscore", "w * z-score of the cosine + (1 - w) * z-score of BM25, w raised by lift * (below - share) "
+    "when BM25's best chunk holds less than `below` of the query's idf mass",
+    w=(0.5, 0, 1), lift=(1.0, 0, 10), below=(0.5, 0, 1),
+)
+def zscore_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords | None = None,
+                  w: float = 0.5, lift: float = 1.0, below: float = 0.5) -> list[tuple[int, float]]:
+    """Convex combination of per-query z-scores (how far each chunk stands out among the
+    candidates), with the vector weight adapted to the query.
+
+    Unlike rank fusion, a chunk far ahead in one list keeps its lead over a chunk that is only
+    narrowly first in the other. Here the vectors clearly prefer 1 and BM25 barely prefers 2
+    (10 vs 9.8); rank fusion puts 2 first, z-scores put 1 first:
+
+    >>> vector, keyword = [(1, 0.95), (2, 0.80), (3, 0.79), (4, 0.78)], [(2, 10.0), (3, 9.9), (1, 9.8), (4, 1.0)]
+    >>> [i for i, _ in zscore_fusion("q", vector, keyword)], [i for i, _ in rrf_fusion("q", vector, keyword)]
+    ([1, 2, 3, 4], [2, 1, 3, 4])
+
+    BM25 is right far more often when its best chunk holds most of the query's informative words
+    (MRC questions that copy the passage) than when it matched only part of them (a query worded
+    unlike the text), while the vectors degrade less; so when ``words`` is given and BM25's best
+    chunk holds a share of the query's idf mass under ``below``, the vector weight rises by
+    ``lift * (below - share)`` (to at most 0.95). ``lift=0`` keeps ``w`` fixed.
+    """
+    if lift > 0 and keyword and words is not None:
+        share = matched_share(query, words(keyword[0][0]))
+        w = min(w + lift * max(0.0, below - share), max(w, 0.95))
+    return _convex(vector, keyword, w, _zscores)
+
+
+@register_fusion("minmax", "w * min-max scaled cosine + (1 - w) * min-max scaled BM25, per query", w=(0.5, 0, 1))
+def minmax_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords | None = None,
+                  w: float = 0.5) -> list[tuple[int, float]]:
+    """Convex combination of scores scaled to [0, 1] among the candidates."""
+    return _convex(vector, keyword, w, _minmax)
+
+
+def chunk_words(index: Any, chunk_id: int) -> set[str]:
+    """A chunk's BM25 words, from its text (empty if it was deleted since the search)."""
+    found = _chunks_by_id(index, [chunk_id])
+    return set(tokenize(found[chunk_id].page_content)) if chunk_id in found else set()
+
+
 def _hits_to_documents(
     index: Any, hits: Sequence[tuple[int, float]], extra: Callable[[int], dict[str, float]] | None = None,
 ) -> list[Document]:
@@ -142,12 +358,14 @@ class BM25Retriever(BaseRetriever):
 
 
 class HybridRetriever(BaseRetriever):
-    """Reciprocal-rank fusion of the vector and BM25 rankings of the top ``candidates`` each."""
+    """The vector and BM25 hits (top ``candidates`` each) fused into one ranking by ``fusion``
+    (a spec such as "zscore:w=0.5" or "rrf", default DEFAULT_FUSION)."""
 
     index: Any
     embeddings: Any
     k: int = 4
     candidates: int = DEFAULT_CANDIDATES
+    fusion: str = DEFAULT_FUSION
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
@@ -158,7 +376,7 @@ class HybridRetriever(BaseRetriever):
         keyword = self.index.bm25_search(query, n)
         vec_score = dict(vector)
         kw_score = dict(keyword)
-        fused = fuse_rankings([[i for i, _ in vector], [i for i, _ in keyword]])[:k]
+        fused = make_fusion(self.fusion)(query, vector, keyword, words=lambda i: chunk_words(self.index, i))[:k]
         return _hits_to_documents(
             self.index, fused, lambda i: {"vector_score": vec_score.get(i, 0.0), "bm25_score": kw_score.get(i, 0.0)})
 
@@ -206,11 +424,13 @@ class RerankingRetriever(BaseRetriever):
 
 def make_retriever(
     kind: str, index: Any, embeddings: Any, k: int, *, reranker: Reranker | None = None,
-    candidates: int = DEFAULT_CANDIDATES,
+    candidates: int = DEFAULT_CANDIDATES, fusion: str = DEFAULT_FUSION,
 ) -> BaseRetriever:
-    """The named retriever; with a reranker, it fetches ``candidates`` and the reranker keeps ``k``."""
+    """The named retriever (``hybrid`` fuses with ``fusion``); with a reranker, it fetches
+    ``candidates`` (the fused ones, for hybrid) and the reranker keeps ``k``."""
     if kind not in RETRIEVERS:
         raise ConfigError(f"unknown retriever {kind!r}; choose one of: {', '.join(RETRIEVERS)}")
+    fusion = make_fusion(fusion).spec  # an unknown fusion fails here, before any search
     depth = max(k, candidates) if reranker is not None else k
     base: BaseRetriever
     if kind == "vector":
@@ -218,7 +438,8 @@ def make_retriever(
     elif kind == "bm25":
         base = BM25Retriever(index=index, k=depth)
     else:
-        base = HybridRetriever(index=index, embeddings=embeddings, k=depth, candidates=max(candidates, depth))
+        base = HybridRetriever(index=index, embeddings=embeddings, k=depth, candidates=max(candidates, depth),
+                               fusion=fusion)
     if reranker is None:
         return base
     return RerankingRetriever(base=base, reranker=reranker, k=k)

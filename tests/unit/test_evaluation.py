@@ -1,4 +1,4 @@
-"""Evaluation metrics on hand-made cases, and SQuAD loading."""
+"""Evaluation metrics on hand-made cases, SQuAD and query -> document loading, --compare."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from ragqa.errors import InputError
-from ragqa.evaluation import contains_answer, exact_match, f1_score, load_squad, retrieval_metrics
+from ragqa.errors import ConfigError, InputError
+from ragqa.evaluation import (
+    contains_answer,
+    exact_match,
+    f1_score,
+    load_eval_data,
+    load_pairs,
+    load_squad,
+    parse_compare,
+    retrieval_metrics,
+)
 
 
 def test_known_ranking_gives_known_recall_and_mrr() -> None:
@@ -88,3 +97,122 @@ def test_evaluate_scores_retrieval_and_answers_through_the_pipeline(make_pipelin
     assert report["answers"]["em"] == 0.5 and report["answers"]["contains_answer"] == 0.5
     assert report["answers"]["f1"] == 0.75  # 竹子: 1.0; 西北 vs 东北: one of two characters
     assert "熊猫喜欢吃竹子" in backend.calls[0]["prompt"]  # the model read the retrieved context
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_load_pairs_reads_jsonl_dedupes_documents_and_keeps_distractors(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "s.jsonl", [
+        {"query": "熊猫 竹子", "document": "熊猫吃竹子。", "answers": ["竹子"]},
+        {"document": "老虎吃肉。"},  # a distractor: no query is about it
+        {"id": "q3", "query": "熊猫 四川", "document": "熊猫吃竹子。"},
+        {"query": "渡轮", "document": "渡轮每天三班。"},
+    ])
+    contexts, items = load_pairs(path)
+    assert contexts == ["熊猫吃竹子。", "老虎吃肉。", "渡轮每天三班。"]
+    assert [(i.qid, i.question, i.context_id, i.answers) for i in items] == [
+        ("0", "熊猫 竹子", 0, ["竹子"]), ("q3", "熊猫 四川", 0, []), ("2", "渡轮", 2, [])]
+    contexts, items = load_pairs(path, max_contexts=2)
+    assert len(contexts) == 2 and [i.question for i in items] == ["熊猫 竹子", "熊猫 四川"]
+
+
+def test_load_pairs_reads_tsv_with_or_without_a_header(tmp_path: Path) -> None:
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text("query\tdocument\n熊猫 竹子\t熊猫吃竹子。\n\t老虎吃肉。\n", encoding="utf-8")
+    contexts, items = load_eval_data(tsv)
+    assert contexts == ["熊猫吃竹子。", "老虎吃肉。"] and [i.question for i in items] == ["熊猫 竹子"]
+
+
+def test_load_pairs_names_the_bad_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "document": "b"}\n{"query": "a"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"line 2: expected a non-empty \"document\""):
+        load_pairs(bad)
+    bad.write_text('{"query": "a", "document": "b"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(InputError, match="line 2: not valid JSON"):
+        load_pairs(bad)
+    tsv = tmp_path / "bad.tsv"
+    tsv.write_text("a\tb\tc\n", encoding="utf-8")
+    with pytest.raises(InputError, match="line 1: 3 tab-separated fields, expected 2"):
+        load_pairs(tsv)
+    empty = write_jsonl(tmp_path / "docs.jsonl", [{"document": "只有文档。"}])
+    with pytest.raises(InputError, match="no queries"):
+        load_pairs(empty)
+
+
+def test_compare_names_retrievers_and_fusions() -> None:
+    assert parse_compare("vector, bm25 ,hybrid", "zscore") == [
+        ("vector", "vector", None), ("bm25", "bm25", None), ("hybrid", "hybrid", "zscore:w=0.5:lift=1:below=0.5")]
+    assert parse_compare("hybrid:rrf,zscore:w=0.7:lift=0", "zscore") == [
+        ("hybrid:rrf", "hybrid", "rrf:k=60"), ("zscore:w=0.7:lift=0", "hybrid", "zscore:w=0.7:lift=0:below=0.5")]
+    with pytest.raises(ConfigError, match="'dense' is neither a retriever"):
+        parse_compare("vector,dense", "zscore")
+    with pytest.raises(ConfigError, match="needs retrievers"):
+        parse_compare(" , ", "zscore")
+
+
+class PreferTiger:
+    """A stand-in cross-encoder: a text about tigers scores 1, anything else 0."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        self.calls += 1
+        return [float("老虎" in t) for t in texts]
+
+
+SEARCH_SET = [
+    {"query": "熊猫 竹子", "document": "熊猫生活在四川，熊猫喜欢吃竹子。", "answers": ["竹子"]},
+    {"query": "老虎 东北", "document": "老虎生活在东北，老虎喜欢吃肉。"},
+    {"document": "渡轮每天三班，从码头出发。"},
+]
+
+
+def test_compare_measures_several_retrievers_from_one_index_and_one_search(
+    make_pipeline, counting_embeddings_cls, tmp_path: Path,
+) -> None:
+    from ragqa.evaluation import evaluate
+
+    path = write_jsonl(tmp_path / "s.jsonl", SEARCH_SET)
+    embeddings = counting_embeddings_cls()
+    pipeline = make_pipeline(embeddings=embeddings, k=1)
+    report = evaluate(path, pipeline, progress=False, compare="vector,bm25,hybrid,rrf")
+    rows = report["compare"]
+    assert list(rows) == ["vector", "bm25", "hybrid", "rrf"]
+    assert rows["hybrid"]["fusion"].startswith("zscore:") and rows["rrf"]["fusion"] == "rrf:k=60"
+    assert rows["bm25"]["recall@1"] == 1.0  # both queries share words with their documents only
+    assert rows["bm25"]["answer_in_context@1"] == 1.0  # over the one query with answers
+    assert report["questions"] == 2 and report["contexts"] == 3
+    assert embeddings.query_calls == 2  # each query embedded once for all four rows
+    indexed = embeddings.documents_embedded
+    report = evaluate(path, pipeline, progress=False, compare="vector,hybrid")
+    assert embeddings.documents_embedded == indexed  # the second run embedded no document: the index is cached
+
+
+def test_a_reranker_rescores_each_rankings_candidates_in_eval(make_pipeline, tmp_path: Path) -> None:
+    from ragqa.evaluation import evaluate
+
+    path = write_jsonl(tmp_path / "s.jsonl", SEARCH_SET)
+    pipeline = make_pipeline(k=1)
+    pipeline._reranker = PreferTiger()
+    report = evaluate(path, pipeline, progress=False, compare="bm25,hybrid")
+    # hybrid's candidates hold every document, and the fake puts the tiger one first: right for
+    # one query of two; BM25 found only the panda document for the panda query, so it stays right
+    assert report["compare"]["hybrid"]["recall@1"] == 0.5
+    assert report["compare"]["bm25"]["recall@1"] == 1.0
+    assert pipeline._reranker.calls == 4  # each query, each compared retriever
+
+
+def test_compare_with_answers_is_refused(make_pipeline, tmp_path: Path) -> None:
+    from ragqa.evaluation import evaluate
+
+    path = write_jsonl(tmp_path / "s.jsonl", SEARCH_SET)
+    with pytest.raises(ConfigError, match="drop --compare"):
+        evaluate(path, make_pipeline(), progress=False, compare="vector,bm25", answers=2)
+    no_answers = write_jsonl(tmp_path / "n.jsonl", SEARCH_SET[1:])
+    with pytest.raises(InputError, match="--answers needs gold answers"):
+        evaluate(no_answers, make_pipeline(), progress=False, answers=2)

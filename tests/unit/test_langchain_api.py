@@ -173,7 +173,8 @@ def test_kb_store_ranks_like_the_pipeline_over_the_same_kb(make_pipeline, heron_
     view, _ = pipeline.kb_index("quillby")
     question = "Where is the railway station?"
     expected = [(d.id, d.page_content, d.metadata["score"]) for d in pipeline.retriever(view).invoke(question)]
-    assert len(expected) == 3 and "Harrowgate" in expected[0][1]
+    # BM25's only match is among the fused top 3 (which is first depends on the fake vectors' noise)
+    assert len(expected) == 3 and any("Harrowgate" in text for _, text, _ in expected)
 
     store = ragqa.KnowledgeBaseStore.open("quillby", pipeline.settings, pipeline.embeddings)
     got = store.as_hybrid_retriever(k=3).invoke(question)
@@ -245,7 +246,8 @@ def test_chat_model_history_becomes_alternating_messages(fixed_retriever) -> Non
 
 
 def test_batch_answers_two_questions_each_from_its_own_prompt(store) -> None:
-    chain = ragqa.make_qa_chain(ParrotFakeChatModel(), store.as_hybrid_retriever(k=1))  # echoes the prompt
+    # BM25: the fake embedding's vectors are noise, and each question shares its words with one chunk only
+    chain = ragqa.make_qa_chain(ParrotFakeChatModel(), store.as_bm25_retriever(k=1))  # echoes the prompt
     questions = ["Where is the railway station?", "What is in the smoked eel pie?"]  # words of one chunk each
     results = chain.batch(questions)
     assert len(results) == 2

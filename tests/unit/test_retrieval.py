@@ -1,4 +1,4 @@
-"""BM25 with jieba, rank fusion, the retrievers over a ChunkIndex, and the reranker hook (fake)."""
+"""BM25 with jieba, the fusion functions, the retrievers over a ChunkIndex, and the reranker hook (fake)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from langchain_core.documents import Document
 
 from ragqa.errors import ConfigError
 from ragqa.retrieval import (
+    DEFAULT_FUSION,
+    FUSIONS,
     BM25Retriever,
     HybridRetriever,
     RerankingRetriever,
     fuse_rankings,
+    make_fusion,
     make_retriever,
     tokenize,
 )
@@ -79,6 +82,73 @@ def test_rank_fusion_prefers_ids_ranked_well_by_both() -> None:
     assert fused[0][0] == 7  # in both lists beats first in one
 
 
+# a vector list that clearly prefers chunk 1, and a BM25 list that only narrowly prefers chunk 2
+CLEAR_VECTOR = [(1, 0.95), (2, 0.80), (3, 0.79), (4, 0.78)]
+NARROW_BM25 = [(2, 10.0), (3, 9.9), (1, 9.8), (4, 1.0)]
+
+
+def test_zscore_fusion_keeps_a_clear_lead_that_rank_fusion_throws_away() -> None:
+    # rank fusion sees 1st + 3rd vs 2nd + 1st and picks 2; z-scores see 1 far ahead in one list
+    # and all but level in the other
+    assert make_fusion("rrf")("q", CLEAR_VECTOR, NARROW_BM25)[0][0] == 2
+    assert make_fusion("zscore")("q", CLEAR_VECTOR, NARROW_BM25)[0][0] == 1
+    assert make_fusion("minmax")("q", CLEAR_VECTOR, NARROW_BM25)[0][0] == 1
+
+
+def test_fusion_weight_moves_between_the_two_lists() -> None:
+    vector = [(1, 0.9), (2, 0.85), (3, 0.8)]
+    keyword = [(3, 12.0), (2, 6.0), (1, 1.0)]
+    assert [i for i, _ in make_fusion("zscore:w=1")("q", vector, keyword)] == [1, 2, 3]
+    assert [i for i, _ in make_fusion("zscore:w=0")("q", vector, keyword)] == [3, 2, 1]
+
+
+def test_a_chunk_bm25_could_not_match_scores_zero_not_the_lists_last_score() -> None:
+    # BM25 matched only chunk 7 (its list is shorter than the vector list): chunk 8, which shares no
+    # word with the query, must not get chunk 7's BM25 score, so chunk 7 wins on words
+    vector = [(8, 0.82), (7, 0.80), (9, 0.50)]
+    fused = make_fusion("zscore")("q", vector, [(7, 3.0)])
+    assert [i for i, _ in fused] == [7, 8, 9]
+    assert fused[0][1] > fused[1][1] + 0.5  # not a tie broken by id
+    # an empty BM25 list leaves the vector order as it is
+    assert [i for i, _ in make_fusion("zscore")("q", vector, [])] == [8, 7, 9]
+
+
+def test_fusion_specs_parse_and_bad_ones_say_what_is_valid() -> None:
+    assert make_fusion(None).name == DEFAULT_FUSION == "zscore"
+    assert make_fusion("zscore").spec == "zscore:w=0.5:lift=1:below=0.5"
+    assert make_fusion(" ZScore:w=0.7:lift=0 ").params == {"w": 0.7, "lift": 0.0, "below": 0.5}
+    assert make_fusion("rrf:k=10").params == {"k": 10.0}
+    assert set(FUSIONS) >= {"rrf", "zscore", "minmax"}
+    with pytest.raises(ConfigError, match="unknown fusion 'borda'.*rrf.*zscore.*minmax"):
+        make_fusion("borda")
+    with pytest.raises(ConfigError, match="'alpha=0.3' is not a parameter; its parameters: w=, lift=, below="):
+        make_fusion("zscore:alpha=0.3")
+    with pytest.raises(ConfigError, match="w must be a number from 0 to 1"):
+        make_fusion("zscore:w=1.5")
+    with pytest.raises(ConfigError, match="w must be a number"):
+        make_fusion("zscore:w=high")
+
+
+def test_zscore_leans_on_the_vectors_when_bm25s_best_chunk_misses_most_of_the_query() -> None:
+    # the vectors mildly prefer chunk 1; BM25 clearly prefers chunk 2
+    vector = [(1, 0.90), (2, 0.86), (3, 0.85), (4, 0.84)]
+    keyword = [(2, 9.0), (3, 3.0), (4, 2.0), (1, 1.0)]
+    query = "熊猫的尾巴有多长"
+    holds_all = {2: set(tokenize(query))}
+    holds_little = {2: {"有"}}  # only a common word: most of the query's idf mass is missing
+    fusion = make_fusion("zscore")
+    assert fusion(query, vector, keyword)[0][0] == 2  # no words given: fixed w = 0.5
+    assert fusion(query, vector, keyword, words=holds_all.__getitem__)[0][0] == 2
+    assert fusion(query, vector, keyword, words=holds_little.__getitem__)[0][0] == 1
+    fixed = make_fusion("zscore:lift=0")
+    assert fixed(query, vector, keyword, words=holds_little.__getitem__)[0][0] == 2
+
+
+def test_rrf_fusion_is_the_old_hybrid_ranking() -> None:
+    vector, keyword = [(1, 0.9), (2, 0.8), (3, 0.7)], [(3, 5.0), (2, 4.0), (1, 3.0)]
+    assert make_fusion("rrf")("q", vector, keyword) == fuse_rankings([[1, 2, 3], [3, 2, 1]])
+
+
 def test_hybrid_combines_vector_and_keyword_rankings() -> None:
     index = make_index()
     # the vector side (axis 2) prefers the bridge chunk; the words point at the school chunk
@@ -110,6 +180,69 @@ def test_reranker_reorders_candidates_and_keeps_k() -> None:
     assert docs[0].metadata["score"] == 3.0 and "retrieval_score" in docs[0].metadata
 
 
+def test_reranker_rescores_the_fused_candidates_of_hybrid() -> None:
+    index = make_index()
+    reranker = SeenTexts()
+    retriever = make_retriever("hybrid", index, AxisEmbeddings(2), k=1, reranker=reranker, candidates=4,
+                               fusion="rrf")
+    docs = retriever.invoke("渔村小学的老师")
+    assert len(reranker.seen) == 1 and len(reranker.seen[0]) == 4  # every fused candidate, once
+    assert docs[0].page_content == CHUNKS[0]  # the fake prefers the tea chunk, whatever the fusion said
+    assert "retrieval_score" in docs[0].metadata
+
+
+class SeenTexts(FakeReranker):
+    """FakeReranker that also records the texts it was asked to score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[str]] = []
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        self.seen.append(list(texts))
+        return super().score(query, texts)
+
+
+def test_hybrid_uses_the_fusion_it_is_given() -> None:
+    index = make_index()
+    # chunk 1 (the school) matches the words; the vector side points at chunk 2 (the bridge)
+    for fusion in ("rrf", "zscore", "minmax:w=0.3"):
+        docs = make_retriever("hybrid", index, AxisEmbeddings(2), k=1, fusion=fusion).invoke("渔村小学的老师")
+        assert docs[0].page_content in (CHUNKS[1], CHUNKS[2])
+    assert make_retriever("hybrid", index, AxisEmbeddings(2), k=1, fusion="zscore:w=1").invoke(
+        "渔村小学的老师")[0].page_content == CHUNKS[2]
+    assert make_retriever("hybrid", index, AxisEmbeddings(2), k=1, fusion="zscore:w=0").invoke(
+        "渔村小学的老师")[0].page_content == CHUNKS[1]
+
+
+def test_an_unknown_fusion_fails_before_any_search() -> None:
+    class NoSearch:
+        def __getattr__(self, name: str) -> None:
+            raise AssertionError(f"searched: {name}")
+
+    with pytest.raises(ConfigError, match="unknown fusion"):
+        make_retriever("hybrid", NoSearch(), AxisEmbeddings(0), 4, fusion="nope")
+
+
 def test_unknown_retriever_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match="vector, bm25, hybrid"):
         make_retriever("dense", make_index(), None, 4)
+
+
+def test_fusion_setting_is_checked_when_settings_are_built() -> None:
+    from ragqa import config
+
+    assert config.DEFAULT_FUSION == DEFAULT_FUSION
+    assert config.load_settings().fusion == DEFAULT_FUSION
+    assert config.load_settings(fusion="rrf").fusion == "rrf:k=60"
+    with pytest.raises(ConfigError, match="invalid settings: fusion 'zscore': w must be a number from 0 to 1"):
+        config.load_settings(fusion="zscore:w=2")
+    with pytest.raises(ConfigError, match="unknown fusion 'rank'"):
+        config.load_settings(fusion="rank")
+
+
+def test_the_pipeline_hands_its_fusion_setting_to_the_hybrid_retriever(make_pipeline) -> None:
+    retriever = make_pipeline(fusion="zscore:w=0.7").retriever(make_index())
+    assert isinstance(retriever, HybridRetriever)
+    assert retriever.fusion == "zscore:w=0.7:lift=1:below=0.5"
+    assert make_pipeline().retriever(make_index()).fusion == make_fusion(DEFAULT_FUSION).spec
