@@ -253,11 +253,16 @@ def build_eval_index(
     contexts: Sequence[str], split: Callable[[str], list[str]], pipeline: Any, splitter_id: dict[str, Any],
 ) -> Any:
     """One index over all contexts (chunk metadata ``context`` = context id), kept in an internal
-    knowledge base as ``ask`` keeps files, so a second run embeds nothing."""
+    knowledge base as ``ask`` keeps files, so a second run embeds nothing.
+
+    Each data set gets a knowledge base of its own: BM25's idf and average length come from the
+    whole keyword index, so a shared one would make a set's BM25 scores depend on which other
+    sets were evaluated before it."""
     from ragqa.store import FileRecord, Manifest, content_hash, open_cache_kb
 
-    kb = open_cache_kb(pipeline.settings, Manifest(pipeline.embedding_spec.cache_id, splitter_id), purpose="eval")
     digest = content_hash(json.dumps(list(contexts), ensure_ascii=False).encode())
+    kb = open_cache_kb(pipeline.settings, Manifest(pipeline.embedding_spec.cache_id, splitter_id),
+                       purpose=f"eval-{digest[:12]}")
     record = next((r for r in kb.files() if r.hash == digest and r.status == "ok"), None)
     if record is None:
         chunks = [
