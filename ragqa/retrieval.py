@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -276,7 +277,8 @@ def matched_share(query: str, chunk_words: set[str]) -> float:
 def zscore_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords | None = None,
                   w: float = 0.5, lift: float = 1.0, below: float = 0.5) -> list[tuple[int, float]]:
     """Convex combination of per-query z-scores (how far each chunk stands out among the
-    candidates), with the vector weight adapted to the query.
+    candidates), with the vector weight adapted to the query. The score returned is the fused
+    z-score through the logistic function: in (0, 1), 0.5 for an average candidate.
 
     Unlike rank fusion, a chunk far ahead in one list keeps its lead over a chunk that is only
     narrowly first in the other. Here the vectors clearly prefer 1 and BM25 barely prefers 2
@@ -295,7 +297,8 @@ def zscore_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords 
     if lift > 0 and keyword and words is not None:
         share = matched_share(query, words(keyword[0][0]))
         w = min(w + lift * max(0.0, below - share), max(w, 0.95))
-    return _convex(vector, keyword, w, _zscores)
+    # the score a user sees: the fused z-score squashed into (0, 1), 0.5 = an average candidate
+    return [(i, 1.0 / (1.0 + math.exp(-x))) for i, x in _convex(vector, keyword, w, _zscores)]
 
 
 @register_fusion("minmax", "w * min-max scaled cosine + (1 - w) * min-max scaled BM25, per query", w=(0.5, 0, 1))
