@@ -81,7 +81,8 @@ def main() -> None:
         if {"vector", "bm25", "hybrid"} <= set(rows):
             best = max(rows["vector"]["recall@1"], rows["bm25"]["recall@1"])
             hybrid = rows["hybrid"]["recall@1"]
-            verdict = "above both" if hybrid > best else "meets the rule" if hybrid >= best - 0.005 else "BELOW the rule"
+            verdict = ("above both" if hybrid > best else
+                       "meets the rule" if hybrid >= best - 0.005 else "BELOW the rule")
             print(f"{r['data']}: hybrid {hybrid:.3f} vs best single {best:.3f} ({hybrid - best:+.3f}): {verdict}",
                   file=sys.stderr)
     if args.json_out:

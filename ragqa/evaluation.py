@@ -435,7 +435,10 @@ def evaluate(
         split, splitter_id, kind, k = seed_splitter.split_text, {"kind": "langchain-default", "chunk_size": 600, "overlap": 100}, "vector", 1
     else:
         split, splitter_id, kind, k = pipeline.splitter.split_text, pipeline.splitter_settings(), s.retriever, s.k
-    rows = parse_compare(compare, s.fusion) if compare else [(kind, kind, make_fusion(s.fusion).spec if kind == "hybrid" else None)]
+    if compare:
+        rows = parse_compare(compare, s.fusion)
+    else:
+        rows = [(kind, kind, make_fusion(s.fusion).spec if kind == "hybrid" else None)]
     if compare and answers:
         raise ConfigError("--answers measures one retriever's answers; drop --compare (or --answers)")
     if answers and not any(it.answers for it in items[:answers]):
