@@ -240,11 +240,33 @@ def _convex(vector: Hits, keyword: Hits, w: float,
     return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+IDF_CACHE_FORMAT = 1
+
+
+def _idf_of(words: Sequence[str]) -> tuple[dict[str, float], float]:
+    """jieba's general-corpus idf of these words, and its median (what an unknown word gets).
+
+    The table has 270k words: parsing it costs ~0.4 s and ~100 MB per process, more than the
+    rest of a question. So it is copied once into an SQLite file in the cache folder and only the
+    question's words are looked up; where that cannot be written, the table is read as jieba does."""
+    db = _idf_db()
+    if db is None:
+        idf, median = _idf_table()
+        return {w: idf[w] for w in words if w in idf}, median
+    found: dict[str, float] = {}
+    for part in (list(words)[i:i + 500] for i in range(0, len(words), 500)):
+        q = f"SELECT word, idf FROM idf WHERE word IN ({','.join('?' * len(part))})"
+        found.update(db.execute(q, part).fetchall())
+    return found, _idf_median
+
+
 _idf: tuple[dict[str, float], float] | None = None
+_idf_connection: Any = None
+_idf_median = 0.0
 
 
 def _idf_table() -> tuple[dict[str, float], float]:
-    """jieba's general-corpus idf of Chinese words, and its median (what an unknown word gets)."""
+    """jieba's idf table in memory (the fallback of ``_idf_of``)."""
     global _idf
     if _idf is None:
         _segmenter()
@@ -255,6 +277,44 @@ def _idf_table() -> tuple[dict[str, float], float]:
     return _idf
 
 
+def _idf_db() -> Any:
+    """The idf table as SQLite under the cache folder, made on first use (None if it cannot be)."""
+    global _idf_connection, _idf_median
+    if _idf_connection is not None:
+        return _idf_connection or None
+    import os
+    import sqlite3
+    from pathlib import Path
+
+    from ragqa.config import default_cache_dir
+
+    try:
+        import jieba
+
+        source = Path(jieba.__file__).parent / "analyse" / "idf.txt"
+        stamp = f"{IDF_CACHE_FORMAT}-{source.stat().st_size}-{int(source.stat().st_mtime)}"
+        path = default_cache_dir() / f"jieba-idf-{stamp}.sqlite"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            idf, median = _idf_table()
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            con = sqlite3.connect(tmp)
+            con.execute("CREATE TABLE idf (word TEXT PRIMARY KEY, idf REAL NOT NULL) WITHOUT ROWID")
+            con.execute("CREATE TABLE meta (median REAL NOT NULL)")
+            con.executemany("INSERT OR REPLACE INTO idf VALUES (?, ?)", idf.items())
+            con.execute("INSERT INTO meta VALUES (?)", (median,))
+            con.commit()
+            con.close()
+            os.replace(tmp, path)
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        _idf_median = float(con.execute("SELECT median FROM meta").fetchone()[0])
+        _idf_connection = con
+    except (OSError, sqlite3.Error, ImportError) as exc:
+        log.info("idf table not cached (%s); reading it in memory", exc)
+        _idf_connection = False
+    return _idf_connection or None
+
+
 def matched_share(query: str, chunk_words: set[str]) -> float:
     """How much of the query's idf mass a chunk holds: the idf-weighted share of the query's
     words that are among the chunk's words (idf from jieba's general-corpus table, so the same
@@ -263,8 +323,9 @@ def matched_share(query: str, chunk_words: set[str]) -> float:
     >>> round(matched_share("熊猫的尾巴", set(tokenize("熊猫吃竹子"))), 2)  # 熊猫 (idf 9.1) of 熊猫, 的 (0.9), 尾巴 (7.9)
     0.51
     """
-    idf, unknown = _idf_table()
-    weights = {w: idf.get(w, unknown) for w in dict.fromkeys(tokenize(query))}
+    words = list(dict.fromkeys(tokenize(query)))
+    idf, unknown = _idf_of(words)
+    weights = {w: idf.get(w, unknown) for w in words}
     total = sum(weights.values())
     return sum(x for w, x in weights.items() if w in chunk_words) / total if total else 0.0
 
