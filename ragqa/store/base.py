@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,33 @@ def faiss_module() -> Any:
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def chunk_meta(doc: Document) -> dict[str, Any]:
+    """What an engine stores of a chunk's metadata (the source is the file's; the score and id are
+    the search's)."""
+    return {k: v for k, v in doc.metadata.items() if k not in ("source", "score", "chunk_id")}
+
+
+def chunk_document(cid: int, text: str, meta: str, path: str) -> Document:
+    """A stored chunk as every engine returns it: id = the chunk id, source = its file."""
+    return Document(id=str(cid), page_content=text,
+                    metadata={"source": path, **json.loads(meta or "{}"), "chunk_id": cid})
+
+
+def batches(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def unit_rows(vectors: "np.ndarray") -> "np.ndarray":
+    """Rows scaled to length 1 (zero rows stay zero), float32 and contiguous, for inner product = cosine."""
+    import numpy as np
+
+    if not len(vectors):
+        return vectors
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype="float32")
 
 
 def check_kb_name(name: str) -> str:

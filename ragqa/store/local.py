@@ -39,7 +39,10 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.documents import Document
 
 from ragqa.errors import InputError, MissingDependencyError, RagqaError
-from ragqa.store.base import FileRecord, KBStats, KnowledgeBase, Manifest, faiss_module
+from ragqa.store.base import (
+    FileRecord, KBStats, KnowledgeBase, Manifest, faiss_module,
+    batches, chunk_document, chunk_meta, unit_rows,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -280,7 +283,7 @@ class LocalKB(KnowledgeBase):
         import numpy as np
 
         self._require_writer()
-        vectors = _unit_rows(np.asarray(vectors, dtype="float32"))
+        vectors = unit_rows(np.asarray(vectors, dtype="float32"))
         if len(vectors) != len(chunks) or len(tokens) != len(chunks):
             raise RagqaError(f"{len(chunks)} chunks but {len(vectors)} vectors and {len(tokens)} word lists")
         with self._transaction():
@@ -289,7 +292,7 @@ class LocalKB(KnowledgeBase):
             file_id = self._upsert(record)
             self.db.executemany(
                 "INSERT INTO chunks (file_id, ord, text, meta, words, vector) VALUES (?, ?, ?, ?, ?, ?)",
-                ((file_id, i, d.page_content, json.dumps(_chunk_meta(d), ensure_ascii=False), " ".join(t),
+                ((file_id, i, d.page_content, json.dumps(chunk_meta(d), ensure_ascii=False), " ".join(t),
                   v.tobytes()) for i, (d, t, v) in enumerate(zip(chunks, tokens, vectors))),
             )
         return record
@@ -398,7 +401,7 @@ class LocalKB(KnowledgeBase):
         import numpy as np
 
         ids: list[int] = []
-        for part in _batches(list(file_ids), 900):
+        for part in batches(list(file_ids), 900):
             q = f"SELECT id FROM chunks WHERE file_id IN ({','.join('?' * len(part))})"
             ids.extend(r[0] for r in self.db.execute(q, part))
         return np.asarray(sorted(ids), dtype="int64")
@@ -415,7 +418,7 @@ class LocalKB(KnowledgeBase):
             raise RagqaError(f"query vectors have {q.shape[-1]} dimensions but knowledge base {self.name!r} "
                              f"has {dim} (was it built with another embedding model?)")
         allowed = self._chunk_ids_of(file_ids) if file_ids is not None else None
-        return self._vectors.search(_unit_rows(q), k, allowed)
+        return self._vectors.search(unit_rows(q), k, allowed)
 
     def bm25_search(self, query: str, k: int, file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
         from ragqa.retrieval import tokenize
@@ -431,30 +434,30 @@ class LocalKB(KnowledgeBase):
 
     def _existing(self, ids: Sequence[int]) -> set[int]:
         out: set[int] = set()
-        for part in _batches(list(ids), 900):
+        for part in batches(list(ids), 900):
             q = f"SELECT id FROM chunks WHERE id IN ({','.join('?' * len(part))})"
             out.update(r[0] for r in self.db.execute(q, part))
         return out
 
     def get_chunks(self, ids: Sequence[int]) -> list[Document]:
         found: dict[int, Document] = {}
-        for part in _batches([int(i) for i in ids], 900):
+        for part in batches([int(i) for i in ids], 900):
             q = ("SELECT c.id, c.text, c.meta, f.path FROM chunks c JOIN files f ON f.id = c.file_id "
                  f"WHERE c.id IN ({','.join('?' * len(part))})")
             for cid, text, meta, path in self.db.execute(q, part):
-                found[cid] = _document(cid, text, meta, path)
+                found[cid] = chunk_document(cid, text, meta, path)
         return [found[int(i)] for i in ids if int(i) in found]
 
     def iter_chunks(self, file_ids: Sequence[int] | None = None) -> Iterator[Document]:
         q = "SELECT c.id, c.text, c.meta, f.path FROM chunks c JOIN files f ON f.id = c.file_id"
         if file_ids is not None:
-            for part in _batches(list(file_ids), 900):
+            for part in batches(list(file_ids), 900):
                 rows = self.db.execute(q + f" WHERE c.file_id IN ({','.join('?' * len(part))}) "
                                        "ORDER BY c.file_id, c.ord", part).fetchall()
-                yield from (_document(*r) for r in rows)
+                yield from (chunk_document(*r) for r in rows)
             return
         for r in self.db.execute(q + " ORDER BY c.file_id, c.ord"):
-            yield _document(*r)
+            yield chunk_document(*r)
 
     # -- the KB as a whole
     def stats(self) -> KBStats:
@@ -719,9 +722,9 @@ class _KeywordIndex:
         writer = index.writer(64_000_000, 1)
         try:
             if have >= 0:
-                for part in _batches(changed + removed, 1000):
+                for part in batches(changed + removed, 1000):
                     writer.delete_documents_by_query(tantivy.Query.term_set_query(self._schema, "file_id", part))
-            for part in _batches(changed, 500):
+            for part in batches(changed, 500):
                 q = f"SELECT id, file_id, words FROM chunks WHERE file_id IN ({','.join('?' * len(part))})"
                 for cid, fid, words in self.db.execute(q, part):
                     writer.add_document(tantivy.Document.from_dict(
@@ -764,25 +767,3 @@ class _KeywordIndex:
 def _record(row: Sequence[Any]) -> FileRecord:
     rid, path, size, mtime_ns, file_hash, parser, status, error, chunks, updated = row
     return FileRecord(path, size, mtime_ns, file_hash, parser, status, error, chunks, updated, rid)
-
-
-def _chunk_meta(doc: Document) -> dict[str, Any]:
-    return {k: v for k, v in doc.metadata.items() if k not in ("source", "score", "chunk_id")}
-
-
-def _document(cid: int, text: str, meta: str, path: str) -> Document:
-    return Document(id=str(cid), page_content=text, metadata={"source": path, **json.loads(meta), "chunk_id": cid})
-
-
-def _batches(items: list[Any], n: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-def _unit_rows(vectors: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    if not len(vectors):
-        return vectors
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype="float32")

@@ -50,7 +50,10 @@ from urllib.parse import urlsplit, urlunsplit
 from langchain_core.documents import Document
 
 from ragqa.errors import InputError, MissingDependencyError, RagqaError
-from ragqa.store.base import FileRecord, KBStats, KnowledgeBase, Manifest
+from ragqa.store.base import (
+    FileRecord, KBStats, KnowledgeBase, Manifest,
+    batches, chunk_document, chunk_meta, unit_rows,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -383,7 +386,7 @@ class MilvusKB(KnowledgeBase):
 
     def _fetch_records(self, file_ids: Sequence[int]) -> None:
         """Refresh these files' paths and live ranges (another process may have changed them)."""
-        for part in _batches(sorted(set(file_ids)), READ_BATCH):
+        for part in batches(sorted(set(file_ids)), READ_BATCH):
             rows = self._call("query", self.kb_name, filter=f"kind == \"file\" and id in {_ints(part)}",
                               output_fields=_RECORD_FIELDS, limit=len(part), consistency_level="Strong")
             found = set()
@@ -521,7 +524,7 @@ class MilvusKB(KnowledgeBase):
         import numpy as np
 
         self._require_writer()
-        vectors = _unit_rows(np.asarray(vectors, dtype="float32"))
+        vectors = unit_rows(np.asarray(vectors, dtype="float32"))
         if len(vectors) != len(chunks):
             raise RagqaError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         dimension = int(vectors.shape[1]) if len(vectors) else 0
@@ -529,7 +532,7 @@ class MilvusKB(KnowledgeBase):
             self._check_dimension(dimension)
         rows = []
         for i, (doc, vec) in enumerate(zip(chunks, vectors)):
-            meta = json.dumps(_chunk_meta(doc), ensure_ascii=False)
+            meta = json.dumps(chunk_meta(doc), ensure_ascii=False)
             for field, value in (("text", doc.page_content), ("metadata", meta)):
                 if len(value.encode("utf-8")) > VARCHAR_MAX:
                     raise InputError(f"{record.path}: a chunk's {field} is over {VARCHAR_MAX} bytes, the most a "
@@ -580,7 +583,7 @@ class MilvusKB(KnowledgeBase):
             return 0
         self._meta["dirty"] = ids  # a crash below: the next writer deletes these files' chunks
         self._write_meta()
-        for part in _batches(ids, READ_BATCH):
+        for part in batches(ids, READ_BATCH):
             self._call("delete", self.kb_name, ids=part)
             if self._has_chunks:
                 self._call("delete", self.chunks_name, filter=f"file_id in {_ints(part)}")
@@ -643,13 +646,13 @@ class MilvusKB(KnowledgeBase):
         if not wanted or not self._chunks_ready():
             return []
         found: dict[int, Document] = {}
-        for part in _batches(sorted(set(wanted)), READ_BATCH):
+        for part in batches(sorted(set(wanted)), READ_BATCH):
             rows = self._call("query", self.chunks_name, filter=f"chunk_id in {_ints(part)}",
                               output_fields=["chunk_id", "file_id", "text", "meta"], limit=len(part),
                               consistency_level="Strong")
             for row in self._live(list(rows)):
                 cid = int(row["chunk_id"])
-                found[cid] = _document(cid, str(row["text"]), str(row["meta"]), self._paths[int(row["file_id"])])
+                found[cid] = chunk_document(cid, str(row["text"]), str(row["meta"]), self._paths[int(row["file_id"])])
         return [found[i] for i in wanted if i in found]
 
     def _file_chunks(self, fid: int, fields: list[str]) -> list[dict[str, Any]]:
@@ -674,7 +677,7 @@ class MilvusKB(KnowledgeBase):
             ids = sorted(set(ids) & {int(i) for i in file_ids})
         for fid in ids:
             for row in self._file_chunks(fid, ["ord", "text", "meta"]):
-                yield _document(int(row["chunk_id"]), str(row["text"]), str(row["meta"]), self._paths[fid])
+                yield chunk_document(int(row["chunk_id"]), str(row["text"]), str(row["meta"]), self._paths[fid])
 
     # -- the KB as a whole
     def stats(self) -> KBStats:
@@ -780,26 +783,3 @@ def _ints(values: Iterable[int]) -> str:
 
 def _file_filter(file_ids: Sequence[int] | None) -> str:
     return "" if file_ids is None else f"file_id in {_ints(file_ids)}"
-
-
-def _chunk_meta(doc: Document) -> dict[str, Any]:
-    return {k: v for k, v in doc.metadata.items() if k not in ("source", "score", "chunk_id")}
-
-
-def _document(cid: int, text: str, meta: str, path: str) -> Document:
-    return Document(id=str(cid), page_content=text, metadata={"source": path, **json.loads(meta or "{}"),
-                                                              "chunk_id": cid})
-
-
-def _batches(items: list[Any], n: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-def _unit_rows(vectors: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    if not len(vectors):
-        return vectors
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype="float32")
