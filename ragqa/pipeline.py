@@ -19,7 +19,7 @@ from ragqa.errors import InputError, NoReadableDocumentsError, RagqaError
 from ragqa.loaders import expand_paths, load_file, read_bytes
 from ragqa.models import resolve_embedding
 from ragqa.splitting import ChineseTextSplitter
-from ragqa.store import FileIndex, FileRecord, KBView, KnowledgeBase, Manifest, SyncReport, content_hash
+from ragqa.store import FileRecord, KBView, KnowledgeBase, Manifest, SyncReport, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +264,6 @@ class Pipeline:
         texts = [c.page_content for c in chunks]
         vectors = np.asarray(self._embed_with_progress(texts, name), dtype="float32")
         return vectors, [tokenize(t) for t in texts]
-
-    def index_chunks(self, chunks: list[Document], name: str) -> FileIndex:
-        """Chunks -> an in-memory FileIndex (vectors and BM25 words)."""
-        vectors, tokens = self.embed_chunks(chunks, name)
-        return FileIndex(chunks, vectors, tokens)
 
     def _embed_with_progress(self, texts: list[str], name: str) -> list[list[float]]:
         """Embed in batches under one progress bar (a long file takes minutes on a CPU)."""

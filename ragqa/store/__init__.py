@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ragqa.errors import InputError, RagqaError
 from ragqa.store.base import (
@@ -132,7 +132,3 @@ def drop_kb(settings: "Settings", name: str) -> None:
         raise InputError(f"no knowledge base named {name!r} (see: ragqa kb list)")
     kb = open_kb(settings, name)
     kb.drop()
-
-
-def describe(kb: KnowledgeBase) -> dict[str, Any]:
-    return kb.stats().to_dict()
