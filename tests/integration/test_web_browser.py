@@ -95,9 +95,13 @@ def ask(page, question: str, n_before: int) -> list[str]:
     page.evaluate(RECORD_JS)
     page.locator("#question textarea").fill(question)
     page.locator("#question textarea").press("Enter")
+    # the new answer is there, has text, and its sources are shown (the first render of a new turn
+    # is an empty bot message while the previous turn's sources may still be on the page)
     page.wait_for_function(
-        f"() => document.querySelectorAll('#chat .message.bot').length > {n_before}"
-        " && document.querySelector('#sources').innerText.includes('score')",
+        f"() => {{ const bots = document.querySelectorAll('#chat .message.bot');"
+        f" return bots.length > {n_before}"
+        " && !['', 'Loading content'].includes(bots[bots.length - 1].innerText.trim())"
+        " && document.querySelector('#sources').innerText.includes('score'); }",
         timeout=ANSWER_TIMEOUT_S * 1000,
     )
     final = bot_messages(page)[-1].strip()
