@@ -78,6 +78,9 @@ StoreOpt = typer.Option(None, "--store", help="KB engine: local (default) or a M
 DataDirOpt = typer.Option(None, "--data-dir", help="Where local knowledge bases live (default ~/.local/share/ragqa).")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Cache folder (default ~/.cache/ragqa).")
 MaxFileOpt = typer.Option(None, "--max-file-mb", help="Refuse files larger than this many MB (default 200).")
+OcrOpt = typer.Option(
+    None, "--ocr", help="OCR scanned pages with Tesseract: auto (PDF pages without text, images; default), always, never.",
+)
 FusionOpt = typer.Option(
     None, "--fusion",
     help="How hybrid fuses vector and BM25 hits: zscore (default: z-scores, vector weight w=0.5, raised by "
@@ -125,6 +128,7 @@ def ask(
     data_dir: Optional[Path] = DataDirOpt,
     store: Optional[str] = StoreOpt,
     max_file_mb: Optional[float] = MaxFileOpt,
+    ocr: Optional[str] = OcrOpt,
     config: Optional[Path] = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact prompt; load no LLM weights."),
@@ -153,7 +157,7 @@ def ask(
         n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, rope_freq_base=rope_freq_base,
         rope_freq_scale=rope_freq_scale, max_new_tokens=max_new_tokens, temperature=temperature,
         top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, cache_dir=cache_dir,
-        data_dir=data_dir, store=store, max_file_mb=max_file_mb,
+        data_dir=data_dir, store=store, max_file_mb=max_file_mb, ocr=ocr,
     )
     try:
         from ragqa.config import load_settings
@@ -229,6 +233,7 @@ def summarize(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     max_file_mb: Optional[float] = MaxFileOpt,
+    ocr: Optional[str] = OcrOpt,
     data_dir: Optional[Path] = DataDirOpt,
     store: Optional[str] = StoreOpt,
     config: Optional[Path] = ConfigOpt,
@@ -254,7 +259,7 @@ def summarize(
             api_model=api_model, device=device, torch_dtype=torch_dtype, load_in_4bit=load_in_4bit,
             load_in_8bit=load_in_8bit, rope_scaling=rope_scaling, chat_format=chat_format,
             system_prompt=system_prompt, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-            max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb,
+            max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, ocr=ocr,
             data_dir=data_dir, store=store,
         )
         pipeline = Pipeline(settings)
@@ -407,6 +412,7 @@ def serve(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     max_file_mb: Optional[float] = typer.Option(None, "--max-file-mb", help="Largest upload accepted (default 200)."),
+    ocr: Optional[str] = OcrOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     data_dir: Optional[Path] = DataDirOpt,
     store: Optional[str] = StoreOpt,
@@ -429,7 +435,7 @@ def serve(
             torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
             embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
             retriever=retriever, fusion=fusion, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-            max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, cache_dir=cache_dir,
+            max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, ocr=ocr, cache_dir=cache_dir,
             data_dir=data_dir, store=store,
         )
         _check_host(host)
@@ -455,6 +461,7 @@ def index_command(
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Characters per chunk (default 600)."),
     chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap characters (default 100)."),
     max_file_mb: Optional[float] = MaxFileOpt,
+    ocr: Optional[str] = OcrOpt,
     data_dir: Optional[Path] = DataDirOpt,
     store: Optional[str] = StoreOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
@@ -490,7 +497,7 @@ def index_command(
 
         settings = load_settings(
             config, embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-            max_file_mb=max_file_mb, data_dir=data_dir, store=store, cache_dir=cache_dir,
+            max_file_mb=max_file_mb, ocr=ocr, data_dir=data_dir, store=store, cache_dir=cache_dir,
         )
         from ragqa.loaders import expand_paths
 

@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     chunk_size: int = Field(600, ge=50, le=20000, description="Maximum characters per chunk.")
     chunk_overlap: int = Field(100, ge=0, description="Characters shared by neighbouring chunks.")
     max_file_mb: float = Field(200.0, gt=0, description="Refuse files larger than this (MB).")
+    ocr: Literal["auto", "never", "always"] = Field(
+        "auto", description="OCR (Tesseract) of scanned pages: auto (PDF pages without a text layer, and "
+        "images), always (every PDF page, ignoring its text layer), never.",
+    )
+    ocr_languages: str = Field(
+        "auto", pattern=r"^(auto|[A-Za-z_]+(\+[A-Za-z_]+)*)$",
+        description="Tesseract languages: auto (per file: Simplified or Traditional Chinese, whichever "
+        "Tesseract is surer of, each with English) or a -l value such as chi_sim+eng or eng.",
+    )
 
     # -- retrieval and chains
     k: int = Field(4, ge=1, le=100, description="Chunks retrieved per question.")

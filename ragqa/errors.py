@@ -39,3 +39,12 @@ class MissingDependencyError(RagqaError):
     def __init__(self, module: str, extra: str | None = None) -> None:
         hint = f"pip install 'ragqa[{extra}]'" if extra else f"pip install {module}"
         super().__init__(f"this needs the Python package {module!r}, which is not installed ({hint})")
+
+
+class OcrUnavailableError(MissingDependencyError, InputError):
+    """A page or image needs OCR and Tesseract (or one of its language models) is not installed.
+
+    An InputError too: inside a folder the file is skipped with a note, the others are read."""
+
+    def __init__(self, message: str) -> None:
+        RagqaError.__init__(self, message)

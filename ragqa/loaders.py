@@ -1,31 +1,45 @@
 """Paths -> LangChain Documents.
 
 Plain text (.txt, .md) is decoded with encoding detection, because Chinese files are often GBK.
-PDF, DOCX and HTML go through unstructured's partitioners (text layer only, no OCR).
+JSON and JSON Lines are read as text, re-written with their non-ASCII characters unescaped.
+Office documents, e-books, e-mail, HTML and PDF go through unstructured's partitioners; their
+structure is kept in the text (headings on their own line as ``#`` headings, list items as
+``- ``, each table row with its header). Scanned PDF pages and images are read by Tesseract OCR
+(:mod:`ragqa.ocr`), never by models downloaded at run time.
 """
 
 from __future__ import annotations
 
 import codecs
 import io
+import json
 import logging
 import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from langchain_core.documents import Document
 
-from ragqa.errors import InputError, MissingDependencyError
+from ragqa.errors import InputError, MissingDependencyError, OcrUnavailableError
 
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text"}
-PARTITIONED_SUFFIXES = {".pdf", ".docx", ".html", ".htm"}
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | PARTITIONED_SUFFIXES
+JSON_SUFFIXES = {".json", ".jsonl"}
+PARTITIONED_SUFFIXES = {
+    ".pdf", ".docx", ".html", ".htm", ".pptx", ".xlsx", ".xls", ".csv", ".epub", ".odt", ".rtf", ".eml",
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | JSON_SUFFIXES | PARTITIONED_SUFFIXES | IMAGE_SUFFIXES
+OCR_SUFFIXES = {".pdf"} | IMAGE_SUFFIXES
+# a PDF page with fewer visible characters than this has no real text layer (a scan, perhaps with a
+# stamped page number): with --ocr auto it is OCR'd
+MIN_TEXT_LAYER_CHARS = 20
 
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8-sig"),
@@ -81,34 +95,53 @@ def check_supported(path: Path) -> None:
         raise InputError(f"{path}: unsupported file type {kind} (supported: {_suffix_list()})")
 
 
-LOADER_VERSION = 2  # bump when a loader's output changes, so stored chunks are re-made
+LOADER_VERSION = 3  # bump when a loader's output changes, so stored chunks are re-made
 
 
-def loader_id(path: Path) -> str:
-    """How this file is read, e.g. 'text/2' or 'pdf:unstructured-fast/2'. Part of what makes a
-    stored file "unchanged": the same bytes read another way (a .txt renamed .html) are re-read."""
+def loader_id(path: Path, ocr: str = "auto", ocr_languages: str = "auto") -> str:
+    """How this file is read, e.g. 'text/3' or 'pdf:unstructured-fast+ocr-auto-auto/3'. Part of
+    what makes a stored file "unchanged": the same bytes read another way (a .txt renamed .html,
+    a scan indexed again with OCR on) are re-read."""
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
         return f"text/{LOADER_VERSION}"
-    kind = {".htm": ".html"}.get(suffix, suffix).lstrip(".")
-    strategy = "-fast" if kind == "pdf" else ""
+    kind = {".htm": ".html", ".jpeg": ".jpg", ".tif": ".tiff"}.get(suffix, suffix).lstrip(".")
+    if suffix in JSON_SUFFIXES:
+        return f"{kind}/{LOADER_VERSION}"
+    ocr_tag = f"ocr-{ocr}-{ocr_languages}"
+    if suffix in IMAGE_SUFFIXES:
+        return f"{kind}:tesseract-{ocr_tag}/{LOADER_VERSION}"
+    strategy = f"-fast+{ocr_tag}" if kind == "pdf" else ""
     return f"{kind}:unstructured{strategy}/{LOADER_VERSION}"
 
 
-def load_documents(paths: Iterable[str | Path]) -> list[Document]:
-    """Load every file; raise InputError naming the first file that cannot be read."""
+def load_documents(paths: Iterable[str | Path], **options: Any) -> list[Document]:
+    """Load every file; raise InputError naming the first file that cannot be read.
+    ``options``: as for :func:`load_file`."""
     docs: list[Document] = []
     for path in expand_paths(paths):
-        docs.extend(load_file(path))
+        docs.extend(load_file(path, **options))
     return docs
 
 
-def load_file(path: str | Path, data: bytes | None = None) -> list[Document]:
-    """One file -> Documents (one per PDF page, one for any other file).
+def load_file(
+    path: str | Path, data: bytes | None = None, *, ocr: str = "auto", ocr_languages: str = "auto",
+    on_page: Callable[[int, int], None] | None = None,
+) -> list[Document]:
+    """One file -> Documents (one per PDF page, slide or sheet; one for any other file).
 
-    ``metadata``: ``source`` (the path), ``page`` (PDFs). ``page_content`` is the text that chunk
-    offsets point into: for .txt/.md that is the decoded file itself.
+    ``metadata``: ``source`` (the path); ``page`` for PDFs (page), .pptx (slide) and spreadsheets
+    (sheet number), with ``page_label`` ("slide 2", "sheet Prices") where it is not a page;
+    ``ocr: True`` on text that came from OCR. ``page_content`` is the text that chunk offsets
+    point into: for .txt/.md that is the decoded file itself.
+
+    ``ocr``: ``auto`` (OCR PDF pages without a text layer, and images), ``always`` (OCR every PDF
+    page too, ignoring its text layer), ``never``. ``on_page(done, total)`` hears OCR progress.
     """
+    from ragqa.ocr import OCR_MODES
+
+    if ocr not in OCR_MODES:
+        raise InputError(f"ocr must be one of {', '.join(OCR_MODES)}, not {ocr!r}")
     path = Path(path)
     check_supported(path)
     if data is None:
@@ -116,13 +149,27 @@ def load_file(path: str | Path, data: bytes | None = None) -> list[Document]:
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
         docs = [Document(page_content=decode_text(data, path), metadata={"source": str(path)})]
+    elif suffix in JSON_SUFFIXES:
+        docs = [Document(page_content=_json_text(data, path, suffix), metadata={"source": str(path)})]
+    elif suffix in IMAGE_SUFFIXES:
+        docs = list(_ocr_image_file(path, data, ocr, ocr_languages, on_page))
     else:
         _check_not_text_garbage(data, path, suffix)
-        docs = list(_partition(path, suffix, data))
+        docs = list(_partition(path, suffix, data, ocr, ocr_languages, on_page))
     docs = [d for d in docs if d.page_content.strip()]
     if not docs:
-        raise InputError(f"{path}: no text found (empty file, or a scanned PDF without a text layer)")
+        raise InputError(f"{path}: no text found ({_why_empty(suffix, ocr)})")
     return docs
+
+
+def _why_empty(suffix: str, ocr: str) -> str:
+    if suffix == ".pdf":
+        return "a scanned PDF, and OCR is off: use --ocr auto" if ocr == "never" else "not even by OCR"
+    if suffix in IMAGE_SUFFIXES:
+        return "OCR found no text in the image"
+    if suffix in {".xlsx", ".xls", ".csv"}:
+        return "every sheet is empty"
+    return "the document is empty"
 
 
 def read_bytes(path: Path, max_mb: float | None = None) -> bytes:
@@ -343,12 +390,72 @@ def _mostly_printable(text: str) -> bool:
     return bad / min(len(text), 20000) < 0.05
 
 
+_OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # the container of .xls and of encrypted Office files
+_ZIP_SUFFIXES = {".docx", ".pptx", ".xlsx", ".odt", ".epub"}
+
+
 def _check_not_text_garbage(data: bytes, path: Path, suffix: str) -> None:
-    """Catch a file whose content does not match its extension before a partitioner chokes."""
+    """Catch a file whose content does not match its extension (or is password-protected)
+    before a partitioner chokes on it."""
     if suffix == ".pdf" and not data.lstrip()[:5].startswith(b"%PDF"):
         raise InputError(f"{path}: not a PDF file (no %PDF header)")
-    if suffix == ".docx" and not data.startswith(b"PK"):
-        raise InputError(f"{path}: not a .docx file (not a zip archive)")
+    if suffix in _ZIP_SUFFIXES | {".xls"} and data.startswith(_OLE2) and _office_encrypted(data):
+        raise InputError(f"{path}: the document is password-protected (remove the password and try again)")
+    if suffix in _ZIP_SUFFIXES and not data.startswith(b"PK"):
+        raise InputError(f"{path}: not a {suffix} file (not a zip archive)")
+    if suffix == ".xls" and not data.startswith(_OLE2):
+        raise InputError(f"{path}: not an .xls file (not an Excel 97-2003 workbook)")
+    if suffix == ".rtf" and not data.lstrip()[:5].startswith(b"{\\rtf"):
+        raise InputError(f"{path}: not an RTF file (no {{\\rtf header)")
+
+
+def _office_encrypted(data: bytes) -> bool:
+    """An Office file with an open password (Word/Excel/PowerPoint wrap it in an OLE2 container)."""
+    try:
+        import msoffcrypto
+
+        return bool(msoffcrypto.OfficeFile(io.BytesIO(data)).is_encrypted())
+    except Exception:  # not an Office container msoffcrypto knows: an OOXML suffix on OLE2 is odd anyway
+        return b"E\x00n\x00c\x00r\x00y\x00p\x00t\x00e\x00d\x00P\x00a\x00c\x00k\x00a\x00g\x00e" in data
+
+
+def _json_text(data: bytes, path: Path, suffix: str) -> str:
+    """JSON as readable text: parsed, then written back with non-ASCII characters as themselves
+    (``"\\u9f99"`` -> ``"龙"``), one record per line for JSON Lines. Invalid JSON is refused with
+    the place it breaks."""
+    text = decode_text(data, path)
+    try:
+        if suffix == ".jsonl":
+            lines = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    lines.append(json.dumps(json.loads(line), ensure_ascii=False))
+            return "\n".join(lines)
+        return json.dumps(json.loads(text), ensure_ascii=False, indent=1)
+    except json.JSONDecodeError as exc:
+        where = f"line {n}" if suffix == ".jsonl" else f"line {exc.lineno} column {exc.colno}"
+        raise InputError(f"{path}: not valid {'JSON Lines' if suffix == '.jsonl' else 'JSON'} "
+                         f"({where}: {exc.msg})") from None
+
+
+def _ocr_image_file(path: Path, data: bytes, ocr: str, languages: str,
+                    on_page: Callable[[int, int], None] | None) -> Iterator[Document]:
+    from ragqa.ocr import image_frames, ocr_pages
+
+    if ocr == "never":
+        raise InputError(f"{path}: an image can only be read with OCR, and OCR is off (use --ocr auto)")
+    frames = image_frames(path, data)
+    try:
+        texts = ocr_pages(frames, len(frames), languages, on_page)
+    except OcrUnavailableError as exc:
+        raise OcrUnavailableError(f"{path}: {exc}") from None
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    for n, text in enumerate(texts, 1):
+        meta: dict[str, Any] = {"source": str(path), "ocr": True}
+        if len(texts) > 1:
+            meta["page"] = n
+        yield Document(page_content=text, metadata=meta)
 
 
 def _prepare_unstructured() -> None:
@@ -429,44 +536,226 @@ def _pdf_damage(path: Path, data: bytes) -> str | None:
     return None
 
 
-def _partition(path: Path, suffix: str, data: bytes) -> Iterator[Document]:
+def _partition(path: Path, suffix: str, data: bytes, ocr: str = "auto", ocr_languages: str = "auto",
+               on_page: Callable[[int, int], None] | None = None) -> Iterator[Document]:
     _prepare_unstructured()
     damage = _pdf_damage(path, data) if suffix == ".pdf" else None
     damaged = f"{path}: the PDF is damaged ({damage}; get a fresh copy, or re-save it from a PDF viewer)"
-    try:
-        with _quiet_parsers():
-            if suffix == ".pdf":
-                from unstructured.partition.pdf import partition_pdf
-
-                elements = partition_pdf(filename=str(path), strategy="fast", languages=["eng", "chi_sim"])
-            elif suffix == ".docx":
-                from unstructured.partition.docx import partition_docx
-
-                elements = partition_docx(filename=str(path))
-            else:
-                from unstructured.partition.html import partition_html
-
-                elements = partition_html(filename=str(path))
-    except ImportError as exc:
-        raise MissingDependencyError(exc.name or "unstructured") from None
-    except InputError:
-        raise
-    except Exception as exc:  # partitioners raise many types on corrupt files
-        if damage:
-            raise InputError(damaged) from None
-        raise InputError(f"{path}: cannot read this {suffix} file ({type(exc).__name__}: {exc})") from None
+    if suffix == ".pdf" and ocr == "always" and not damage:
+        elements = []  # the text layer is not read at all
+    else:
+        try:
+            with _quiet_parsers():
+                elements = _partition_elements(path, suffix)
+        except ImportError as exc:
+            raise MissingDependencyError(exc.name or "unstructured") from None
+        except InputError:
+            raise
+        except Exception as exc:  # partitioners raise many types on corrupt files
+            if damage:
+                raise InputError(damaged) from None
+            reason = " ".join(str(exc).split())[:160]
+            raise InputError(f"{path}: cannot read this {suffix} file ({type(exc).__name__}: {reason}; "
+                             f"is it damaged?)") from None
 
     pages: dict[int | None, list[str]] = {}
+    labels: dict[int | None, str] = {}
     for element in elements:
-        text = str(element).strip()
+        # a slide's title is its only heading (its body lines have depth 1+); e-mail has none
+        text = _element_text(element, 0 if suffix == ".pptx" else -1 if suffix == ".eml" else None)
         if not text:
             continue
-        page = getattr(element.metadata, "page_number", None) if suffix == ".pdf" else None
+        page = getattr(element.metadata, "page_number", None) if suffix in _PAGED else None
+        if suffix in _SHEETS and page is not None and page not in pages:
+            name = getattr(element.metadata, "page_name", None) or f"Sheet{page}"
+            labels[page] = f"sheet {name}"
+            pages[page] = [f"# {name}"]
+        elif suffix == ".pptx" and page is not None:
+            labels[page] = f"slide {page}"
         pages.setdefault(page, []).append(text)
+    if suffix == ".eml":
+        pages = {None: [*_email_header(elements), *pages.get(None, [])]}
+    ocr_pages_done: set[int] = set()
+    if suffix == ".pdf" and ocr != "never" and not damage:
+        ocr_pages_done = _ocr_pdf_pages(path, data, pages, ocr, ocr_languages, on_page)
     if damage and not any(pages.values()):
         raise InputError(damaged)  # text that pdfminer could still get out of it is kept
-    for page, texts in pages.items():
-        meta: dict = {"source": str(path)}
+    for page in sorted(pages, key=lambda p: (p is None, p or 0)):
+        meta: dict[str, Any] = {"source": str(path)}
         if page is not None:
             meta["page"] = page
-        yield Document(page_content="\n\n".join(texts), metadata=meta)
+        if page in labels:
+            meta["page_label"] = labels[page]
+        if page in ocr_pages_done:
+            meta["ocr"] = True
+        yield Document(page_content="\n\n".join(pages[page]), metadata=meta)
+
+
+_PAGED = {".pdf", ".pptx", ".xlsx", ".xls"}
+_SHEETS = {".xlsx", ".xls"}
+
+
+def _partition_elements(path: Path, suffix: str) -> list:
+    name = str(path)
+    if suffix == ".pdf":
+        from unstructured.partition.pdf import partition_pdf
+
+        return partition_pdf(filename=name, strategy="fast", languages=["eng", "chi_sim"])
+    if suffix == ".docx":
+        from unstructured.partition.docx import partition_docx
+
+        return partition_docx(filename=name)
+    if suffix in {".html", ".htm"}:
+        from unstructured.partition.html import partition_html
+
+        return partition_html(filename=name)
+    if suffix == ".pptx":
+        from unstructured.partition.pptx import partition_pptx
+
+        return partition_pptx(filename=name)
+    if suffix in _SHEETS:
+        from unstructured.partition.xlsx import partition_xlsx
+
+        # one table per sheet (find_subtable would cut a sheet at its blank rows into header-less parts)
+        return partition_xlsx(filename=name, find_subtable=False, include_header=False)
+    if suffix == ".csv":
+        from unstructured.partition.csv import partition_csv
+
+        return partition_csv(filename=name, include_header=True)
+    if suffix == ".epub":
+        from unstructured.partition.epub import partition_epub
+
+        return partition_epub(filename=name)
+    if suffix == ".odt":
+        from unstructured.partition.odt import partition_odt
+
+        return partition_odt(filename=name)
+    if suffix == ".rtf":
+        from unstructured.partition.rtf import partition_rtf
+
+        return partition_rtf(filename=name)
+    if suffix == ".eml":
+        from unstructured.partition.email import partition_email
+
+        return partition_email(filename=name, process_attachments=False)
+    raise InputError(f"{path}: unsupported file type {suffix}")  # pragma: no cover (checked before)
+
+
+_SENTENCE_END_RE = re.compile(r"[。！？!?.;；:：]\s*$")
+
+
+def _element_text(element: Any, heading_depth_limit: int | None = None) -> str:
+    """An element's text with its structure: ``# Title`` (deeper titles get more #), ``- item``,
+    and a table as one line per row, each cell named by its column header."""
+    category = getattr(element, "category", "")
+    if category == "Table":
+        rows = _table_rows(getattr(element.metadata, "text_as_html", None))
+        if rows:
+            return rows
+    text = str(element).strip()
+    if not text:
+        return ""
+    if category == "Title" and not _SENTENCE_END_RE.search(text):
+        # unstructured calls any short line a Title; one that ends like a sentence is body text
+        depth = getattr(element.metadata, "category_depth", None) or 0
+        if not (heading_depth_limit is not None and depth > heading_depth_limit):
+            return "#" * min(depth + 1, 6) + " " + " ".join(text.split())
+    if category == "ListItem":
+        return "- " + text
+    return text
+
+
+def _table_rows(table_html: str | None) -> str:
+    """An HTML table -> "header: cell | header: cell" lines, one per row, blank-line separated so
+    that chunks hold whole rows. The first row is the header; a column without a header cell is
+    named by its letter (A, B, ...), as a spreadsheet shows it.
+
+    >>> _table_rows("<table><tr><td>商品</td><td>价格</td></tr><tr><td>龙井</td><td>320</td></tr></table>")
+    '商品: 龙井 | 价格: 320'
+    """
+    if not table_html:
+        return ""
+    from lxml import html as lxml_html
+
+    try:
+        table = lxml_html.fromstring(table_html)
+    except Exception:
+        return ""
+    rows = [[" ".join(cell.text_content().split()) for cell in tr.xpath("./th|./td")]
+            for tr in table.xpath(".//tr")]
+    rows = [r for r in rows if any(r)]
+    if not rows:
+        return ""
+    header, body = rows[0], rows[1:]
+    if not body:
+        return " | ".join(c for c in header if c)
+    names = [h or _column_letter(k) for k, h in enumerate(header)]
+    lines = []
+    for row in body:
+        cells = [f"{names[k] if k < len(names) else _column_letter(k)}: {v}" for k, v in enumerate(row) if v]
+        if cells:
+            lines.append(" | ".join(cells))
+    return "\n\n".join(lines)
+
+
+def _column_letter(k: int) -> str:
+    out = ""
+    k += 1
+    while k:
+        k, r = divmod(k - 1, 26)
+        out = chr(65 + r) + out
+    return out
+
+
+def _email_header(elements: list) -> list[str]:
+    """Subject, sender and date of an e-mail, as lines above its body."""
+    meta = elements[0].metadata if elements else None
+    lines = []
+    for label, key in (("Subject", "subject"), ("From", "sent_from"), ("To", "sent_to")):
+        value = getattr(meta, key, None) if meta is not None else None
+        if isinstance(value, list):
+            value = ", ".join(value)
+        if value:
+            lines.append(f"{label}: {value}")
+    return ["\n".join(lines)] if lines else []
+
+
+def _ocr_pdf_pages(path: Path, data: bytes, pages: dict[int | None, list[str]], ocr: str, languages: str,
+                   on_page: Callable[[int, int], None] | None) -> set[int]:
+    """OCR the PDF's pages that need it into ``pages``; -> the page numbers whose text is OCR's.
+
+    ``auto``: pages with fewer than MIN_TEXT_LAYER_CHARS visible characters in their text layer.
+    Without Tesseract, a PDF that has text on other pages is read without the scanned pages (a
+    note says which); one with no text at all is refused with what to install.
+    """
+    from ragqa.ocr import ocr_pages, pdf_page_count, render_pdf_pages
+
+    try:
+        count = pdf_page_count(data)
+    except Exception:
+        return set()  # pypdfium2 cannot open it; pdfminer's text (if any) is all there is
+    def visible(p: int) -> int:
+        return sum(len("".join(t.split())) for t in pages.get(p, []))
+
+    wanted = list(range(1, count + 1)) if ocr == "always" else [p for p in range(1, count + 1) if visible(p) < MIN_TEXT_LAYER_CHARS]
+    if not wanted:
+        return set()
+    try:
+        texts = ocr_pages(render_pdf_pages(data, wanted), len(wanted), languages, on_page)
+    except OcrUnavailableError as exc:
+        if any(visible(p) for p in range(1, count + 1)):
+            log.warning("%s: %s left out: they have no text layer and %s", path, _page_list(wanted), exc)
+            return set()
+        raise OcrUnavailableError(f"{path}: the PDF has no text layer (a scan); {exc}") from None
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    done = set()
+    for page, text in zip(wanted, texts):
+        if text.strip() and (ocr == "always" or len("".join(text.split())) > visible(page)):
+            pages[page] = [text]
+            done.add(page)
+    return done
+
+
+def _page_list(pages: list[int]) -> str:
+    return f"page {pages[0]}" if len(pages) == 1 else f"{len(pages)} pages ({', '.join(map(str, pages[:8]))}{', …' if len(pages) > 8 else ''})"

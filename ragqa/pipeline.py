@@ -34,16 +34,24 @@ class Source:
     text: str
     start: int
     score: float
-    page: int | None = None
+    page: int | None = None  # PDF page, slide, or sheet number
+    page_label: str | None = None  # "slide 3", "sheet Prices": where ``page`` is not a PDF page
 
     @classmethod
     def from_document(cls, doc: Document) -> "Source":
         m = doc.metadata
-        return cls(m.get("source", ""), doc.page_content, int(m.get("start", 0)), float(m.get("score", 0.0)), m.get("page"))
+        return cls(m.get("source", ""), doc.page_content, int(m.get("start", 0)), float(m.get("score", 0.0)),
+                   m.get("page"), m.get("page_label"))
+
+    def where(self) -> str:
+        """'p.3', 'slide 3', 'sheet Prices', or '' for a document without pages."""
+        if self.page_label:
+            return self.page_label
+        return f"p.{self.page}" if self.page is not None else ""
 
     def location(self) -> str:
-        page = f" p.{self.page}" if self.page is not None else ""
-        return f"{self.source}{page} @{self.start}"
+        where = self.where()
+        return f"{self.source}{' ' + where if where else ''} @{self.start}"
 
 
 @dataclass
@@ -57,8 +65,9 @@ class Answer:
     def to_dict(self) -> dict[str, Any]:
         d = {"answer": self.answer, "sources": [asdict(s) for s in self.sources], "timings": self.timings}
         for s in d["sources"]:
-            if s["page"] is None:
-                del s["page"]
+            for key in ("page", "page_label"):
+                if s[key] is None:
+                    del s[key]
         if self.notes:
             d["notes"] = self.notes
         return d
@@ -218,7 +227,7 @@ class Pipeline:
         check_supported(path)
         real = str(path.resolve())
         old = existing.get(real)
-        parser = loader_id(path)
+        parser = loader_id(path, self.settings.ocr, self.settings.ocr_languages)
         try:
             st = path.stat()
         except OSError as exc:
@@ -242,7 +251,7 @@ class Pipeline:
             if twin is not None:  # the same bytes under another name: copy, do not re-embed
                 existing[real] = kb.copy_file(twin, record)
                 return status, record
-            chunks = self.splitter.split_documents(load_file(path, data))
+            chunks = self.splitter.split_documents(self.load_file(path, data))
             if not chunks:
                 raise InputError(f"{path}: no text to index")
         except InputError as exc:
@@ -254,6 +263,12 @@ class Pipeline:
         existing[real] = kb.put_file(record, chunks, vectors, tokens)
         log.info("indexed %s: %d chunks", path, len(chunks))
         return status, record
+
+    def load_file(self, path: Path, data: bytes) -> list[Document]:
+        """One file's Documents, read with the OCR settings; OCR shows progress per page."""
+        with _PageProgress(path.name) as on_page:
+            return load_file(path, data, ocr=self.settings.ocr, ocr_languages=self.settings.ocr_languages,
+                             on_page=on_page)
 
     def embed_chunks(self, chunks: list[Document], name: str) -> tuple[Any, list[list[str]]]:
         """Chunks -> (their vectors, their BM25 words): what a KB stores per chunk."""
@@ -366,7 +381,7 @@ class Pipeline:
         path = Path(path)
         if data is None:
             data = read_bytes(path, self.settings.max_file_mb)
-        text = "\n\n".join(d.page_content for d in load_file(path, data))
+        text = "\n\n".join(d.page_content for d in self.load_file(path, data))
         sm = self.language_model()
         lang = detect_lang(text[:3000]) if self.settings.lang == "auto" else self.settings.lang
         chunks = self.summary_chunks(text, sm, lang)
@@ -680,6 +695,25 @@ class _LineProgress:
 
     def __exit__(self, *exc: Any) -> None:
         pass
+
+
+class _PageProgress:
+    """OCR's per-page progress as a bar, opened at the first page (most files need no OCR)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.bar = name, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(total, f"OCR {self.name[:30]}", "page", enabled=total > 1).__enter__()
+        self.bar.update(1)
+
+    def __enter__(self) -> "_PageProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 def progress_bar(total: int, desc: str, unit: str, *, enabled: bool = True) -> Any:

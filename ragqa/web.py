@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, InputError, RagqaError
+from ragqa.loaders import SUPPORTED_SUFFIXES
 from ragqa.pipeline import Answer, Pipeline
 from ragqa.store import DEFAULT_KB, check_kb_name, kb_exists, kb_names
 
@@ -42,7 +43,7 @@ DEFAULT_PORT = 7860
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SNIPPET_CHARS = 400
 MODEL_QUEUE = "model"  # one concurrency group for everything that runs a model or writes a KB
-FILE_TYPES = [".txt", ".md", ".markdown", ".pdf", ".docx", ".html", ".htm"]
+FILE_TYPES = sorted(SUPPORTED_SUFFIXES)
 UPLOADS = "uploads"  # <data_dir>/uploads/<kb>/<file name>: the page's uploaded documents
 SUMMARIES = "web-summaries"  # <cache_dir>/web-summaries: the Summarize tab's downloads
 
@@ -486,13 +487,16 @@ def sources_markdown(answer: Answer) -> str:
         return "_no sources_"
     blocks = []
     for i, s in enumerate(answer.sources, 1):
-        page = f" · p.{s.page}" if s.page is not None else ""
-        snippet = " ".join(s.text.split())
+        where = f" · {html.escape(s.where())}" if s.where() else ""
+        # the chunk's lines stay lines: a heading is not run into its paragraph
+        lines = [" ".join(line.split()) for line in s.text.splitlines() if line.strip()]
+        snippet = "\n".join(lines)
         if len(snippet) > SNIPPET_CHARS:
             snippet = snippet[: SNIPPET_CHARS - 1] + "…"
+        shown = "<br>\n".join(_markdown_escape(line) for line in snippet.split("\n"))
         blocks.append(
-            f"<details><summary>[{i}] {html.escape(_name(s.source))}{page} · @{s.start} · "
-            f"score {s.score:.3f}</summary>\n\n{_markdown_escape(snippet)}\n\n</details>"
+            f"<details><summary>[{i}] {html.escape(_name(s.source))}{where} · @{s.start} · "
+            f"score {s.score:.3f}</summary>\n\n{shown}\n\n</details>"
         )
     notes = "".join(f"\n\n<sub>note: {html.escape(n)}</sub>" for n in answer.notes)
     return "\n\n".join(blocks) + notes
@@ -500,7 +504,8 @@ def sources_markdown(answer: Answer) -> str:
 
 def sources_data(answer: Answer) -> list[dict[str, Any]]:
     return [
-        {"file": _name(s.source), "start": s.start, "page": s.page, "score": round(s.score, 4), "text": s.text}
+        {"file": _name(s.source), "start": s.start, "page": s.page, "where": s.where(), "score": round(s.score, 4),
+         "text": s.text}
         for s in answer.sources
     ]
 

@@ -77,7 +77,7 @@ def make_corpus(root: Path) -> Path:
     nosupp = root / "no-supported"
     nosupp.mkdir()
     (nosupp / "setup.exe").write_bytes(b"MZ")
-    (nosupp / "table.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    (nosupp / "slides.key").write_bytes(b"PK\x03\x04 a Keynote deck")
     mixed = root / "mixed"
     mixed.mkdir()
     (mixed / "a.md").write_text(GOOD, encoding="utf-8")

@@ -101,14 +101,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     root = tmp_path_factory.mktemp("cli")
     f = Files(
         root=root, doc=root / "panda.txt", missing=root / "nope.txt", empty=root / "empty.txt",
-        binary=root / "blob.txt", sheet=root / "data.xlsx", text_model=root / "model.gguf",
+        binary=root / "blob.txt", sheet=root / "slides.key", text_model=root / "model.gguf",
         bad_format=root / "mine.toml",
     )
     f.bad_format.write_text('user_prefix = "Q: "\nassistant_prefix = 5\n', "utf-8")
     f.doc.write_text(TEXT, "utf-8")
     f.empty.write_bytes(b"")
     f.binary.write_bytes(bytes(range(256)) * 20)
-    f.sheet.write_bytes(b"PK\x03\x04 not really a spreadsheet")
+    f.sheet.write_bytes(b"PK\x03\x04 a Keynote deck (not supported)")
     f.text_model.write_text("definitely not weights", "utf-8")
     return f
 
@@ -162,7 +162,7 @@ def test_binary_file(runs, files) -> None:
 
 
 def test_unsupported_extension(runs, files) -> None:
-    assert_one_line_error(runs["unsupported"], str(files.sheet), ".xlsx", ".pdf", ".txt")
+    assert_one_line_error(runs["unsupported"], str(files.sheet), ".key", ".pdf", ".xlsx", ".png", ".txt")
     assert runs["unsupported"].index_entries == []
 
 

@@ -163,11 +163,11 @@ def test_whitespace_only_utf16_file_is_refused_as_empty(tmp_path: Path) -> None:
 
 
 def test_unsupported_extension_lists_supported_types(tmp_path: Path) -> None:
-    path = write(tmp_path / "table.csv", "a,b\n1,2\n")
+    path = write(tmp_path / "slides.key", b"PK\x03\x04")
     with pytest.raises(InputError) as err:
         load_documents([path])
     message = str(err.value)
-    assert ".csv" in message and str(path) in message
+    assert ".key" in message and str(path) in message
     for suffix in SUPPORTED_SUFFIXES:
         assert suffix in message
 
@@ -211,8 +211,8 @@ def test_folder_expands_recursively_skipping_hidden_and_unsupported(tmp_path: Pa
     write(root / ".hidden.txt", "hidden file")
     write(root / ".git" / "x.txt", "hidden folder")
     write(root / "sub" / ".cache" / "y.md", "hidden folder below")
-    write(root / "image.png", b"\x89PNG\r\n")
-    write(root / "sub" / "table.csv", "a,b")
+    write(root / "slides.key", b"PK\x03\x04")
+    write(root / "sub" / "setup.exe", b"MZ")
     assert expand_paths([root]) == sorted([a, b, c])
 
 
@@ -223,8 +223,8 @@ def test_hidden_folder_named_directly_is_still_read(tmp_path: Path) -> None:
 
 
 def test_folder_without_supported_files_is_refused(tmp_path: Path) -> None:
-    root = tmp_path / "pics"
-    write(root / "a.png", b"\x89PNG")
+    root = tmp_path / "apps"
+    write(root / "a.exe", b"MZ")
     with pytest.raises(InputError) as err:
         expand_paths([root])
     assert "no supported files" in str(err.value)

@@ -46,18 +46,18 @@ def test_upload_reports_each_file_and_keeps_the_good_ones(make_pipeline, doc: Pa
     empty.write_bytes(b"")
     binary = tmp_path / "upload" / "blob.txt"
     binary.write_bytes(bytes(range(256)) * 40)
-    odd = tmp_path / "upload" / "sheet.xlsx"
+    odd = tmp_path / "upload" / "slides.key"
     odd.write_bytes(b"PK\x03\x04")
     h = Handlers(make_pipeline())
     lines = _upload(h, doc, empty, binary, odd)
     assert re.match(r"✓ \*\*heron.txt\*\*: \d+ chunks? \(\d+\.\d+s\)$", lines[0])
     assert lines[1].startswith("✗ **empty.txt**") and "empty" in lines[1]
     assert lines[2].startswith("✗ **blob.txt**") and "binary" in lines[2]
-    assert lines[3].startswith("✗ **sheet.xlsx**") and "unsupported" in lines[3]
+    assert lines[3].startswith("✗ **slides.key**") and "unsupported" in lines[3]
     assert len(lines) == 4
     page = h.page("default")
     assert str(tmp_path) not in "\n".join(lines) + page.info + str(page.rows())  # no server paths shown
-    assert [d.label for d in page.docs] == ["blob.txt", "empty.txt", "heron.txt"]  # sheet.xlsx was never kept
+    assert [d.label for d in page.docs] == ["blob.txt", "empty.txt", "heron.txt"]  # slides.key was never kept
     assert page.labels(ok_only=True) == ["heron.txt"]
     heron = page.docs[2]
     assert heron.status == "ok" and heron.chunks >= 1 and page.rows()[2] == ["heron.txt", heron.chunks, "✓"]
