@@ -17,7 +17,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 endif
 LLAMA_WHEELS := $(HOME)/.cache/ragqa/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 
-.PHONY: setup browser demo test unit integration clean
+.PHONY: setup ocr browser demo test unit integration clean
 
 $(BIN)/ragqa: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,7 +33,20 @@ $(BIN)/ragqa: pyproject.toml
 	$(BIN)/python -m pip uninstall -q -y torchvision || true
 	touch $(BIN)/ragqa
 
-setup: $(BIN)/ragqa
+setup: $(BIN)/ragqa ocr
+
+# OCR of scanned PDFs and images runs Debian's Tesseract with its Simplified/Traditional Chinese and
+# English models (system packages: pip has no Tesseract). Installed here when missing and we may
+# use apt; without it ragqa still reads every file that has text, and says what to install for a scan.
+OCR_DEBS := tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim tesseract-ocr-chi-tra
+ocr:
+	@dpkg -s $(OCR_DEBS) >/dev/null 2>&1 || command -v apt-get >/dev/null 2>&1 || { \
+	  command -v tesseract >/dev/null 2>&1 || echo "note: Tesseract is not installed and apt is not available: scanned PDFs and images cannot be read (install tesseract with chi_sim, chi_tra and eng)"; exit 0; }; \
+	dpkg -s $(OCR_DEBS) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	    echo "note: Tesseract is missing and apt is not available to this user: scanned PDFs and images cannot be read (apt install $(OCR_DEBS))"; exit 0; fi; \
+	  echo "installing Tesseract OCR with its Chinese and English models (scanned PDFs and images)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(OCR_DEBS) >/dev/null; }
 
 # The web page tests drive a real headless Chromium: Debian's package (Playwright's own browser
 # download is not reachable offline). Installed here when missing and we may use apt.

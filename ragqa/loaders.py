@@ -405,6 +405,8 @@ def _check_not_text_garbage(data: bytes, path: Path, suffix: str) -> None:
         raise InputError(f"{path}: not a {suffix} file (not a zip archive)")
     if suffix == ".xls" and not data.startswith(_OLE2):
         raise InputError(f"{path}: not an .xls file (not an Excel 97-2003 workbook)")
+    if suffix in {".csv", ".eml", ".html", ".htm"} and b"\x00" in data[:8192]:
+        raise InputError(f"{path}: looks like a binary file, not {suffix}")
     if suffix == ".rtf" and not data.lstrip()[:5].startswith(b"{\\rtf"):
         raise InputError(f"{path}: not an RTF file (no {{\\rtf header)")
 
@@ -554,7 +556,9 @@ def _partition(path: Path, suffix: str, data: bytes, ocr: str = "auto", ocr_lang
         except Exception as exc:  # partitioners raise many types on corrupt files
             if damage:
                 raise InputError(damaged) from None
-            reason = " ".join(str(exc).split())[:160]
+            reason = re.sub(r'^.*?Pandoc died with exitcode "?\d+"? during conversion: ', "", " ".join(str(exc).split()))
+            reason = reason.split(" Current version of pandoc")[0]
+            reason = reason if len(reason) <= 120 else reason[:119] + "…"
             raise InputError(f"{path}: cannot read this {suffix} file ({type(exc).__name__}: {reason}; "
                              f"is it damaged?)") from None
 
@@ -744,7 +748,7 @@ def _ocr_pdf_pages(path: Path, data: bytes, pages: dict[int | None, list[str]], 
         texts = ocr_pages(render_pdf_pages(data, wanted), len(wanted), languages, on_page)
     except OcrUnavailableError as exc:
         if any(visible(p) for p in range(1, count + 1)):
-            log.warning("%s: %s left out: they have no text layer and %s", path, _page_list(wanted), exc)
+            log.warning("%s: %s left out: no text layer, and %s", path, _page_list(wanted), exc)
             return set()
         raise OcrUnavailableError(f"{path}: the PDF has no text layer (a scan); {exc}") from None
     except InputError as exc:

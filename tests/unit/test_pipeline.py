@@ -232,3 +232,41 @@ def test_long_embedding_shows_progress_lines_when_stderr_is_a_log(make_pipeline,
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("embedding long.txt:")]
     assert len(lines) >= 3 and "\r" not in "".join(lines)
     assert "chunks (" in lines[0] and "s left)" in lines[0]
+
+
+def test_a_50_page_scan_shows_ocr_progress_and_indexes_every_page(make_pipeline, tmp_path, monkeypatch, capsys) -> None:
+    """OCR is faked here (tests/unit/test_loaders_formats.py runs the real Tesseract): a long scan
+    must show it is moving, page by page, and every page's text must land in the KB with its page."""
+    import threading
+
+    from PIL import Image
+
+    import ragqa.ocr as ocr
+    import ragqa.pipeline as pl
+
+    pages = [Image.new("L", (200, 280), 255) for _ in range(50)]
+    scan = tmp_path / "scan.pdf"
+    pages[0].save(scan, "PDF", resolution=100.0, save_all=True, append_images=pages[1:])  # no text layer
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def fake_ocr(image, languages, exe=None):
+        with lock:
+            calls.append(image.size[0])
+            return f"扫描页文字，第{len(calls)}次识别。", 90.0
+
+    monkeypatch.setattr(ocr, "check_languages", lambda languages: "tesseract")
+    monkeypatch.setattr(ocr, "ocr_image", fake_ocr)
+    monkeypatch.setattr(pl, "LOG_PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(pl, "_stderr_is_tty", lambda: False)
+    p = make_pipeline()
+    kb = p.open_kb("scans", create=True)
+    report = p.index_paths(kb, [scan])
+    assert report.added == 1 and report.chunks == 50
+    assert len(calls) == 51  # page 1 is read twice, as Simplified and as Traditional Chinese (ocr_languages=auto)
+    assert calls[0] == round(200 / 100 * ocr.OCR_DPI)  # rendered at OCR_DPI, whatever the scan's own resolution
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("OCR scan.pdf:")]
+    assert len(lines) >= 40 and lines[0].startswith("OCR scan.pdf: 1/50 pages")
+    stored = list(kb.iter_chunks())
+    assert sorted(d.metadata["page"] for d in stored) == list(range(1, 51))
+    assert all(d.metadata["ocr"] is True for d in stored)
