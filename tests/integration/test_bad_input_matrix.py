@@ -93,12 +93,35 @@ def make_corpus(root: Path) -> Path:
     for i in range(MANY_FILES):  # distinct texts: the same bytes twice would be copied, not embedded
         words = " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(10))
         (many / f"note{i:02d}.md").write_text(f"Note {i}: {words}.\n", encoding="utf-8")
+    _office_corpus(root)
     sumdocs = root / "sumdocs"
     sumdocs.mkdir()
     for i in range(SUM_FILES):
         (sumdocs / f"doc{i}.md").write_text(
             f"The lighthouse number {i} stands on Kestrel Point. It was built in {1870 + i}.\n", encoding="utf-8")
     return root
+
+
+def _office_corpus(root: Path) -> None:
+    """Bad Office files, images and scans (tests/docfixtures.py), alone and in a folder with a good one."""
+    import docfixtures as fx
+    from msoffcrypto.format.ooxml import OOXMLFile
+    from PIL import Image
+
+    deck = fx.pptx_file(root / "deck.pptx", [("Herons", "The heron festival is held in March.")])
+    with open(deck, "rb") as src, open(root / "locked.pptx", "wb") as out:
+        OOXMLFile(src).encrypt("secret", out)
+    deck.unlink()
+    (root / "damaged.xlsx").write_bytes(b"PK\x03\x04" + b"\x00garbage" * 50)
+    fx.xlsx_file(root / "empty-sheet.xlsx", {"Sheet1": []})
+    Image.new("L", (800, 600), 255).save(root / "blank.png")
+    pages = [Image.new("L", (400, 560), 255)]
+    pages[0].save(root / "scan.pdf", "PDF", resolution=100.0)  # an image-only page (blank: no OCR needed to refuse it)
+    office = root / "office"
+    office.mkdir()
+    (office / "towns.csv").write_text("town,festival\nQuillby,heron festival in March\n", encoding="utf-8")
+    (office / "damaged.xlsx").write_bytes(b"PK\x03\x04" + b"\x00garbage" * 50)
+    Image.new("L", (800, 600), 255).save(office / "blank.png")
 
 
 # -- running the CLI -----------------------------------------------------------------------------
@@ -259,6 +282,13 @@ def mixed_indexed(ctx: Ctx, run: Run) -> None:
     assert {n for n, d in docs.items() if d["status"] == "failed"} == {"c.txt", "d.txt"}, docs
 
 
+def office_indexed(ctx: Ctx, run: Run) -> None:
+    assert "skipped office/blank.png: no text found (OCR found no text in the image)" in run.stderr, run.stderr
+    docs = {Path(d["path"]).name: d for d in kb_documents(ctx, "office")}
+    assert {n for n, d in docs.items() if d["status"] == "ok"} == {"towns.csv"}, docs
+    assert {n for n, d in docs.items() if d["status"] == "failed"} == {"damaged.xlsx", "blank.png"}, docs
+
+
 def serve_not_port_in_use(ctx: Ctx, run: Run) -> None:
     assert "in use" not in run.stderr, run.stderr
 
@@ -408,6 +438,20 @@ CASES: list[Case] = [
     Case("ask-encoding-cannot-be-told", ("ask", "unsure.txt", "q", "--dry-run"), 2,
          "unsure.txt: cannot tell the text encoding for sure (euc_jp or big5); save the file as UTF-8"),
     # -- ask: question and flags
+    Case("ask-password-protected-pptx", ("ask", "locked.pptx", "q", "--dry-run"), 2,
+         "locked.pptx: the document is password-protected"),
+    Case("ask-damaged-xlsx", ("ask", "damaged.xlsx", "q", "--dry-run"), 2, "damaged.xlsx: cannot read this .xlsx file"),
+    Case("ask-empty-sheet", ("ask", "empty-sheet.xlsx", "q", "--dry-run"), 2,
+         "empty-sheet.xlsx: no text found (every sheet is empty)"),
+    Case("ask-image-without-text", ("ask", "blank.png", "q", "--dry-run"), 2,
+         "blank.png: no text found (OCR found no text in the image)"),
+    Case("ask-scan-with-ocr-never", ("ask", "scan.pdf", "q", "--ocr", "never", "--dry-run"), 2,
+         "scan.pdf: no text found (a scanned PDF, and OCR is off: use --ocr auto)"),
+    Case("ask-scan-without-tesseract", ("ask", "scan.pdf", "q", "--dry-run"), 4,
+         "scan.pdf: the PDF has no text layer (a scan); OCR needs Tesseract, which is not installed",
+         env=(("RAGQA_TESSERACT", "/nonexistent/tesseract"),)),
+    Case("ask-ocr-bad-value", ("ask", "good.md", "q", "--ocr", "sometimes", "--dry-run"), 2,
+         "ocr: Input should be 'auto', 'never' or 'always'"),
     Case("ask-empty-question", ("ask", "good.md", "  ", "--dry-run"), 2, "the question is empty"),
     Case("ask-question-starting-with-dash", ("ask", "good.md", "-5% or +5%?", "--dry-run"), 2,
          "a question that starts with '-' goes after `--`"),
@@ -473,6 +517,9 @@ CASES: list[Case] = [
     Case("index-folder-with-unreadable-files", ("index", "mixed", "--kb", "mixed"), 1,
          "skipped mixed/c.txt: looks like a binary file, not text", goes_on=True, lines=INDEX_LINES,
          check=mixed_indexed),
+    Case("index-office-folder-with-bad-files", ("index", "office", "--kb", "office"), 1,
+         "skipped office/damaged.xlsx: cannot read this .xlsx file", goes_on=True, lines=INDEX_LINES,
+         check=office_indexed),
     Case("index-kb-name-slash", ("index", "good.md", "--kb", "a/b"), 2, "invalid knowledge base name 'a/b'",
          check=no_kb_created),
     Case("index-kb-name-dotdot", ("index", "good.md", "--kb", ".."), 2, "invalid knowledge base name '..'",
