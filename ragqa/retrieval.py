@@ -650,12 +650,18 @@ class RagqaVectorStore(VectorStore):
         store.add_texts(texts, metadatas, ids=ids)
         return store
 
-    def as_hybrid_retriever(self, k: int = 4, *, candidates: int = DEFAULT_CANDIDATES) -> HybridRetriever:
-        """ragqa's hybrid retrieval (vector + BM25, rank fusion) over this store, as ``ask`` does it.
+    fusion: str = DEFAULT_FUSION  # what as_hybrid_retriever fuses with (KnowledgeBaseStore.open: the settings')
 
-        Results carry ``metadata["score"]`` (the fusion score), ``vector_score`` and ``bm25_score``.
+    def as_hybrid_retriever(self, k: int = 4, *, candidates: int = DEFAULT_CANDIDATES,
+                            fusion: str | None = None) -> HybridRetriever:
+        """ragqa's hybrid retrieval (vector + BM25 fused) over this store, as ``ask`` does it.
+
+        ``fusion``: a spec such as ``"zscore:w=0.6"`` or ``"rrf"`` (README "Retrieval"); default the
+        store's ``fusion`` (for ``KnowledgeBaseStore.open``: the settings' ``fusion``). Results carry
+        ``metadata["score"]`` (the fusion score), ``vector_score`` and ``bm25_score``.
         """
-        return HybridRetriever(index=self.index, embeddings=self.embedding, k=k, candidates=candidates)
+        spec = make_fusion(fusion or self.fusion).spec  # a bad spec fails here, not at the first query
+        return HybridRetriever(index=self.index, embeddings=self.embedding, k=k, candidates=candidates, fusion=spec)
 
     def as_bm25_retriever(self, k: int = 4) -> BM25Retriever:
         """ragqa's keyword retrieval (BM25 over jieba words) over this store; needs no embedding model.
@@ -719,6 +725,7 @@ class KnowledgeBaseStore(RagqaVectorStore):
 
         pipeline = Pipeline(settings if settings is not None else load_settings())
         store = cls(embedding, pipeline.open_kb(name, create=create))
+        store.fusion = pipeline.settings.fusion
         if embedding is None:
             store._make_embedding = lambda: pipeline.embeddings
         store._owns_kb = True

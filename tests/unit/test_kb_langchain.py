@@ -195,3 +195,14 @@ def test_import_ragqa_kb_store_loads_nothing_heavy() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_the_hybrid_retriever_fuses_as_the_settings_say(make_pipeline) -> None:
+    """`ragqa ask --kb` and the store's hybrid retriever rank alike: both use the settings' fusion."""
+    pipeline = make_pipeline(fusion="rrf:k=10")
+    pipeline.open_kb("fused", create=True).close()
+    with KnowledgeBaseStore.open("fused", pipeline.settings, pipeline.embeddings) as store:
+        assert store.as_hybrid_retriever().fusion == "rrf:k=10"
+        assert store.as_hybrid_retriever(fusion="minmax").fusion.startswith("minmax")
+        with pytest.raises(Exception, match="zscore"):  # an unknown fusion lists the valid ones
+            store.as_hybrid_retriever(fusion="average")
