@@ -170,13 +170,15 @@ class Pipeline:
         self, kb: KnowledgeBase, paths: Sequence[str | Path], *, sync: bool = False, strict: bool = False,
         progress: bool | None = None, on_file: Callable[[str, str, str], None] | None = None,
         on_wait: Callable[[str], None] | None = None, files: list[Path] | None = None,
+        on_page: Callable[[str, int, int], None] | None = None,
     ) -> SyncReport:
         """Bring ``kb`` up to date with the files at ``paths``: add new files, re-index changed ones,
         skip unchanged ones (same size and mtime, or same content), record unreadable ones.
 
         ``sync`` also removes the KB's files under the given folders that are gone from disk.
         ``strict`` raises on an unreadable file named directly (``ask``); otherwise it is recorded
-        as failed and the run goes on. ``on_file(path, status, detail)`` hears about every file.
+        as failed and the run goes on. ``on_file(path, status, detail)`` hears about every file,
+        ``on_page(path, done, total)`` about every page OCR reads.
         """
         from tqdm import tqdm
 
@@ -192,7 +194,8 @@ class Pipeline:
             for path in bar:
                 bar.set_postfix_str(path.name[:30], refresh=False)
                 try:
-                    status, record = self._sync_file(kb, path, existing)
+                    # OCR's page lines also go to a log (a long scan must show it moves) unless told not to
+                    status, record = self._sync_file(kb, path, existing, progress is not False, on_page)
                 except InputError as exc:
                     if strict and path.resolve() in named:
                         raise
@@ -220,7 +223,8 @@ class Pipeline:
         report.seconds = time.perf_counter() - t
         return report
 
-    def _sync_file(self, kb: KnowledgeBase, path: Path, existing: dict[str, FileRecord]) -> tuple[str, FileRecord]:
+    def _sync_file(self, kb: KnowledgeBase, path: Path, existing: dict[str, FileRecord], show: bool = False,
+                   on_page: Callable[[str, int, int], None] | None = None) -> tuple[str, FileRecord]:
         """One file into the KB; -> (added | updated | unchanged, its record). InputError if unreadable."""
         from ragqa.loaders import check_supported, loader_id
 
@@ -251,7 +255,8 @@ class Pipeline:
             if twin is not None:  # the same bytes under another name: copy, do not re-embed
                 existing[real] = kb.copy_file(twin, record)
                 return status, record
-            chunks = self.splitter.split_documents(self.load_file(path, data))
+            pages = (lambda done, total: on_page(str(path), done, total)) if on_page else None
+            chunks = self.splitter.split_documents(self.load_file(path, data, show=show, on_page=pages))
             if not chunks:
                 raise InputError(f"{path}: no text to index")
         except InputError as exc:
@@ -264,11 +269,13 @@ class Pipeline:
         log.info("indexed %s: %d chunks", path, len(chunks))
         return status, record
 
-    def load_file(self, path: Path, data: bytes) -> list[Document]:
-        """One file's Documents, read with the OCR settings; OCR shows progress per page."""
-        with _PageProgress(path.name) as on_page:
+    def load_file(self, path: Path, data: bytes, *, show: bool = True,
+                  on_page: Callable[[int, int], None] | None = None) -> list[Document]:
+        """One file's Documents, read with the OCR settings. OCR shows a progress bar per page on
+        stderr when ``show``, and tells ``on_page(done, total)``."""
+        with _PageProgress(path.name, show, on_page) as pages:
             return load_file(path, data, ocr=self.settings.ocr, ocr_languages=self.settings.ocr_languages,
-                             on_page=on_page)
+                             on_page=pages)
 
     def embed_chunks(self, chunks: list[Document], name: str) -> tuple[Any, list[list[str]]]:
         """Chunks -> (their vectors, their BM25 words): what a KB stores per chunk."""
@@ -700,13 +707,15 @@ class _LineProgress:
 class _PageProgress:
     """OCR's per-page progress as a bar, opened at the first page (most files need no OCR)."""
 
-    def __init__(self, name: str) -> None:
-        self.name, self.bar = name, None
+    def __init__(self, name: str, show: bool = True, also: Callable[[int, int], None] | None = None) -> None:
+        self.name, self.show, self.also, self.bar = name, show, also, None
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = progress_bar(total, f"OCR {self.name[:30]}", "page", enabled=total > 1).__enter__()
+            self.bar = progress_bar(total, f"OCR {self.name[:30]}", "page", enabled=self.show and total > 1).__enter__()
         self.bar.update(1)
+        if self.also is not None:
+            self.also(done, total)
 
     def __enter__(self) -> "_PageProgress":
         return self

@@ -330,7 +330,12 @@ class Handlers:
 
         if progress is not None:
             progress((0, len(copies)), desc=f"indexing {_name(copies[0])}")
-        self.pipeline.index_paths(kb, copies, strict=False, progress=False, on_file=on_file, on_wait=on_wait)
+        def on_page(path: str, done: int, total: int) -> None:  # a scan: OCR page by page
+            if progress is not None:
+                progress((done, total), desc=f"{_name(path)}: OCR page {done}/{total}")
+
+        self.pipeline.index_paths(kb, copies, strict=False, progress=False, on_file=on_file, on_wait=on_wait,
+                                  on_page=on_page)
         return results
 
     def delete(self, kb_name: str | None, label: str | None) -> str:

@@ -337,3 +337,22 @@ def test_a_knowledge_base_built_with_other_settings_says_so_and_keeps_nothing(ma
         h.index("other", [str(doc)])
     assert not (data_dir / "uploads" / "other" / "heron.txt").exists()
     assert _upload(h, doc)[0].startswith("✓ **heron.txt**")  # the other KBs still work
+
+
+def test_uploading_a_scan_reports_ocr_pages_to_the_page_progress(make_pipeline, tmp_path, monkeypatch) -> None:
+    """OCR faked (the real Tesseract runs in tests/unit/test_loaders_formats.py)."""
+    from PIL import Image
+
+    import ragqa.ocr as ocr
+
+    monkeypatch.setattr(ocr, "check_languages", lambda languages: "tesseract")
+    monkeypatch.setattr(ocr, "ocr_image", lambda image, languages, exe=None: ("扫描页：西湖龙井产于杭州。", 90.0))
+    pages = [Image.new("L", (200, 280), 255) for _ in range(3)]
+    scan = tmp_path / "upload" / "scan.pdf"
+    scan.parent.mkdir(exist_ok=True)
+    pages[0].save(scan, "PDF", resolution=100.0, save_all=True, append_images=pages[1:])
+    seen: list[str] = []
+    h = Handlers(make_pipeline())
+    text = h.index("default", [str(scan)], lambda frac, desc="": seen.append(desc))
+    assert "✓ **scan.pdf**" in text
+    assert [d for d in seen if "OCR" in d] == ["scan.pdf: OCR page 1/3", "scan.pdf: OCR page 2/3", "scan.pdf: OCR page 3/3"]
