@@ -589,10 +589,10 @@ class Pipeline:
             prompts=result.get("prompts", []),
         )
 
-    PER_QUESTION = ("chain", "k", "retriever")
+    PER_QUESTION = ("chain", "k", "retriever", "fusion")
 
     def _settings_for(self, overrides: dict[str, Any]) -> Settings:
-        """The settings with per-question overrides (chain, k, retriever), validated."""
+        """The settings with per-question overrides (chain, k, retriever, fusion), validated."""
         given = {k: v for k, v in overrides.items() if v is not None}
         unknown = set(given) - set(self.PER_QUESTION)
         if unknown:

@@ -282,6 +282,7 @@ def _idf_db() -> Any:
     global _idf_connection, _idf_median
     if _idf_connection is not None:
         return _idf_connection or None
+    import contextlib
     import os
     import sqlite3
     from pathlib import Path
@@ -292,9 +293,14 @@ def _idf_db() -> Any:
         import jieba
 
         source = Path(jieba.__file__).parent / "analyse" / "idf.txt"
-        stamp = f"{IDF_CACHE_FORMAT}-{source.stat().st_size}-{int(source.stat().st_mtime)}"
+        # jieba's version and the table's size, not its mtime: every new venv copies the file anew
+        version = getattr(jieba, "__version__", "0").replace("-", "_")
+        stamp = f"{IDF_CACHE_FORMAT}-{version}-{source.stat().st_size}"
         path = default_cache_dir() / f"jieba-idf-{stamp}.sqlite"
         if not path.is_file():
+            for old in path.parent.glob("jieba-idf-*.sqlite"):  # earlier versions' copies (6 MB each)
+                with contextlib.suppress(OSError):
+                    old.unlink()
             path.parent.mkdir(parents=True, exist_ok=True)
             idf, median = _idf_table()
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -76,6 +76,7 @@ UI_TEXT: dict[str, dict[str, str]] = {
         "chain": "Chain",
         "k": "Chunks retrieved (k)",
         "retriever": "Retriever",
+        "fusion": "Hybrid fusion (zscore: default; rrf; minmax; parameters after colons)",
         "pick": "Documents to summarize (none picked = all)",
         "summarize": "Summarize",
         "summaries": "Summaries",
@@ -106,6 +107,7 @@ UI_TEXT: dict[str, dict[str, str]] = {
         "chain": "链",
         "k": "检索片段数 (k)",
         "retriever": "检索方式",
+        "fusion": "混合检索的融合方式（zscore 为默认；rrf；minmax；参数写在冒号后）",
         "pick": "要摘要的文档（不选 = 全部）",
         "summarize": "生成摘要",
         "summaries": "摘要",
@@ -364,6 +366,7 @@ class Handlers:
     def ask(
         self, kb_name: str | None, question: str, history: list[dict[str, Any]] | None,
         chain: str | None = None, k: float | None = None, retriever: str | None = None,
+        fusion: str | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], str, list[dict[str, Any]], str]]:
         """Stream (chat, sources markdown, sources data, question box) as the answer grows."""
         question = (question or "").strip()
@@ -380,6 +383,7 @@ class Handlers:
             for item in self.pipeline.ask_stream(
                 [], question, kb=name, history=earlier,
                 chain=chain or None, k=int(k) if k else None, retriever=retriever or None,
+                fusion=fusion or None,
             ):
                 if isinstance(item, Answer):
                     answer = item
@@ -486,6 +490,13 @@ def _page_error(exc: RagqaError) -> Exception:
     return gr.Error(str(exc), print_exception=False)
 
 
+def _fusion_choices(configured: str) -> list[str]:
+    """The fusion dropdown: the three built-in fusions, plus the configured spec when it has
+    parameters (zscore:w=0.6)."""
+    choices = ["zscore", "rrf", "minmax"]
+    return choices if configured in choices else [configured, *choices]
+
+
 def sources_markdown(answer: Answer) -> str:
     """Each source as an expandable block: file, position, score; the snippet inside."""
     if not answer.sources:
@@ -563,6 +574,8 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
                     k = gr.Slider(1, 20, value=s.k, step=1, label=t("k"), elem_id="k")
                     retriever = gr.Dropdown(["hybrid", "vector", "bm25"], value=s.retriever,
                                             label=t("retriever"), elem_id="retriever")
+                    fusion = gr.Dropdown(_fusion_choices(s.fusion), value=s.fusion, label=t("fusion"),
+                                         elem_id="fusion", allow_custom_value=True)
             with gr.Column(scale=2):
                 with gr.Tab(t("tab_ask"), elem_id="tab-ask"):
                     chat = gr.Chatbot(label=t("chat"), elem_id="chat", height=420, feedback_options=None)
@@ -611,8 +624,8 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
 
         on_select.__annotations__["evt"] = gr.SelectData  # how Gradio knows to pass the clicked row
 
-        def on_ask(name, q, history, chain_type, k_value, retriever_kind):
-            yield from h.ask(name, q, history, chain_type, k_value, retriever_kind)
+        def on_ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec):
+            yield from h.ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec)
 
         def on_summarize(name, labels, progress: Any = gr.Progress()):
             return h.summarize(name, labels, progress)
@@ -626,7 +639,7 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
         docs.select(on_select, None, doc_pick, api_visibility="private")
         delete.click(on_delete, [kb_pick, doc_pick], [status, *shown], api_name="delete",
                      concurrency_id=MODEL_QUEUE)
-        question.submit(on_ask, [kb_pick, question, chat, chain, k, retriever],
+        question.submit(on_ask, [kb_pick, question, chat, chain, k, retriever, fusion],
                         [chat, sources, sources_json, question], api_name="ask", concurrency_id=MODEL_QUEUE)
         clear.click(lambda: ([], "", []), None, [chat, sources, sources_json], api_visibility="private")
         summarize.click(on_summarize, [kb_pick, picked], [summaries, download], api_name="summarize",

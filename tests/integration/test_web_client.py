@@ -31,7 +31,7 @@ def ask(client: Client, kb: str, question: str, history: list | None = None, **c
     return client.submit(
         kb, question, history or [],
         controls.get("chain", "stuff"), controls.get("k", 4), controls.get("retriever", "hybrid"),
-        api_name="/ask",
+        controls.get("fusion", "zscore"), api_name="/ask",
     )
 
 
@@ -137,7 +137,7 @@ FAST_START = textwrap.dedent("""
     from gradio_client import Client, handle_file
     client = Client(f"http://127.0.0.1:{sys.argv[1]}/", verbose=False)
     client.predict("default", [handle_file(sys.argv[2])], api_name="/index")
-    client.predict("default", "Who built the Quillon bridge?", [], "stuff", 4, "hybrid", api_name="/ask")
+    client.predict("default", "Who built the Quillon bridge?", [], "stuff", 4, "hybrid", "zscore", api_name="/ask")
     report["after"] = [m for m in heavy if m in sys.modules]
     print(json.dumps(report))
     app.close()

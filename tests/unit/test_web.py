@@ -356,3 +356,13 @@ def test_uploading_a_scan_reports_ocr_pages_to_the_page_progress(make_pipeline, 
     text = h.index("default", [str(scan)], lambda frac, desc="": seen.append(desc))
     assert "✓ **scan.pdf**" in text
     assert [d for d in seen if "OCR" in d] == ["scan.pdf: OCR page 1/3", "scan.pdf: OCR page 2/3", "scan.pdf: OCR page 3/3"]
+
+
+def test_the_fusion_option_changes_how_hybrid_scores(make_pipeline, doc: Path) -> None:
+    h = Handlers(make_pipeline())
+    _upload(h, doc)
+    _, (_c, _m, zscore, _b) = _run(h.ask("default", "苍鹭节什么时候举行？", [], None, None, "hybrid", "zscore"))
+    _, (_c, _m, rrf, _b) = _run(h.ask("default", "苍鹭节什么时候举行？", [], None, None, "hybrid", "rrf:k=60"))
+    assert zscore[0]["score"] > 0.2 and rrf[0]["score"] < 0.04  # a logistic z-score vs two reciprocal ranks (2/61)
+    with pytest.raises(gr.Error, match="zscore"):  # an unknown fusion lists the known ones
+        list(h.ask("default", "苍鹭节什么时候举行？", [], None, None, "hybrid", "average"))
