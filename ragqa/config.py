@@ -113,7 +113,8 @@ class Settings(BaseSettings):
         DEFAULT_FUSION,
         description="How hybrid fuses the two lists: zscore (default; w * z-score of the cosine + (1 - w) * "
         "z-score of BM25, w=0.5, raised by lift=1 x (below=0.5 - share) when BM25's best chunk holds a share "
-        "of the query's idf mass under below), minmax (min-max scaled scores, w=0.5) or rrf (reciprocal "
+        "of the query's idf mass under below, lowered by up to drop=0.4 when that chunk matches more than "
+        "mass=80 of idf: long queries), minmax (min-max scaled scores, w=0.5) or rrf (reciprocal "
         "rank, k=60); parameters after colons, e.g. zscore:w=0.6:lift=0, rrf:k=60.",
     )
     reranker: str | None = Field(

@@ -153,7 +153,7 @@ def make_fusion(spec: "str | Fusion | None" = None) -> Fusion:
     "rrf:k=60"); None is the default, DEFAULT_FUSION.
 
     >>> make_fusion("zscore:w=0.6").spec
-    'zscore:w=0.6:lift=1:below=0.5'
+    'zscore:w=0.6:lift=1:below=0.5:drop=0.4:mass=80'
     >>> make_fusion("rrf").spec
     'rrf:k=60'
     """
@@ -329,20 +329,27 @@ def matched_share(query: str, chunk_words: set[str]) -> float:
     >>> round(matched_share("熊猫的尾巴", set(tokenize("熊猫吃竹子"))), 2)  # 熊猫 (idf 9.1) of 熊猫, 的 (0.9), 尾巴 (7.9)
     0.51
     """
+    matched, total = matched_mass(query, chunk_words)
+    return matched / total if total else 0.0
+
+
+def matched_mass(query: str, chunk_words: set[str]) -> tuple[float, float]:
+    """(the idf mass of the query's words a chunk holds, the query's whole idf mass)."""
     words = list(dict.fromkeys(tokenize(query)))
     idf, unknown = _idf_of(words)
     weights = {w: idf.get(w, unknown) for w in words}
-    total = sum(weights.values())
-    return sum(x for w, x in weights.items() if w in chunk_words) / total if total else 0.0
+    return sum(x for w, x in weights.items() if w in chunk_words), sum(weights.values())
 
 
 @register_fusion(
     "zscore", "w * z-score of the cosine + (1 - w) * z-score of BM25, w raised by lift * (below - share) "
-    "when BM25's best chunk holds less than `below` of the query's idf mass",
-    w=(0.5, 0, 1), lift=(1.0, 0, 10), below=(0.5, 0, 1),
+    "when BM25's best chunk holds less than `below` of the query's idf mass, and lowered by up to `drop` "
+    "when that chunk matches more than `mass` of idf (long queries)",
+    w=(0.5, 0, 1), lift=(1.0, 0, 10), below=(0.5, 0, 1), drop=(0.4, 0, 1), mass=(80.0, 1, 10000),
 )
 def zscore_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords | None = None,
-                  w: float = 0.5, lift: float = 1.0, below: float = 0.5) -> list[tuple[int, float]]:
+                  w: float = 0.5, lift: float = 1.0, below: float = 0.5, drop: float = 0.4,
+                  mass: float = 80.0) -> list[tuple[int, float]]:
     """Convex combination of per-query z-scores (how far each chunk stands out among the
     candidates), with the vector weight adapted to the query. The score returned is the fused
     z-score through the logistic function: in (0, 1), 0.5 for an average candidate.
@@ -360,10 +367,17 @@ def zscore_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords 
     unlike the text), while the vectors degrade less; so when ``words`` is given and BM25's best
     chunk holds a share of the query's idf mass under ``below``, the vector weight rises by
     ``lift * (below - share)`` (to at most 0.95). ``lift=0`` keeps ``w`` fixed.
+
+    A long query (a paragraph used as the query: a summary looking for its source) is the other
+    way round: e5 embeds it coarsely while BM25 has many words to match. When BM25's best chunk
+    matches more idf mass than ``mass`` (about ten informative words; a search query has a third
+    of that), the vector weight falls linearly by up to ``drop`` at twice ``mass``.
     """
-    if lift > 0 and keyword and words is not None:
-        share = matched_share(query, words(keyword[0][0]))
+    if (lift > 0 or drop > 0) and keyword and words is not None:
+        matched, total = matched_mass(query, words(keyword[0][0]))
+        share = matched / total if total else 0.0
         w = min(w + lift * max(0.0, below - share), max(w, 0.95))
+        w = max(0.05, w - drop * min(1.0, max(0.0, (matched - mass) / mass)))
     # the score a user sees: the fused z-score squashed into (0, 1), 0.5 = an average candidate
     return [(i, 1.0 / (1.0 + math.exp(-x))) for i, x in _convex(vector, keyword, w, _zscores)]
 

@@ -116,13 +116,13 @@ def test_a_chunk_bm25_could_not_match_scores_zero_not_the_lists_last_score() -> 
 
 def test_fusion_specs_parse_and_bad_ones_say_what_is_valid() -> None:
     assert make_fusion(None).name == DEFAULT_FUSION == "zscore"
-    assert make_fusion("zscore").spec == "zscore:w=0.5:lift=1:below=0.5"
-    assert make_fusion(" ZScore:w=0.7:lift=0 ").params == {"w": 0.7, "lift": 0.0, "below": 0.5}
+    assert make_fusion("zscore").spec == "zscore:w=0.5:lift=1:below=0.5:drop=0.4:mass=80"
+    assert make_fusion(" ZScore:w=0.7:lift=0 ").params == {"w": 0.7, "lift": 0.0, "below": 0.5, "drop": 0.4, "mass": 80.0}
     assert make_fusion("rrf:k=10").params == {"k": 10.0}
     assert set(FUSIONS) >= {"rrf", "zscore", "minmax"}
     with pytest.raises(ConfigError, match="unknown fusion 'borda'.*rrf.*zscore.*minmax"):
         make_fusion("borda")
-    with pytest.raises(ConfigError, match="'alpha=0.3' is not a parameter; its parameters: w=, lift=, below="):
+    with pytest.raises(ConfigError, match="'alpha=0.3' is not a parameter; its parameters: w=, lift=, below=, drop=, mass="):
         make_fusion("zscore:alpha=0.3")
     with pytest.raises(ConfigError, match="w must be a number from 0 to 1"):
         make_fusion("zscore:w=1.5")
@@ -143,6 +143,22 @@ def test_zscore_leans_on_the_vectors_when_bm25s_best_chunk_misses_most_of_the_qu
     assert fusion(query, vector, keyword, words=holds_little.__getitem__)[0][0] == 1
     fixed = make_fusion("zscore:lift=0")
     assert fixed(query, vector, keyword, words=holds_little.__getitem__)[0][0] == 2
+
+
+def test_zscore_leans_on_bm25_when_a_long_query_matches_many_words() -> None:
+    # a paragraph as the query (a summary looking for its source): the vectors clearly prefer
+    # chunk 1, BM25 prefers chunk 2, whose words cover the whole long query
+    vector = [(1, 0.92), (2, 0.84), (3, 0.83), (4, 0.82)]
+    keyword = [(2, 30.0), (1, 26.0), (3, 10.0), (4, 9.0)]
+    summary = ("会议讨论了新产品的定价策略，市场部认为应该降低价格以扩大份额，财务部担心利润下降，"
+               "最后决定先在华东地区试点三个月，再根据销售数据调整全国的价格方案。")
+    short = "产品定价"
+    fusion = make_fusion("zscore")
+    holds = {2: set(tokenize(summary))}
+    assert fusion(summary, vector, keyword, words=holds.__getitem__)[0][0] == 2
+    assert make_fusion("zscore:drop=0")(summary, vector, keyword, words=holds.__getitem__)[0][0] == 1
+    # a short query matching all its words is not "long": the weights stay even, the vectors' lead wins
+    assert fusion(short, vector, keyword, words={2: set(tokenize(short))}.__getitem__)[0][0] == 1
 
 
 def test_rrf_fusion_is_the_old_hybrid_ranking() -> None:
@@ -245,5 +261,5 @@ def test_fusion_setting_is_checked_when_settings_are_built() -> None:
 def test_the_pipeline_hands_its_fusion_setting_to_the_hybrid_retriever(make_pipeline) -> None:
     retriever = make_pipeline(fusion="zscore:w=0.7").retriever(make_index())
     assert isinstance(retriever, HybridRetriever)
-    assert retriever.fusion == "zscore:w=0.7:lift=1:below=0.5"
+    assert retriever.fusion == "zscore:w=0.7:lift=1:below=0.5:drop=0.4:mass=80"
     assert make_pipeline().retriever(make_index()).fusion == make_fusion(DEFAULT_FUSION).spec
