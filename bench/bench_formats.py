@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,24 +35,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import docfixtures as fx  # noqa: E402
+from docfixtures import cer, visible  # noqa: E402
 
 PAGE_CHARS = 1100  # about half an A4 page of 10 pt text: a typical scanned page of prose
-
-
-def visible(text: str) -> str:
-    return "".join(unicodedata.normalize("NFKC", text).split())
-
-
-def cer(got: str, want: str) -> float:
-    """Levenshtein distance / len(want), over visible characters."""
-    a, b = visible(got), visible(want)
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1] / max(len(b), 1)
 
 
 def pages_of(paragraphs: list[str], n: int) -> list[str]:
@@ -146,16 +130,8 @@ def type_fixtures(root: Path) -> dict[str, Path]:
     fx.json_file(root / "data.json", [{"id": i, "name": f"茶{i}", "note": zh} for i in range(1000)])
     out[".json"] = root / "data.json"
     out[".pdf"] = _pdf(root / "book.pdf", zh, en)
-    import xlwt
-
-    book = xlwt.Workbook()
-    for n in range(4):
-        sheet = book.add_sheet(f"Sheet{n}")
-        for r, row in enumerate([["商品", "价格", "产地", "备注"]] + [[f"茶{i}", i, "杭州", "明前"] for i in range(500)]):
-            for c, value in enumerate(row):
-                sheet.write(r, c, value)
-    book.save(str(root / "book.xls"))
-    out[".xls"] = root / "book.xls"
+    out[".xls"] = fx.xls_file(root / "book.xls", {f"Sheet{n}": [["商品", "价格", "产地", "备注"]] +
+                              [[f"茶{i}", i, "杭州", "明前"] for i in range(500)] for n in range(4)})
     return out
 
 

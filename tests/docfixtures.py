@@ -144,6 +144,39 @@ def xlsx_file(path: Path, sheets: dict[str, list[list]]) -> Path:
     return path
 
 
+def xls_file(path: Path, sheets: dict[str, list[list]]) -> Path:
+    """An Excel 97-2003 workbook (xlwt: nothing else writes .xls)."""
+    import xlwt
+
+    book = xlwt.Workbook()
+    for name, rows in sheets.items():
+        sheet = book.add_sheet(name)
+        for r, row in enumerate(rows):
+            for c, value in enumerate(row):
+                sheet.write(r, c, value)
+    book.save(str(path))
+    return path
+
+
+def visible(text: str) -> str:
+    """The characters OCR accuracy is judged on: NFKC ("，" is ","), no whitespace."""
+    import unicodedata
+
+    return "".join(unicodedata.normalize("NFKC", text).split())
+
+
+def cer(got: str, want: str) -> float:
+    """Character error rate: edit distance / len(want), over visible characters."""
+    a, b = visible(got), visible(want)
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1] / max(len(b), 1)
+
+
 def pandoc_file(path: Path, markdown: str) -> Path:
     """.epub, .odt or .rtf (by the suffix) written by pandoc from Markdown."""
     import pypandoc

@@ -46,14 +46,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "Orders": [["Order", "Customer"], ["A-17", "Odile Brask"]],
         "Inventory": [["Item", "Stock", "Warehouse"], ["copper kettle", 17, "Dunmore"], ["tin lantern", 4, "Fenwick"]],
     })
-    import xlwt
-
-    book = xlwt.Workbook()
-    sheet = book.add_sheet("库存")
-    for r, row in enumerate([["书名", "数量"], ["红楼梦", 12], ["西游记", 7]]):
-        for c, value in enumerate(row):
-            sheet.write(r, c, value)
-    book.save(str(root / "stock.xls"))
+    fx.xls_file(root / "stock.xls", {"库存": [["书名", "数量"], ["红楼梦", 12], ["西游记", 7]]})
     (root / "cities.csv").write_text("城市,特产,人口\n绍兴,黄酒,530万\n景德镇,瓷器,160万\n", "utf-8")
     fx.pandoc_file(root / "gardens.epub", "# 第三章 苏州园林\n\n拙政园是苏州最大的古典园林，始建于明代正德年间。\n")
     fx.pandoc_file(root / "bridge.odt", "# The Fenn\n\nThe Fenn river ferry was replaced by a stone bridge in 1873.\n")

@@ -33,14 +33,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "Staff": [["Name", "Role"], ["Idris Vell", "carpenter"]],
         "Blank": [],
     })
-    import xlwt
-
-    book = xlwt.Workbook()
-    sheet = book.add_sheet("库存")
-    for r, row in enumerate([["书名", "数量"], ["红楼梦", 12], ["西游记", 7]]):
-        for c, value in enumerate(row):
-            sheet.write(r, c, value)
-    book.save(str(root / "stock.xls"))
+    fx.xls_file(root / "stock.xls", {"库存": [["书名", "数量"], ["红楼梦", 12], ["西游记", 7]]})
     (root / "towns.csv").write_text("name,province,population\nQuillby,Eastmarch,4300\n杭州,浙江,12000000\n", "utf-8")
     book_md = "# 第一章 茶\n\n龙井茶产于杭州西湖。\n\n# Chapter 2\n\nThe ferry leaves at 7 am.\n"
     for suffix in (".epub", ".odt", ".rtf"):
@@ -171,30 +164,13 @@ EN_PAGE = "Scanned page two: the Quillby ferry leaves the harbour at seven every
 TW_PAGE = "掃描文件：臺灣的阿里山烏龍茶生長在海拔一千公尺以上的茶園。"
 
 
-def _visible(text: str) -> str:
-    import unicodedata
-
-    return "".join(unicodedata.normalize("NFKC", text).split())
-
-
-def _cer(got: str, want: str) -> float:
-    a, b = _visible(got), _visible(want)
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1] / len(b)
-
-
 @needs_ocr
 def test_scanned_pdf_is_read_by_ocr_page_by_page(tmp_path: Path) -> None:
     scan = fx.scanned_pdf(tmp_path / "scan.pdf", [ZH_PAGE, EN_PAGE], height_px=900)
     seen: list[tuple[int, int]] = []
     docs = load_file(scan, on_page=lambda done, total: seen.append((done, total)))
     assert [(d.metadata["page"], d.metadata["ocr"]) for d in docs] == [(1, True), (2, True)]
-    assert _cer(docs[0].page_content, ZH_PAGE) < 0.1 and _cer(docs[1].page_content, EN_PAGE) < 0.05
+    assert fx.cer(docs[0].page_content, ZH_PAGE) < 0.1 and fx.cer(docs[1].page_content, EN_PAGE) < 0.05
     assert " " not in docs[0].page_content.split("：", 1)[1]  # no spaces between Han characters
     assert seen == [(1, 2), (2, 2)]
 
@@ -206,7 +182,7 @@ def test_auto_ocrs_only_the_page_without_a_text_layer(tmp_path: Path) -> None:
     docs = load_file(mixed, on_page=lambda done, total: seen.append((done, total)))
     assert docs[0].page_content == "第一页有文字层：苏州园林以拙政园最为有名。" and "ocr" not in docs[0].metadata
     assert docs[1].metadata == {"source": str(mixed), "page": 2, "ocr": True}
-    assert _cer(docs[1].page_content, ZH_PAGE) < 0.1
+    assert fx.cer(docs[1].page_content, ZH_PAGE) < 0.1
     assert seen == [(1, 1)]  # one page OCR'd
     never = load_file(mixed, ocr="never")
     assert [d.metadata["page"] for d in never] == [1]
@@ -220,8 +196,8 @@ def test_traditional_chinese_is_recognised_with_the_traditional_model(tmp_path: 
     fx.render_page(TW_PAGE, height_px=500, traditional=True).save(image)
     [auto] = load_file(image)
     [simplified_only] = load_file(image, ocr_languages="chi_sim+eng")
-    assert _cer(auto.page_content, TW_PAGE) < 0.1
-    assert _cer(auto.page_content, TW_PAGE) < _cer(simplified_only.page_content, TW_PAGE)
+    assert fx.cer(auto.page_content, TW_PAGE) < 0.1
+    assert fx.cer(auto.page_content, TW_PAGE) < fx.cer(simplified_only.page_content, TW_PAGE)
 
 
 @needs_ocr
