@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -52,7 +53,14 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _snippet(text: str, n: int = SNIPPET_CHARS) -> str:
-    flat = " ".join(text.split())
+    r"""A chunk on one line; its paragraph breaks shown as ↵, so a heading does not run into its
+    paragraph ("# The market ↵ Every Thursday ..."). Lines wrapped inside a paragraph are joined.
+
+    >>> _snippet("# The market\n\nEvery Thursday a cheese\nmarket is held.")
+    '# The market ↵ Every Thursday a cheese market is held.'
+    """
+    paragraphs = re.split(r"\n[ \t\r\f\v]*\n", text)
+    flat = " ↵ ".join(" ".join(p.split()) for p in paragraphs if p.strip())
     return flat if len(flat) <= n else flat[: n - 1] + "…"
 
 

@@ -283,3 +283,11 @@ def test_serve_bad_auth_is_one_line(runs) -> None:
 
 def test_serve_checks_the_model_before_starting_the_page(runs) -> None:
     assert_one_line_error(runs["serve_missing_model"], "/nonexistent.gguf")
+
+
+def test_source_snippets_keep_a_heading_apart_from_its_paragraph() -> None:
+    from ragqa.cli import _snippet
+
+    assert _snippet("# The market\n\nEvery Thursday a cheese\nmarket is held.") == \
+        "# The market ↵ Every Thursday a cheese market is held."  # a wrapped line is joined, a paragraph break shown
+    assert _snippet("商品: 龙井 | 价格: 320\n\n商品: 普洱 | 价格: 180", n=30) == "商品: 龙井 | 价格: 320 ↵ 商品: 普洱 | 价…"
