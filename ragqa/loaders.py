@@ -753,6 +753,9 @@ def _ocr_pdf_pages(path: Path, data: bytes, pages: dict[int | None, list[str]], 
         raise OcrUnavailableError(f"{path}: the PDF has no text layer (a scan); {exc}") from None
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
+    except Exception as exc:  # pypdfium2 could open the file but not render a page of it
+        raise InputError(f"{path}: cannot render a page for OCR ({type(exc).__name__}: {exc}); "
+                         "the PDF may be damaged") from None
     done = set()
     for page, text in zip(wanted, texts):
         if text.strip() and (ocr == "always" or len("".join(text.split())) > visible(page)):

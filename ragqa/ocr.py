@@ -134,23 +134,22 @@ def ocr_pages(
         if on_page:
             on_page(done, total)
 
-    pages = iter(images)
+    decided = None if languages == "auto" else languages
     with ThreadPoolExecutor(max(workers, 2)) as pool:
-        if languages == "auto":
-            first = next(pages, None)
-            if first is None:
-                return []
-            readings = [pool.submit(ocr_image, first, cand, exe) for cand in AUTO_CANDIDATES]
-            results = [r.result() for r in readings]
-            best = max(range(len(results)), key=lambda k: results[k][1])
-            languages = AUTO_CANDIDATES[best]
-            log.info("OCR: reading as %s (confidence %s)", languages,
-                     " vs ".join(f"{c:.0f}" for _, c in results))
-            finished(results[best][0])
         # render lazily, at most 2 pages per worker ahead: a 500-page scan at 300 dpi is gigabytes
         pending: list = []
-        for image in pages:
-            pending.append(pool.submit(ocr_image, image, languages, exe))
+        for image in images:
+            if decided is None:  # read as both scripts until a page has text (a blank cover decides nothing)
+                readings = [pool.submit(ocr_image, image, cand, exe) for cand in AUTO_CANDIDATES]
+                results = [r.result() for r in readings]
+                best = max(range(len(results)), key=lambda k: results[k][1])
+                finished(results[best][0])
+                if any(text for text, _ in results):
+                    decided = AUTO_CANDIDATES[best]
+                    log.info("OCR: reading as %s (confidence %s)", decided,
+                             " vs ".join(f"{c:.0f}" for _, c in results))
+                continue
+            pending.append(pool.submit(ocr_image, image, decided, exe))
             if len(pending) >= 2 * workers:
                 finished(pending.pop(0).result()[0])
         for fut in pending:
