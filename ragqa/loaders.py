@@ -95,7 +95,10 @@ def check_supported(path: Path) -> None:
         raise InputError(f"{path}: unsupported file type {kind} (supported: {_suffix_list()})")
 
 
-LOADER_VERSION = 3  # bump when a loader's output changes, so stored chunks are re-made
+# Bump a reader's version when its output changes, so stored chunks are re-made; only that
+# reader's files are re-read (upgrading ragqa must not re-embed a whole knowledge base for nothing).
+TEXT_LOADER_VERSION = 2  # .txt/.md: unchanged since knowledge bases came
+LOADER_VERSION = 3  # 3: headings, list items and table rows kept in the text; OCR
 
 
 def loader_id(path: Path, ocr: str = "auto", ocr_languages: str = "auto") -> str:
@@ -104,7 +107,7 @@ def loader_id(path: Path, ocr: str = "auto", ocr_languages: str = "auto") -> str
     a scan indexed again with OCR on) are re-read."""
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        return f"text/{LOADER_VERSION}"
+        return f"text/{TEXT_LOADER_VERSION}"
     kind = {".htm": ".html", ".jpeg": ".jpg", ".tif": ".tiff"}.get(suffix, suffix).lstrip(".")
     if suffix in JSON_SUFFIXES:
         return f"{kind}/{LOADER_VERSION}"

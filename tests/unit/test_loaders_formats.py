@@ -103,6 +103,11 @@ def test_a_folder_of_every_type_is_expanded(folder: Path) -> None:
             "meeting.eml", "menu.json", "log.jsonl", "page.html"} <= names
 
 
+def test_text_files_keep_their_loader_id_so_an_upgrade_does_not_re_embed_them() -> None:
+    # knowledge bases made before Office/OCR support stored "text/2" for .txt/.md: still the same
+    assert loader_id(Path("notes.md")) == loader_id(Path("a.txt")) == "text/2"
+
+
 def test_reading_with_ocr_on_or_off_is_part_of_the_loader_id() -> None:
     assert loader_id(Path("a.pdf"), "auto") != loader_id(Path("a.pdf"), "never")
     assert loader_id(Path("a.png"), "auto", "auto") != loader_id(Path("a.png"), "auto", "eng")
