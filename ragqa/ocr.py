@@ -34,12 +34,20 @@ OCR_MODES = ("auto", "never", "always")
 # with all three is slower and worse (README "Supported files": CER 5.6% vs 2.5% on Simplified).
 DEFAULT_OCR_LANGUAGES = "auto"
 AUTO_CANDIDATES = ("chi_sim+eng", "chi_tra+eng")
+# Traditional wins only by this many points of mean confidence: on real pages it leads by 9-14 on
+# Traditional text and trails by 3-6 on Simplified, but it can edge ahead on a few lines of
+# Simplified (and then writes them in Traditional characters). Chinese-first: a tie is Simplified.
+TRADITIONAL_MARGIN = 3.0
 OCR_DPI = 300  # Tesseract's models are trained on ~300 dpi text; lower loses small Chinese characters
-# Tesseract's page segmentation 4 (one column of text of varying sizes). The default, 3 (automatic
-# layout), cuts a Chinese line at a wide gap after a colon and drops the rest of it on sparse pages
-# ("扫描件第一页：西湖龙井茶……" -> "扫描件第一页:"); on full pages both give the same CER. Scans
-# laid out in several columns read line by line across them.
-OCR_PSM = "4"
+# Page segmentation: Tesseract's automatic layout (3) reads columns in order, but on sparse pages
+# it can cut a Chinese line at the wide gap after a colon and drop the rest ("扫描件第一页：西湖龙井
+# 茶……" -> "扫描件第一页:"). So a page is read with 3, and read again as one column (4) when more than
+# UNREAD_INK of its dark pixels lie outside every word 3 found; the reading with more text wins
+# (by MORE_TEXT). Two-column pages keep their order; sparse pages keep all their words.
+OCR_PSM = "3"
+FALLBACK_PSM = "4"
+UNREAD_INK = 0.15
+MORE_TEXT = 1.1
 OCR_TIMEOUT_S = 300  # one page; a pathological image should not hang an index run forever
 INSTALL_HINT = "apt install tesseract-ocr tesseract-ocr-chi-sim tesseract-ocr-chi-tra, or `make setup`"
 
@@ -87,31 +95,57 @@ def installed_languages(exe: str) -> frozenset[str]:
 
 def ocr_image(image: "Image", languages: str, exe: str | None = None) -> tuple[str, float]:
     """One page image -> (its cleaned text, Tesseract's mean word confidence 0-100); ('', 0) when
-    Tesseract finds no text."""
+    Tesseract finds no text. See OCR_PSM for the second reading of pages with unread ink."""
     import tempfile
 
     exe = exe or check_languages(languages)
-    # one thread per Tesseract: pages run in parallel instead (faster on 2-8 cores than OpenMP)
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
     with tempfile.TemporaryDirectory(prefix="ragqa-ocr-") as tmp:
         page = os.path.join(tmp, "page.png")
         image.save(page, format="PNG")
-        base = os.path.join(tmp, "out")
-        try:
-            proc = subprocess.run(
-                [exe, page, base, "-l", languages, "--psm", OCR_PSM, "txt", "tsv"],
-                capture_output=True, timeout=OCR_TIMEOUT_S, env=env,
-            )
-        except subprocess.TimeoutExpired:
-            raise InputError(f"OCR took over {OCR_TIMEOUT_S}s on one page") from None
-        if proc.returncode != 0:
-            reason = " ".join(proc.stderr.decode("utf-8", "replace").split())[-200:]
-            raise InputError(f"Tesseract failed ({reason or proc.returncode})")
-        text = Path(base + ".txt").read_text("utf-8", "replace")
-        confs = [float(row.split("\t")[10]) for row in Path(base + ".tsv").read_text("utf-8", "replace").splitlines()[1:]
-                 if row.count("\t") >= 11 and row.split("\t")[11].strip()]
-    confs = [c for c in confs if c >= 0]
-    return clean_ocr_text(text), (sum(confs) / len(confs) if confs else 0.0)
+        text, conf, boxes = _tesseract(exe, page, os.path.join(tmp, "layout"), languages, OCR_PSM)
+        if _unread_ink(image, boxes) > UNREAD_INK:
+            text4, conf4, _ = _tesseract(exe, page, os.path.join(tmp, "column"), languages, FALLBACK_PSM)
+            if len("".join(text4.split())) > MORE_TEXT * len("".join(text.split())):
+                text, conf = text4, conf4
+    return clean_ocr_text(text), conf
+
+
+def _tesseract(exe: str, page: str, base: str, languages: str, psm: str) -> tuple[str, float, list[tuple[int, int, int, int]]]:
+    """(text, mean word confidence, word boxes as (left, top, width, height)) of one run."""
+    # one thread per Tesseract: pages run in parallel instead (faster on 2-8 cores than OpenMP)
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    try:
+        proc = subprocess.run([exe, page, base, "-l", languages, "--psm", psm, "txt", "tsv"],
+                              capture_output=True, timeout=OCR_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"OCR took over {OCR_TIMEOUT_S}s on one page") from None
+    if proc.returncode != 0:
+        reason = " ".join(proc.stderr.decode("utf-8", "replace").split())[-200:]
+        raise InputError(f"Tesseract failed ({reason or proc.returncode})")
+    text = Path(base + ".txt").read_text("utf-8", "replace")
+    confs, boxes = [], []
+    for row in Path(base + ".tsv").read_text("utf-8", "replace").splitlines()[1:]:
+        cols = row.split("\t")
+        if len(cols) >= 12 and cols[0] == "5" and cols[11].strip():  # level 5: a word
+            boxes.append((int(cols[6]), int(cols[7]), int(cols[8]), int(cols[9])))
+            if float(cols[10]) >= 0:
+                confs.append(float(cols[10]))
+    return text, (sum(confs) / len(confs) if confs else 0.0), boxes
+
+
+def _unread_ink(image: "Image", boxes: list[tuple[int, int, int, int]]) -> float:
+    """The share of the page's dark pixels outside every word box (0 for a blank page)."""
+    import numpy as np
+
+    dark = np.asarray(image.convert("L")) < 128
+    total = int(dark.sum())
+    if not total:
+        return 0.0
+    covered = np.zeros_like(dark)
+    pad = max(2, image.height // 300)  # word boxes are tight; a glyph's stray pixels are not unread text
+    for left, top, width, height in boxes:
+        covered[max(0, top - pad):top + height + pad, max(0, left - pad):left + width + pad] = True
+    return float((dark & ~covered).sum()) / total
 
 
 def ocr_pages(
@@ -142,7 +176,7 @@ def ocr_pages(
             if decided is None:  # read as both scripts until a page has text (a blank cover decides nothing)
                 readings = [pool.submit(ocr_image, image, cand, exe) for cand in AUTO_CANDIDATES]
                 results = [r.result() for r in readings]
-                best = max(range(len(results)), key=lambda k: results[k][1])
+                best = 1 if results[1][1] > results[0][1] + TRADITIONAL_MARGIN else 0
                 finished(results[best][0])
                 if any(text for text, _ in results):
                     decided = AUTO_CANDIDATES[best]

@@ -234,3 +234,24 @@ def test_without_tesseract_a_scan_says_what_to_install(tmp_path: Path, monkeypat
     docs = load_file(mixed)  # the text page is kept; a note names the page left out
     assert [d.metadata["page"] for d in docs] == [1]
     assert "page 2 left out: no text layer" in caplog.text
+
+
+TEA = ["龙井茶产于杭州西湖，明前茶最为名贵。", "普洱茶产于云南，经过发酵后存放多年。", "碧螺春产于苏州太湖，条索纤细卷曲。",
+       "铁观音产于福建安溪，香气馥郁持久。", "祁门红茶产于安徽，汤色红艳明亮。", "白毫银针产于福鼎，满披白毫。"]
+
+
+@needs_ocr
+def test_a_two_column_scan_is_read_column_by_column(tmp_path: Path) -> None:
+    from PIL import Image
+
+    # an A4 page at 300 dpi in two columns of 18 sentences each, like a journal article
+    left = [f"左栏第{n + 1}句：{TEA[n % 6]}" for n in range(18)]
+    right = [f"右栏第{n + 1}句：{TEA[(n + 3) % 6]}" for n in range(18)]
+    page = Image.new("L", (2480, 3508), 255)
+    page.paste(fx.render_page("".join(left), width_px=1240, font_px=36), (0, 0))
+    page.paste(fx.render_page("".join(right), width_px=1240, font_px=36), (1240, 0))
+    page.save(tmp_path / "columns.png")
+    [doc] = load_file(tmp_path / "columns.png", ocr_languages="chi_sim+eng")
+    assert fx.cer(doc.page_content, "".join(left + right)) < 0.1  # column by column, not line by line across
+    text = fx.visible(doc.page_content)
+    assert text.index("左栏第18句") < text.index("右栏第1句")

@@ -62,3 +62,19 @@ def test_a_missing_tesseract_or_model_says_what_to_install(tmp_path, monkeypatch
     with pytest.raises(ocr.OcrUnavailableError, match=r"no chi_sim\+chi_tra model \(apt install tesseract-ocr-chi-sim tesseract-ocr-chi-tra"):
         ocr.check_languages("auto")
     assert ocr.check_languages("eng") == str(fake)
+
+
+def test_traditional_needs_a_clear_lead_to_be_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few lines of Simplified text can read as Traditional with a hair more confidence
+    (85.7 vs 85.0, measured); Traditional pages lead by 9-14 points."""
+    calls: list[str] = []
+
+    def fake(image, languages, exe=None):
+        calls.append(languages)
+        lead = image.width / 10  # the test's knob: Traditional's confidence lead
+        return languages, 85.0 + (lead if languages.startswith("chi_tra") else 0.0)
+
+    monkeypatch.setattr(ocr, "check_languages", lambda languages: "tesseract")
+    monkeypatch.setattr(ocr, "ocr_image", fake)
+    assert ocr.ocr_pages([Image.new("L", (7, 9))], 1, "auto") == ["chi_sim+eng"]  # +0.7: a tie
+    assert ocr.ocr_pages([Image.new("L", (90, 9))], 1, "auto") == ["chi_tra+eng"]  # +9: Traditional
