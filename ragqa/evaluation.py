@@ -53,19 +53,14 @@ def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[
     (``data[0].paragraphs[2].qas``) and the shape expected.
     """
     path = Path(path)
+    text = _read_text(path, "utf-8", f"a SQuAD-format JSON file {SQUAD_SHAPE}")
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; expected a SQuAD-format JSON file {SQUAD_SHAPE}") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
             f"expected a SQuAD-format file {SQUAD_SHAPE}"
         ) from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
     def not_squad(where: str, expected: str) -> InputError:
         return InputError(f"{path}: not a SQuAD-format file: {where} should be {expected} (expected {SQUAD_SHAPE})")
@@ -107,6 +102,18 @@ def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[
     return contexts, items
 
 
+def _read_text(path: Path, encoding: str, expected: str) -> str:
+    """A data file's text, or an InputError naming the file (and, if it is not UTF-8, what was expected)."""
+    try:
+        return path.read_text(encoding)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; expected {expected}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 PAIRS_SHAPE = ('JSONL lines {"query": "...", "document": "...", "answers": ["..."]} (answers optional; a line '
                'with only "document" adds a document no query is about) or TSV lines query<TAB>document')
 
@@ -128,14 +135,7 @@ def load_pairs(path: str | Path, max_contexts: int | None = None) -> tuple[list[
     on several lines is one document. ``max_contexts`` keeps the first N distinct documents.
     """
     path = Path(path)
-    try:
-        lines = path.read_text("utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; expected {PAIRS_SHAPE}") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lines = _read_text(path, "utf-8-sig", PAIRS_SHAPE).splitlines()
     tsv = path.suffix.lower() == ".tsv"
     contexts: list[str] = []
     seen: dict[str, int] = {}
