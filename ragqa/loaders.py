@@ -36,7 +36,6 @@ PARTITIONED_SUFFIXES = {
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | JSON_SUFFIXES | PARTITIONED_SUFFIXES | IMAGE_SUFFIXES
-OCR_SUFFIXES = {".pdf"} | IMAGE_SUFFIXES
 # a PDF page with fewer visible characters than this has no real text layer (a scan, perhaps with a
 # stamped page number): with --ocr auto it is OCR'd
 MIN_TEXT_LAYER_CHARS = 20
@@ -102,7 +101,7 @@ LOADER_VERSION = 3  # 3: headings, list items and table rows kept in the text; O
 
 
 def loader_id(path: Path, ocr: str = "auto", ocr_languages: str = "auto") -> str:
-    """How this file is read, e.g. 'text/3' or 'pdf:unstructured-fast+ocr-auto-auto/3'. Part of
+    """How this file is read, e.g. 'text/2' or 'pdf:unstructured-fast+ocr-auto-auto/3'. Part of
     what makes a stored file "unchanged": the same bytes read another way (a .txt renamed .html,
     a scan indexed again with OCR on) are re-read."""
     suffix = path.suffix.lower()
@@ -170,7 +169,7 @@ def _why_empty(suffix: str, ocr: str) -> str:
         return "a scanned PDF, and OCR is off: use --ocr auto" if ocr == "never" else "not even by OCR"
     if suffix in IMAGE_SUFFIXES:
         return "OCR found no text in the image"
-    if suffix in {".xlsx", ".xls", ".csv"}:
+    if suffix in _SHEETS | {".csv"}:
         return "every sheet is empty"
     return "the document is empty"
 
@@ -602,50 +601,31 @@ _PAGED = {".pdf", ".pptx", ".xlsx", ".xls"}
 _SHEETS = {".xlsx", ".xls"}
 
 
+# suffix -> (unstructured module, its partition function, keyword arguments)
+_PARTITIONERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    ".pdf": ("pdf", "partition_pdf", {"strategy": "fast", "languages": ["eng", "chi_sim"]}),
+    ".docx": ("docx", "partition_docx", {}),
+    ".html": ("html", "partition_html", {}),
+    ".htm": ("html", "partition_html", {}),
+    ".pptx": ("pptx", "partition_pptx", {}),
+    # one table per sheet (find_subtable would cut a sheet at its blank rows into header-less parts)
+    ".xlsx": ("xlsx", "partition_xlsx", {"find_subtable": False, "include_header": False}),
+    ".xls": ("xlsx", "partition_xlsx", {"find_subtable": False, "include_header": False}),
+    ".csv": ("csv", "partition_csv", {"include_header": True}),
+    ".epub": ("epub", "partition_epub", {}),
+    ".odt": ("odt", "partition_odt", {}),
+    ".rtf": ("rtf", "partition_rtf", {}),
+    ".eml": ("email", "partition_email", {"process_attachments": False}),
+}
+
+
 def _partition_elements(path: Path, suffix: str) -> list:
-    name = str(path)
-    if suffix == ".pdf":
-        from unstructured.partition.pdf import partition_pdf
+    """unstructured's elements of the file (its partitioner is imported on first use)."""
+    import importlib
 
-        return partition_pdf(filename=name, strategy="fast", languages=["eng", "chi_sim"])
-    if suffix == ".docx":
-        from unstructured.partition.docx import partition_docx
-
-        return partition_docx(filename=name)
-    if suffix in {".html", ".htm"}:
-        from unstructured.partition.html import partition_html
-
-        return partition_html(filename=name)
-    if suffix == ".pptx":
-        from unstructured.partition.pptx import partition_pptx
-
-        return partition_pptx(filename=name)
-    if suffix in _SHEETS:
-        from unstructured.partition.xlsx import partition_xlsx
-
-        # one table per sheet (find_subtable would cut a sheet at its blank rows into header-less parts)
-        return partition_xlsx(filename=name, find_subtable=False, include_header=False)
-    if suffix == ".csv":
-        from unstructured.partition.csv import partition_csv
-
-        return partition_csv(filename=name, include_header=True)
-    if suffix == ".epub":
-        from unstructured.partition.epub import partition_epub
-
-        return partition_epub(filename=name)
-    if suffix == ".odt":
-        from unstructured.partition.odt import partition_odt
-
-        return partition_odt(filename=name)
-    if suffix == ".rtf":
-        from unstructured.partition.rtf import partition_rtf
-
-        return partition_rtf(filename=name)
-    if suffix == ".eml":
-        from unstructured.partition.email import partition_email
-
-        return partition_email(filename=name, process_attachments=False)
-    raise InputError(f"{path}: unsupported file type {suffix}")  # pragma: no cover (checked before)
+    module, function, kwargs = _PARTITIONERS[suffix]
+    partition = getattr(importlib.import_module(f"unstructured.partition.{module}"), function)
+    return partition(filename=str(path), **kwargs)
 
 
 _SENTENCE_END_RE = re.compile(r"[。！？!?.;；:：]\s*$")
@@ -715,7 +695,7 @@ def _column_letter(k: int) -> str:
 
 
 def _email_header(elements: list) -> list[str]:
-    """Subject, sender and date of an e-mail, as lines above its body."""
+    """Subject, sender and recipients of an e-mail, as lines above its body."""
     meta = elements[0].metadata if elements else None
     lines = []
     for label, key in (("Subject", "subject"), ("From", "sent_from"), ("To", "sent_to")):
