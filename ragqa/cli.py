@@ -92,7 +92,8 @@ OcrOpt = typer.Option(
 FusionOpt = typer.Option(
     None, "--fusion",
     help="How hybrid fuses vector and BM25 hits: zscore (default: z-scores, vector weight w=0.5, raised by "
-    "lift=1 x (below=0.5 - the share of the query's idf mass BM25's best chunk holds)), minmax or rrf "
+    "lift=1 x (below=0.5 - the share of the query's idf mass BM25's best chunk holds), lowered by up to "
+    "drop=0.4 for long queries (that chunk matching over mass=80 of idf)), minmax or rrf "
     "(reciprocal rank, k=60); parameters after colons, e.g. zscore:w=0.6:lift=0, rrf:k=60 (README \"Retrieval\").",
 )
 

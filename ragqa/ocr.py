@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OCR_MODES = ("auto", "never", "always")
-# "auto": per file, the first page is read as Simplified and as Traditional Chinese (each with
-# English) and the reading Tesseract is more confident of is used for every page. One model set
-# with all three is slower and worse (README "Supported files": CER 5.6% vs 2.5% on Simplified).
+# "auto": per file, the first page with text is read as Simplified and as Traditional Chinese (each
+# with English) and the script chosen by TRADITIONAL_MARGIN is used for every later page. One model
+# set with all three is slower and worse (README "Supported files": CER 5.6% vs 2.5% on Simplified).
 DEFAULT_OCR_LANGUAGES = "auto"
 AUTO_CANDIDATES = ("chi_sim+eng", "chi_tra+eng")
 # Traditional wins only by this many points of mean confidence: on real pages it leads by 9-14 on

@@ -491,9 +491,11 @@ def _page_error(exc: RagqaError) -> Exception:
 
 
 def _fusion_choices(configured: str) -> list[str]:
-    """The fusion dropdown: the three built-in fusions, plus the configured spec when it has
-    parameters (zscore:w=0.6)."""
-    choices = ["zscore", "rrf", "minmax"]
+    """The fusion dropdown: the registered fusions (the default first), plus the configured spec
+    when it has parameters (zscore:w=0.6)."""
+    from ragqa.retrieval import DEFAULT_FUSION, FUSIONS
+
+    choices = [DEFAULT_FUSION, *(name for name in FUSIONS if name != DEFAULT_FUSION)]
     return choices if configured in choices else [configured, *choices]
 
 
