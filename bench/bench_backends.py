@@ -20,7 +20,6 @@ median, and ragqa / raw ratios. Nothing asserts on timings.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -62,28 +61,11 @@ def timed(pieces: Iterator[str]) -> tuple[float, float, int, str]:
 
 
 def hf_folder() -> Path:
-    sys.path.insert(0, str(REPO / "tests" / "integration"))
-    import hashlib
-    import shutil
-    import tempfile
+    """The float32 HF folder the integration tests use (tests/modelfixtures.py builds it once)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from modelfixtures import starter_hf_folder
 
-    from test_transformers_cli import convert_gguf_to_hf
-
-    from ragqa.config import default_cache_dir
-    from ragqa.models import resolve_llm_path
-
-    gguf = resolve_llm_path("smollm2")
-    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()[:16]
-    root = Path(os.environ.get("RAGQA_TEST_MODELS") or default_cache_dir() / "test-models")
-    folder = root / f"smollm2-135m-instruct-hf-{digest}"
-    if not (folder / "model.safetensors").is_file():
-        progress("converting the starter GGUF to an HF folder (once)")
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
-        convert_gguf_to_hf(gguf, tmp)
-        tmp.rename(folder)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return starter_hf_folder(progress)
 
 
 def main() -> None:
@@ -94,7 +76,8 @@ def main() -> None:
 
     from ragqa.chat_formats import get_chat_format
     from ragqa.config import Settings
-    from ragqa.llms import _physical_cores, load_backend
+    from ragqa.llms import load_backend
+    from ragqa.llms.llamacpp import _physical_cores
     from ragqa.models import resolve_llm_path
     from ragqa.prompts import fill_prompt
 

@@ -128,7 +128,8 @@ def timed(fn, repeats: int) -> list[float]:
 def run_size(chunks: int, work: Path, repeats: int) -> dict:
     from ragqa.config import load_settings
     from ragqa.pipeline import Pipeline
-    from ragqa.retrieval import make_retriever, tokenize
+    from ragqa.retrieval import make_retriever
+    from ragqa.words import tokenize
 
     pool = sentences()
     corpus = work / "corpus"
@@ -186,7 +187,7 @@ def run_size(chunks: int, work: Path, repeats: int) -> dict:
 
     import faiss
 
-    from ragqa.store.local import HNSW_EF_SEARCH
+    from ragqa.store.vectors import HNSW_EF_SEARCH
 
     # the same search effort ragqa asks of an HNSW base (faiss's own default efSearch is 16)
     raw_params = faiss.SearchParametersHNSW(efSearch=HNSW_EF_SEARCH) if kb3._vectors._kind == "hnsw" else None

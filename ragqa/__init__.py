@@ -45,8 +45,8 @@ _LAZY = {
     "make_qa_chain": "ragqa.chains",
     "make_summarize_chain": "ragqa.chains",
     "PromptBuilder": "ragqa.chains",
-    "RagqaVectorStore": "ragqa.retrieval",
-    "KnowledgeBaseStore": "ragqa.retrieval",
+    "RagqaVectorStore": "ragqa.vectorstores",
+    "KnowledgeBaseStore": "ragqa.vectorstores",
     "get_prompt": "ragqa.prompts",
 }
 
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from ragqa.loaders import load_documents
     from ragqa.pipeline import Answer, Pipeline, Source
     from ragqa.prompts import get_prompt
-    from ragqa.retrieval import KnowledgeBaseStore, RagqaVectorStore
+    from ragqa.vectorstores import KnowledgeBaseStore, RagqaVectorStore
     from ragqa.splitting import ChineseTextSplitter
 
 

@@ -28,16 +28,16 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.runnables.utils import AddableDict
 
 from ragqa.chat_formats import AUTO, ChatFormat, Message, get_chat_format
+from ragqa.config import DEFAULT_MAX_NEW_TOKENS, DEFAULT_N_CTX
 from ragqa.errors import ConfigError, InputError
-from ragqa.llms import estimate_tokens  # one cautious estimate, shared with the backends
 from ragqa.prompts import detect_lang, fill_prompt
+from ragqa.words import estimate_tokens  # one cautious estimate, shared with the backends
 
 log = logging.getLogger(__name__)
 
 CHAIN_TYPES = ("stuff", "refine")
 DEFAULT_CHAT_FORMAT = "chatml"  # for a completion model that is not a ragqa model (those know their own)
-DEFAULT_CONTEXT_WINDOW = 4096  # tokens, as Settings.n_ctx
-DEFAULT_MAX_NEW_TOKENS = 400  # as Settings.max_new_tokens
+DEFAULT_CONTEXT_WINDOW = DEFAULT_N_CTX  # tokens, for a model that brings no n_ctx of its own
 
 Prompt = str | list[BaseMessage]  # a completion model's string, or a chat model's messages
 

@@ -19,26 +19,16 @@ from pydantic_settings import (
 )
 
 from ragqa.errors import ConfigError
+from ragqa.fusion import DEFAULT_FUSION, make_fusion
+from ragqa.paths import default_cache_dir, default_data_dir
 
 DEFAULT_LLM = "smollm2"
 # chosen by `ragqa eval` on CMRC2018, DRCD and SQuAD (README "Retrieval"): best for zh and en
 DEFAULT_EMBEDDING = "multilingual-e5-small"
-# kept equal to ragqa.retrieval.DEFAULT_FUSION (a test checks); chosen by `ragqa eval --compare` (README "Retrieval")
-DEFAULT_FUSION = "zscore"
+DEFAULT_N_CTX = 4096  # tokens; also the chains' context window for a model that brings none
+DEFAULT_MAX_NEW_TOKENS = 400  # the seed's; also the chains' default
 # settings only the transformers backend can honour: refused with any other backend
 TRANSFORMERS_ONLY = ("load_in_4bit", "load_in_8bit", "rope_scaling")
-
-
-def default_cache_dir() -> Path:
-    """Per-user cache folder: $XDG_CACHE_HOME/ragqa, else ~/.cache/ragqa."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ragqa"
-
-
-def default_data_dir() -> Path:
-    """Per-user data folder (knowledge bases live here): $XDG_DATA_HOME/ragqa, else ~/.local/share/ragqa."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "ragqa"
 
 
 class Settings(BaseSettings):
@@ -126,11 +116,11 @@ class Settings(BaseSettings):
         "auto", description="Summary chain; auto = stuff when the document fits the context, else map_reduce."
     )
     lang: Literal["auto", "zh", "en"] = Field(
-        "auto", description="Prompt language; auto follows the question."
+        "auto", description="Prompt language; auto follows the question (summarize: each document)."
     )
 
     # -- llama.cpp
-    n_ctx: int = Field(4096, ge=256, le=1_048_576, description="Context window in tokens.")
+    n_ctx: int = Field(DEFAULT_N_CTX, ge=256, le=1_048_576, description="Context window in tokens.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU (-1 = all).")
     n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")
@@ -152,12 +142,12 @@ class Settings(BaseSettings):
     load_in_8bit: bool = Field(False, description="transformers: 8-bit weights (bitsandbytes, GPU only).")
     rope_scaling: float | None = Field(
         None, gt=1.0, le=64.0,
-        description="transformers: dynamic NTK RoPE scaling factor, to run past the trained context.",
+        description="transformers: dynamic NTK RoPE scaling factor, to run past the trained context; off when unset.",
     )
 
     # -- openai backend (any OpenAI-compatible server: vLLM, llama.cpp server, ...)
     base_url: str | None = Field(
-        None, description="openai: the server's API root, e.g. http://127.0.0.1:8000/v1."
+        None, description="openai: the server's API root, e.g. http://127.0.0.1:8000/v1; with backend auto, setting it picks openai."
     )
     api_model: str | None = Field(
         None, description="openai: the model name the server knows; default: the only one it lists."
@@ -168,11 +158,17 @@ class Settings(BaseSettings):
     )
 
     # -- generation (the seed's defaults)
-    max_new_tokens: int = Field(400, ge=1, description="Tokens generated at most.")
-    temperature: float = Field(0.2, ge=0, le=5)
-    top_k: int = Field(40, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    repeat_penalty: float = Field(1.1, ge=0)
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="Tokens generated at most.")
+    temperature: float = Field(
+        0.2, ge=0, le=5, description="Sampling temperature: 0 = greedy (always the likeliest token); higher = more varied."
+    )
+    top_k: int = Field(40, ge=0, description="Sample from the k likeliest tokens only; 0 = no limit.")
+    top_p: float = Field(
+        0.9, gt=0, le=1, description="Nucleus sampling: from the likeliest tokens whose probabilities add up to top_p; 1 = off."
+    )
+    repeat_penalty: float = Field(
+        1.1, ge=0, description="Penalty on tokens repeated from the last 64 (as llama.cpp applies it); 1 = none."
+    )
     seed: int = Field(42, description="Sampling seed, so the same question gives the same answer.")
 
     @model_validator(mode="after")
@@ -191,9 +187,7 @@ class Settings(BaseSettings):
                 f"max_new_tokens ({self.max_new_tokens}) must be less than n_ctx ({self.n_ctx})"
             )
         self._check_backend_options()
-        if self.fusion != DEFAULT_FUSION:  # the default is known good: spare every run the import
-            from ragqa.retrieval import make_fusion
-
+        if self.fusion != DEFAULT_FUSION:  # the default is known good
             try:
                 self.fusion = make_fusion(self.fusion).spec
             except ConfigError as exc:
@@ -265,14 +259,15 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     try:
         return Settings(**given)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(settings_error(exc)) from None
     except Exception as exc:  # a malformed TOML file
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     finally:
         Settings._config_file = None
 
 
-def _one_line(exc: ValidationError) -> str:
+def settings_error(exc: ValidationError) -> str:
+    """A pydantic validation error as one line naming each bad setting."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])

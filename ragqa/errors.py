@@ -48,3 +48,16 @@ class OcrUnavailableError(MissingDependencyError, InputError):
 
     def __init__(self, message: str) -> None:
         RagqaError.__init__(self, message)
+
+
+def one_line(exc: BaseException | str, limit: int | None = None) -> str:
+    """An exception (or a message) on one line, whitespace runs folded; cut to ``limit`` characters
+    with an ellipsis. The one place ragqa flattens a library's multi-line message for a person.
+
+    >>> one_line(ValueError("bad\\n   value"))
+    'bad value'
+    >>> one_line(KeyError())
+    'KeyError'
+    """
+    flat = " ".join(str(exc).split()) or (type(exc).__name__ if isinstance(exc, BaseException) else "")
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"

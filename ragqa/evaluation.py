@@ -309,7 +309,7 @@ def rank_candidates(kind: str, candidates: Candidates, questions: Sequence[str],
     """Chunk ids for each question, best first, as the named retriever ranks the candidates
     (``hybrid`` fuses them with ``fusion``, default: the default fusion; ``words`` gives a
     chunk's BM25 words to a query-adaptive fusion)."""
-    from ragqa.retrieval import make_fusion
+    from ragqa.fusion import make_fusion
 
     if kind == "vector":
         return [[cid for cid, _ in hits][:depth] for hits in candidates.vector or []]
@@ -322,7 +322,7 @@ def rank_candidates(kind: str, candidates: Candidates, questions: Sequence[str],
 
 def _memo_words(text_of: Callable[[int], str]) -> Callable[[int], set[str]]:
     """chunk id -> its BM25 words, each chunk segmented once."""
-    from ragqa.retrieval import tokenize
+    from ragqa.words import tokenize
 
     seen: dict[int, set[str]] = {}
 
@@ -371,7 +371,8 @@ def parse_compare(text: str, fusion: str) -> list[tuple[str, str, str | None]]:
     >>> parse_compare("vector,bm25,hybrid,rrf", "zscore:w=0.6")
     [('vector', 'vector', None), ('bm25', 'bm25', None), ('hybrid', 'hybrid', 'zscore:w=0.6:lift=1:below=0.5:drop=0.4:mass=80'), ('rrf', 'hybrid', 'rrf:k=60')]
     """
-    from ragqa.retrieval import RETRIEVERS, make_fusion
+    from ragqa.fusion import make_fusion
+    from ragqa.retrieval import RETRIEVERS
 
     rows: list[tuple[str, str, str | None]] = []
     for item in (t.strip() for t in text.split(",")):
@@ -421,7 +422,7 @@ def evaluate(
     retrieval: LangChain's default English separators, 600/100, k = 1, vector search.
     ``compare`` ("vector,bm25,hybrid") measures several retrievers over one index and one search
     each: their metrics are in ``report["compare"]``, by label, in the order given."""
-    from ragqa.retrieval import make_fusion
+    from ragqa.fusion import make_fusion
 
     s = pipeline.settings
     t0 = time.perf_counter()

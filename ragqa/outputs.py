@@ -18,39 +18,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 from ragqa.errors import InputError, RagqaError
+from ragqa.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "summaries.json"
 INDEX = "index.md"
 LOCK_TIMEOUT_S = 120.0  # a write takes milliseconds; this long means a stuck process holds the lock
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename; the old content stays until then."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _is_record(value: Any) -> bool:

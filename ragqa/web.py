@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, InputError, RagqaError
 from ragqa.loaders import SUPPORTED_SUFFIXES
+from ragqa.paths import atomic_file, write_atomic
 from ragqa.pipeline import Answer, Pipeline
-from ragqa.store import DEFAULT_KB, check_kb_name, kb_exists, kb_names
+from ragqa.store import DEFAULT_KB, check_kb_name
 
 if TYPE_CHECKING:
     from ragqa.store import FileRecord, KnowledgeBase
@@ -194,7 +194,7 @@ class Handlers:
     # -- knowledge bases
     def kb_names(self) -> list[str]:
         """Every KB's name, with the default one even before it exists (the first upload makes it)."""
-        return sorted({DEFAULT_KB, *kb_names(self.settings)})
+        return sorted({DEFAULT_KB, *self.pipeline.kb_names()})
 
     def create_kb(self, name: str | None) -> str:
         """Make the KB ``name`` (nothing happens if it exists); -> its checked name."""
@@ -208,7 +208,7 @@ class Handlers:
     def _kb(self, name: str, *, create: bool = False) -> "KnowledgeBase | None":
         """The KB as the pipeline keeps it open for questions (``Pipeline.kb_index`` caches one per
         name), so the page's uploads, listings and questions share one object; None if absent."""
-        if not kb_exists(self.settings, name):
+        if not self.pipeline.kb_exists(name):
             self.pipeline.forget_kb(name)  # dropped meanwhile (ragqa kb drop)
             if not create:
                 return None
@@ -298,17 +298,8 @@ class Handlers:
         """Copy an upload where it stays (temp file + rename: a reader never sees half a file)."""
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_file(target, binary=True) as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1024 * 1024)
         except OSError as exc:
             raise RagqaError(f"cannot keep the upload {target.name} in {target.parent}: {exc.strerror or exc}") from None
         return target
@@ -440,8 +431,6 @@ class Handlers:
         return body, self._write_download(body)
 
     def _write_download(self, body: str) -> str:
-        from ragqa.outputs import write_atomic
-
         folder = Path(self.settings.cache_dir) / SUMMARIES
         path = folder / f"summaries-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.md"
         write_atomic(path, body + "\n")
@@ -493,7 +482,7 @@ def _page_error(exc: RagqaError) -> Exception:
 def _fusion_choices(configured: str) -> list[str]:
     """The fusion dropdown: the registered fusions (the default first), plus the configured spec
     when it has parameters (zscore:w=0.6)."""
-    from ragqa.retrieval import DEFAULT_FUSION, FUSIONS
+    from ragqa.fusion import DEFAULT_FUSION, FUSIONS
 
     choices = [DEFAULT_FUSION, *(name for name in FUSIONS if name != DEFAULT_FUSION)]
     return choices if configured in choices else [configured, *choices]

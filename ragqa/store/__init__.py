@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from ragqa.errors import InputError, RagqaError
 from ragqa.store.base import (
     DEFAULT_KB,
+    TEXT_PARSER,
+    TEXT_PREFIX,
     FileRecord,
     KBStats,
     KBView,
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from ragqa.config import Settings
 
 __all__ = [
-    "DEFAULT_KB", "ChunkIndex", "FileIndex", "FileRecord", "KBStats", "KBView", "KnowledgeBase", "Manifest",
+    "DEFAULT_KB", "TEXT_PARSER", "TEXT_PREFIX", "ChunkIndex", "FileIndex", "FileRecord", "KBStats", "KBView", "KnowledgeBase", "Manifest",
     "SyncReport", "check_kb_name", "content_hash", "drop_kb", "kb_exists", "kb_names", "list_kbs", "open_kb",
     "open_cache_kb",
 ]

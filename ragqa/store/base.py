@@ -18,16 +18,21 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import Document
 
 from ragqa.errors import ConfigError, InputError, MissingDependencyError
+from ragqa.paths import write_atomic
 
 if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_KB = "default"
+# a text added through a LangChain VectorStore is a KB record of its own: "text:<its id>"
+TEXT_PREFIX = "text:"
+TEXT_PARSER = "vectorstore/1"  # never a loader id, so no file's chunks are ever copied from a text
 _KB_NAME = re.compile(r"^[A-Za-z0-9\u3400-\u9fff][\w\u3400-\u9fff.-]{0,63}$")
 
 
@@ -37,6 +42,20 @@ def faiss_module() -> Any:
     except ImportError:
         raise MissingDependencyError("faiss-cpu") from None
     return faiss
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """A derived index's JSON state file; None when it is missing or unreadable (rebuild then)."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(path: Path, data: dict[str, Any]) -> None:
+    """Replace a derived index's JSON state file atomically (the old one stays whole until the rename)."""
+    write_atomic(path, json.dumps(data), make_parents=False)
 
 
 def content_hash(data: bytes) -> str:

@@ -3,8 +3,9 @@
 Layout of a KB folder::
 
     kb.sqlite        files, chunks (text, metadata, BM25 words, vector), a generation counter
-    vectors/         base-<n>.faiss + state.json: FAISS over the chunks up to ``max_id``
-    keywords/        a tantivy index of the chunks' jieba words + keywords.json (its generation)
+    vectors/         base-<n>.faiss + state.json: FAISS over the chunks up to ``max_id`` (store/vectors.py)
+    keywords/        a tantivy index of the chunks' jieba words + keywords.json (its generation;
+                     store/keywords.py)
     write.lock       one writer at a time (readers never wait)
 
 Every change to a file is one SQLite transaction (WAL), so a crash (``kill -9``, a full disk)
@@ -28,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import sqlite3
 import time
@@ -38,11 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import Document
 
-from ragqa.errors import InputError, MissingDependencyError, RagqaError
+from ragqa.errors import InputError, RagqaError
+from ragqa.paths import atomic_path
 from ragqa.store.base import (
-    FileRecord, KBStats, KnowledgeBase, Manifest, faiss_module,
+    FileRecord, KBStats, KnowledgeBase, Manifest,
     batches, chunk_document, chunk_meta, unit_rows,
 )
+from ragqa.store.keywords import KeywordIndex
+from ragqa.store.vectors import VectorIndex
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,12 +54,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 DB_NAME = "kb.sqlite"
-HNSW_MIN = 50_000  # chunks from which the base index is HNSW (a flat scan of 100k x 384 takes ~30 ms)
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
-COMPACT_MIN = 5_000  # delta or dead chunks tolerated before the base is rebuilt, at least
-COMPACT_RATIO = 0.1  # ... or this share of the base
 LOCK_WAIT_NOTE_S = 0.5
 
 _SCHEMA = """
@@ -90,31 +87,6 @@ CREATE TABLE IF NOT EXISTS removed_files (file_id INTEGER NOT NULL, gen INTEGER 
 CREATE TRIGGER IF NOT EXISTS chunk_deleted AFTER DELETE ON chunks
     BEGIN INSERT OR IGNORE INTO dead_chunks (id) VALUES (old.id); END;
 """
-
-
-def _tantivy() -> Any:
-    try:
-        import tantivy
-    except ImportError:
-        raise MissingDependencyError("tantivy") from None
-    return tantivy
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 def _storage_error(exc: BaseException, where: Path) -> RagqaError:
@@ -159,8 +131,8 @@ class LocalKB(KnowledgeBase):
         self.manifest = Manifest.from_json(stored)
         if manifest.embedding:
             self.manifest.check(manifest, name)
-        self._vectors = _VectorIndex(self.folder / "vectors", self.db)
-        self._keywords = _KeywordIndex(self.folder / "keywords", self.db)
+        self._vectors = VectorIndex(self.folder / "vectors", self.db)
+        self._keywords = KeywordIndex(self.folder / "keywords", self.db)
         self._writing = False
         self._repair_if_free()
 
@@ -178,18 +150,16 @@ class LocalKB(KnowledgeBase):
         with FileLock(str(self._lock_path)):
             if db.is_file():
                 return
-            tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-            tmp.unlink(missing_ok=True)
-            con = self._connect(tmp)
-            try:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
-                con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
-                    ("format", str(FORMAT)), ("manifest", manifest.to_json()), ("generation", "0"),
-                    ("created", str(time.time()))])
-            finally:
-                con.close()
-            os.replace(tmp, db)  # the KB exists whole or not at all
+            with atomic_path(db) as tmp:  # the KB exists whole or not at all
+                con = self._connect(tmp)
+                try:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    con.executescript(_SCHEMA)
+                    con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                        ("format", str(FORMAT)), ("manifest", manifest.to_json()), ("generation", "0"),
+                        ("created", str(time.time()))])
+                finally:
+                    con.close()
 
     def _meta(self, key: str) -> str | None:
         try:
@@ -421,7 +391,7 @@ class LocalKB(KnowledgeBase):
         return self._vectors.search(unit_rows(q), k, allowed)
 
     def bm25_search(self, query: str, k: int, file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
-        from ragqa.retrieval import tokenize
+        from ragqa.words import tokenize
 
         words = list(dict.fromkeys(tokenize(query)))
         if not words or k <= 0:
@@ -477,288 +447,6 @@ class LocalKB(KnowledgeBase):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.db.close()
-
-
-# -- derived: vectors --------------------------------------------------------------------------
-
-
-class _VectorIndex:
-    """FAISS over the chunks' vectors: a base file up to ``max_id`` plus the delta from SQLite."""
-
-    def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
-        self.folder = folder
-        self.db = db
-        self._base: Any = None
-        self._max_id = 0
-        self._kind = "none"
-        self._delta: tuple[Any, Any] | None = None  # (ids, vectors), loaded on first search
-        self._dead: Any = None
-        self._generation: str | None = None  # of the truth when the delta was read
-        self._load_base()
-
-    def _load_base(self) -> None:
-        state = _read_json(self.folder / "state.json")
-        if not state:
-            return
-        path = self.folder / str(state.get("file", ""))
-        faiss = faiss_module()
-        try:
-            try:  # memory-mapped: 100k vectors open in ~0.02 s instead of ~0.15 s; never written to
-                base = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-            except (RuntimeError, AttributeError):  # an older faiss, or an index type it cannot map
-                base = faiss.read_index(str(path))
-        except (RuntimeError, OSError) as exc:
-            log.warning("vector index %s is unreadable (%s); searching from the database until it is rebuilt",
-                        path, exc)
-            return
-        if base.ntotal != state.get("count"):
-            log.warning("vector index %s does not match its state; ignoring it", path)
-            return
-        self._base, self._max_id, self._kind = base, int(state["max_id"]), str(state.get("kind", "flat"))
-
-    def _load_delta(self) -> tuple[Any, Any]:
-        import numpy as np
-
-        if self._delta is None:
-            rows = self.db.execute("SELECT id, vector FROM chunks WHERE id > ? ORDER BY id", (self._max_id,)).fetchall()
-            ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
-            vectors = np.vstack([np.frombuffer(r[1], dtype="float32") for r in rows]) if rows else None
-            self._delta = (ids, vectors)
-        return self._delta
-
-    def _dead_ids(self) -> "np.ndarray":
-        import numpy as np
-
-        if self._dead is None:
-            rows = self.db.execute("SELECT id FROM dead_chunks WHERE id <= ?", (self._max_id,)).fetchall()
-            self._dead = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
-        return self._dead
-
-    def _refresh(self) -> None:
-        """Forget the delta and dead ids when the truth has changed since they were read (another
-        process may write while a long-lived page searches)."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        generation = row[0] if row else None
-        if generation != self._generation:
-            self._delta, self._dead, self._generation = None, None, generation
-            state = _read_json(self.folder / "state.json") or {}
-            if state.get("file") and state.get("max_id") != self._max_id:
-                self._load_base()  # another process rebuilt the base (its old dead ids are gone)
-
-    def search(self, q: "np.ndarray", k: int, allowed: "np.ndarray | None") -> list[list[tuple[int, float]]]:
-        import numpy as np
-
-        self._refresh()
-        results: list[list[tuple[int, float]]] = [[] for _ in range(len(q))]
-        if self._base is not None and self._base.ntotal:
-            faiss = faiss_module()
-            faiss.omp_set_num_threads(1 if len(q) == 1 else max(1, os.cpu_count() or 1))
-            keep: list[Any] = []  # the selectors must outlive the search call
-            if allowed is not None:
-                keep.append(faiss.IDSelectorBatch(allowed[allowed <= self._max_id]))
-                sel = keep[-1]
-            else:
-                dead = self._dead_ids()
-                sel = None
-                if len(dead):
-                    keep.append(faiss.IDSelectorBatch(dead))
-                    keep.append(faiss.IDSelectorNot(keep[-1]))
-                    sel = keep[-1]
-            if self._kind == "hnsw":
-                params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, 2 * k))
-                if sel is not None:
-                    params.sel = sel
-            else:
-                params = faiss.SearchParameters(sel=sel) if sel is not None else None
-            n = min(k, self._base.ntotal)
-            scores, ids = self._base.search(q, n, params=params)
-            for row, (srow, irow) in enumerate(zip(scores, ids)):
-                results[row] = [(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0]
-        delta_ids, delta_vectors = self._load_delta()
-        if delta_vectors is not None:
-            mask = np.isin(delta_ids, allowed) if allowed is not None else None
-            ids, vecs = (delta_ids[mask], delta_vectors[mask]) if mask is not None else (delta_ids, delta_vectors)
-            if len(ids):
-                scores = q @ vecs.T
-                n = min(k, len(ids))
-                for row in range(len(q)):
-                    top = np.argpartition(-scores[row], n - 1)[:n] if n < len(ids) else np.arange(len(ids))
-                    merged = results[row] + [(int(ids[j]), float(scores[row, j])) for j in top]
-                    results[row] = sorted(merged, key=lambda t: (-t[1], t[0]))[:k]
-        return results
-
-    def compact_if_needed(self) -> None:
-        """Rebuild the base when the delta or the dead chunks outgrow it (writer only)."""
-        base_n = self._base.ntotal if self._base is not None else 0
-        delta_n = self.db.execute("SELECT count(*) FROM chunks WHERE id > ?", (self._max_id,)).fetchone()[0]
-        dead_n = self.db.execute("SELECT count(*) FROM dead_chunks WHERE id <= ?", (self._max_id,)).fetchone()[0]
-        limit = max(COMPACT_MIN, COMPACT_RATIO * base_n)
-        if delta_n > limit or dead_n > limit or (dead_n and dead_n >= base_n):
-            self.rebuild()
-
-    def rebuild(self) -> None:
-        """Write a new base from every chunk in SQLite, atomically (file, then state.json)."""
-        import numpy as np
-
-        faiss = faiss_module()
-        total, max_id = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM chunks").fetchone()
-        dim_row = self.db.execute("SELECT length(vector) FROM chunks LIMIT 1").fetchone()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not total or not dim_row:
-            index, kind = None, "none"
-        else:
-            dim = dim_row[0] // 4
-            kind = "hnsw" if total >= HNSW_MIN else "flat"
-            if kind == "hnsw":
-                inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-                inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-                log.warning("building the HNSW vector index over %d chunks (once; about a minute per 100k)", total)
-            else:
-                inner = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIDMap(inner)
-            faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
-            cur = self.db.execute("SELECT id, vector FROM chunks WHERE id <= ? ORDER BY id", (max_id,))
-            while rows := cur.fetchmany(20_000):
-                ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
-                index.add_with_ids(np.vstack([np.frombuffer(r[1], dtype="float32") for r in rows]), ids)
-        name = f"base-{max_id}-{int(time.time() * 1000)}.faiss"
-        if index is not None:
-            tmp = self.folder / f".{name}.tmp"
-            faiss.write_index(index, str(tmp))
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.folder / name)
-        _write_json_atomic(self.folder / "state.json",
-                           {"file": name if index is not None else "", "max_id": int(max_id),
-                            "count": int(index.ntotal) if index is not None else 0, "kind": kind})
-        self.db.execute("DELETE FROM dead_chunks WHERE id <= ?", (max_id,))
-        for stale in self.folder.glob("*.faiss"):
-            if stale.name != name:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-        for tmp_file in self.folder.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                tmp_file.unlink()
-        self._base, self._max_id, self._kind, self._delta, self._dead = index, int(max_id), kind, None, None
-
-
-# -- derived: keywords (tantivy) ----------------------------------------------------------------
-
-
-class _KeywordIndex:
-    """tantivy over each chunk's jieba words (pre-tokenized; whitespace-split), BM25 scoring."""
-
-    ANALYZER = "ragqa_words"
-
-    def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
-        self.folder = folder
-        self.db = db
-        self.state_path = folder.with_name("keywords.json")
-        self._index: Any = None
-        self._schema: Any = None
-        self.damaged = False
-
-    def generation(self) -> int:
-        state = _read_json(self.state_path)
-        return int(state.get("generation", -1)) if state else -1
-
-    def _schema_(self) -> Any:
-        tantivy = _tantivy()
-        sb = tantivy.SchemaBuilder()
-        sb.add_unsigned_field("chunk_id", stored=True, indexed=True, fast=True)
-        sb.add_unsigned_field("file_id", indexed=True, fast=True)
-        sb.add_text_field("words", tokenizer_name=self.ANALYZER, index_option="freq")
-        return sb.build()
-
-    def _open(self, *, create: bool = False) -> Any:
-        if self._index is not None:
-            return self._index
-        tantivy = _tantivy()
-        analyzer = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
-        if not (self.folder / "meta.json").is_file():
-            if not create:
-                return None
-            self.folder.mkdir(parents=True, exist_ok=True)
-            index = tantivy.Index(self._schema_(), path=str(self.folder))
-        else:
-            try:
-                index = tantivy.Index.open(str(self.folder))
-            except ValueError as exc:  # tantivy's "Data corrupted" and the like
-                if not create:
-                    log.warning("keyword index %s is damaged (%s); it is rebuilt by the next writer",
-                                self.folder, str(exc).splitlines()[0][:200])
-                    self.damaged = True
-                    return None
-                raise
-        index.register_tokenizer(self.ANALYZER, analyzer)
-        self._index, self._schema = index, index.schema
-        return index
-
-    def healthy(self) -> bool:
-        """Opens (or is not there yet, for an empty KB); a damaged index is not healthy."""
-        if (self.folder / "meta.json").is_file():
-            self._open()
-        return not self.damaged
-
-    def sync(self, generation: int) -> None:
-        """Re-index the files changed since this index's generation; one tantivy commit."""
-        have = self.generation()
-        if have >= generation and (self.folder / "meta.json").is_file() and not self.damaged:
-            return
-        tantivy = _tantivy()
-        if have < 0 or not (self.folder / "meta.json").is_file() or self.damaged:
-            shutil.rmtree(self.folder, ignore_errors=True)  # missing, damaged or unknown state: from scratch
-            self._index, self.damaged = None, False
-            have = -1
-        try:
-            index = self._open(create=True)
-        except ValueError as exc:  # a damaged tantivy folder
-            log.warning("keyword index %s is unreadable (%s); rebuilding it", self.folder, exc)
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self._index, have = None, -1
-            index = self._open(create=True)
-        changed = [r[0] for r in self.db.execute("SELECT id FROM files WHERE gen > ?", (have,))]
-        removed = [r[0] for r in self.db.execute("SELECT file_id FROM removed_files WHERE gen > ?", (have,))]
-        writer = index.writer(64_000_000, 1)
-        try:
-            if have >= 0:
-                for part in batches(changed + removed, 1000):
-                    writer.delete_documents_by_query(tantivy.Query.term_set_query(self._schema, "file_id", part))
-            for part in batches(changed, 500):
-                q = f"SELECT id, file_id, words FROM chunks WHERE file_id IN ({','.join('?' * len(part))})"
-                for cid, fid, words in self.db.execute(q, part):
-                    writer.add_document(tantivy.Document.from_dict(
-                        {"chunk_id": cid, "file_id": fid, "words": words}, self._schema))
-            writer.commit()
-            writer.wait_merging_threads()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                writer.rollback()
-            raise
-        index.reload()
-        _write_json_atomic(self.state_path, {"generation": generation})
-        self.db.execute("DELETE FROM removed_files WHERE gen <= ?", (generation,))
-
-    def search(self, words: Sequence[str], k: int, file_ids: Sequence[int] | None) -> list[tuple[int, float]]:
-        index = self._open()
-        if index is None:
-            return []
-        tantivy = _tantivy()
-        index.reload()
-        schema = self._schema
-        query = tantivy.Query.boolean_query(
-            [(tantivy.Occur.Should, tantivy.Query.term_query(schema, "words", w)) for w in words])
-        if file_ids is not None:
-            query = tantivy.Query.boolean_query([
-                (tantivy.Occur.Must, query),
-                (tantivy.Occur.Must, tantivy.Query.term_set_query(schema, "file_id", list(file_ids))),
-            ])
-        searcher = index.searcher()
-        hits = searcher.search(query, k + 16).hits  # a few spare for chunks deleted since the last sync
-        if not hits:
-            return []
-        ids = searcher.fast_field_values("chunk_id", [addr for _, addr in hits])
-        return [(int(i), float(score)) for (score, _), i in zip(hits, ids) if i is not None and score > 0]
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class ChunkIndex:
     """Several files' chunks in one in-memory FAISS index (cosine on normalised vectors).
 
     Built from cached file indexes for a question; ``add`` and ``remove`` let a LangChain
-    VectorStore (``ragqa.retrieval.RagqaVectorStore``) grow and shrink it. ``allow_empty`` makes an
+    VectorStore (``ragqa.vectorstores.RagqaVectorStore``) grow and shrink it. ``allow_empty`` makes an
     index with no chunks yet; its dimension is set by the first ``add``.
     """
 
@@ -172,7 +172,7 @@ class ChunkIndex:
 
     def bm25_search(self, query: str, k: int) -> list[tuple[int, float]]:
         """[(chunk id, BM25 score)] for a question, segmented as the chunks were."""
-        from ragqa.retrieval import tokenize
+        from ragqa.words import tokenize
 
         return self.bm25_search_ids(tokenize(query), k)
 

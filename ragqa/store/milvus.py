@@ -49,7 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from langchain_core.documents import Document
 
-from ragqa.errors import InputError, MissingDependencyError, RagqaError
+from ragqa.errors import InputError, MissingDependencyError, RagqaError, one_line
 from ragqa.store.base import (
     FileRecord, KBStats, KnowledgeBase, Manifest,
     batches, chunk_document, chunk_meta, unit_rows,
@@ -138,14 +138,9 @@ def _pymilvus() -> Any:
     return pymilvus
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def _error(exc: BaseException, location: str, *, connecting: bool = False) -> RagqaError:
     """A pymilvus/grpc error as one line that says what to do."""
-    message = _one_line(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+    message = one_line(getattr(exc, "message", None) or exc, limit=300)
     low = message.lower()
     if "auth" in low or "permission" in low or "denied" in low:
         return RagqaError(f"Milvus at {location} refused access: {message} (set the token in RAGQA_STORE_TOKEN "

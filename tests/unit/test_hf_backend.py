@@ -15,7 +15,8 @@ import pytest
 
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, MissingDependencyError, ModelError
-from ragqa.llms import RecentRepetitionPenalty, StopCutter, TransformersBackend, load_backend
+from ragqa.llms import StopCutter, TransformersBackend, load_backend
+from ragqa.llms.hf import RecentRepetitionPenalty
 
 torch = pytest.importorskip("torch")
 
@@ -143,10 +144,10 @@ def fake_hf(monkeypatch):
         fake = FakeTransformers(FakeTokenizer(chat_template), words or ["The ", "answer ", "is ", "42."])
         monkeypatch.setitem(sys.modules, "transformers", fake.module)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
-        import ragqa.llms
+        import ragqa.llms.hf
 
-        real_find_spec = ragqa.llms.importlib.util.find_spec
-        monkeypatch.setattr(ragqa.llms.importlib.util, "find_spec",
+        real_find_spec = ragqa.llms.hf.importlib.util.find_spec
+        monkeypatch.setattr(ragqa.llms.hf.importlib.util, "find_spec",
                             lambda name, *a: (object() if bitsandbytes else None) if name == "bitsandbytes"
                             else real_find_spec(name, *a))
         return fake
@@ -270,7 +271,7 @@ def test_rope_scaling_sets_dynamic_ntk_and_stretches_the_context(fake_hf, hf_fol
 
 
 def test_rope_scaling_before_transformers_5_uses_rope_scaling() -> None:
-    from ragqa.llms import _set_dynamic_rope
+    from ragqa.llms.hf import _set_dynamic_rope
 
     config = types.SimpleNamespace(rope_scaling=None)
     _set_dynamic_rope(config, 4.0)

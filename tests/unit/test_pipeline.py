@@ -221,10 +221,10 @@ def test_folder_with_no_readable_file_is_an_error(make_pipeline, tmp_path) -> No
 
 def test_long_embedding_shows_progress_lines_when_stderr_is_a_log(make_pipeline, tmp_path, monkeypatch, capsys) -> None:
     """A 150 MB file takes hours: with stderr redirected to a file there must still be lines."""
-    import ragqa.pipeline as pl
+    import ragqa.progress as progress
 
-    monkeypatch.setattr(pl, "LOG_PROGRESS_EVERY_S", 0.0)  # a line per batch instead of every 10 s
-    monkeypatch.setattr(pl, "_stderr_is_tty", lambda: False)
+    monkeypatch.setattr(progress, "LOG_PROGRESS_EVERY_S", 0.0)  # a line per batch instead of every 10 s
+    monkeypatch.setattr(progress, "stderr_is_tty", lambda: False)
     doc = tmp_path / "long.txt"
     doc.write_text("熊猫吃竹子。" * 2000, "utf-8")
     p = make_pipeline(chunk_size=60, chunk_overlap=0)
@@ -242,7 +242,7 @@ def test_a_50_page_scan_shows_ocr_progress_and_indexes_every_page(make_pipeline,
     from PIL import Image
 
     import ragqa.ocr as ocr
-    import ragqa.pipeline as pl
+    import ragqa.progress as progress
 
     pages = [Image.new("L", (200, 280), 255) for _ in range(50)]
     scan = tmp_path / "scan.pdf"
@@ -257,8 +257,8 @@ def test_a_50_page_scan_shows_ocr_progress_and_indexes_every_page(make_pipeline,
 
     monkeypatch.setattr(ocr, "check_languages", lambda languages: "tesseract")
     monkeypatch.setattr(ocr, "ocr_image", fake_ocr)
-    monkeypatch.setattr(pl, "LOG_PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(pl, "_stderr_is_tty", lambda: False)
+    monkeypatch.setattr(progress, "LOG_PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "stderr_is_tty", lambda: False)
     p = make_pipeline()
     kb = p.open_kb("scans", create=True)
     report = p.index_paths(kb, [scan])

@@ -7,17 +7,9 @@ import pytest
 from langchain_core.documents import Document
 
 from ragqa.errors import ConfigError
-from ragqa.retrieval import (
-    DEFAULT_FUSION,
-    FUSIONS,
-    BM25Retriever,
-    HybridRetriever,
-    RerankingRetriever,
-    fuse_rankings,
-    make_fusion,
-    make_retriever,
-    tokenize,
-)
+from ragqa.fusion import DEFAULT_FUSION, FUSIONS, fuse_rankings, make_fusion
+from ragqa.retrieval import BM25Retriever, HybridRetriever, RerankingRetriever, make_retriever
+from ragqa.words import tokenize
 from ragqa.store import ChunkIndex, FileIndex
 
 CHUNKS = [

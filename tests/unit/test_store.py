@@ -56,9 +56,9 @@ def test_second_run_skips_unchanged_files_without_reading_or_embedding(make_pipe
 
     emb2 = counting_embeddings_cls()
     again = make_pipeline(embeddings=emb2, chunk_size=50, chunk_overlap=10)  # a new process
-    import ragqa.pipeline as pl
+    import ragqa.pipeline.indexing as indexing
 
-    monkeypatch.setattr(pl, "read_bytes", lambda *a, **k: pytest.fail("an unchanged file was read"))
+    monkeypatch.setattr(indexing, "read_bytes", lambda *a, **k: pytest.fail("an unchanged file was read"))
     report = again.index_paths(kb_of(again), [docs])
     assert (report.added, report.updated, report.unchanged) == (0, 0, 2)
     assert emb2.document_calls == 0
@@ -203,9 +203,9 @@ def test_truth_is_sqlite_and_nothing_is_pickled(make_pipeline, docs, data_dir) -
 def test_lost_derived_indexes_are_rebuilt_from_the_truth_without_embedding(make_pipeline, counting_embeddings_cls, docs, data_dir, monkeypatch) -> None:
     import shutil
 
-    import ragqa.store.local as local
+    import ragqa.store.vectors as vectors
 
-    monkeypatch.setattr(local, "COMPACT_MIN", 1)  # so the vector base file exists
+    monkeypatch.setattr(vectors, "COMPACT_MIN", 1)  # so the vector base file exists
     p = make_pipeline(chunk_size=50, chunk_overlap=10)
     p.index_paths(kb_of(p), [docs])
     folder = data_dir / "kb" / "t"
@@ -230,7 +230,7 @@ def _kill_script(tmp: Path, files: list[Path], die_at: int, where: str = "embed"
         from conftest import CountingEmbeddings
         from ragqa.config import Settings
         from ragqa.pipeline import Pipeline
-        import ragqa.store.local as local
+        import ragqa.store.keywords as keywords
 
         class Dying(CountingEmbeddings):
             def embed_documents(self, texts):
@@ -239,12 +239,12 @@ def _kill_script(tmp: Path, files: list[Path], die_at: int, where: str = "embed"
                 return super().embed_documents(texts)
 
         if {where!r} == "keywords":  # after tantivy's commit, before its stamp moves
-            real = local._write_json_atomic
+            real = keywords.write_state
             def die(path, data):
                 if path.name == "keywords.json" and data["generation"] > 0:
                     os._exit(9)
                 real(path, data)
-            local._write_json_atomic = die
+            keywords.write_state = die
         p = Pipeline(Settings(cache_dir={str(tmp / 'cache')!r}, data_dir={str(tmp / 'data')!r}))
         p._embeddings = Dying()
         p.index_paths(p.open_kb("t", create=True), {[str(f) for f in files]!r})
@@ -358,10 +358,10 @@ def test_two_writers_on_one_kb_lose_nothing(tmp_path) -> None:
 
 def test_hnsw_base_and_dead_chunk_filtering(make_pipeline, tmp_path, monkeypatch) -> None:
     """Past HNSW_MIN chunks the base index is HNSW; chunks of a changed file never come back."""
-    import ragqa.store.local as local
+    import ragqa.store.vectors as vectors
 
-    monkeypatch.setattr(local, "HNSW_MIN", 20)
-    monkeypatch.setattr(local, "COMPACT_MIN", 10)
+    monkeypatch.setattr(vectors, "HNSW_MIN", 20)
+    monkeypatch.setattr(vectors, "COMPACT_MIN", 10)
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(30):

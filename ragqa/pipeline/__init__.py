@@ -1,0 +1,421 @@
+"""The only place that wires the steps: files -> chunks -> index -> retrieval -> chain -> answer.
+
+``Pipeline`` keeps the loaded embedding model and LLM, so a web page or a batch loads each once,
+and is what every front end calls (the CLI, the web page, the LangChain stores): asking, indexing
+(``indexing.Indexer``), summarizing (``summaries.Summarizer``) and knowledge-base admin. The
+results it hands back are in ``results``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from langchain_core.documents import Document
+
+from ragqa.config import Settings
+from ragqa.errors import InputError
+from ragqa.loaders import expand_paths
+from ragqa.models import resolve_embedding
+from ragqa.paths import is_under
+from ragqa.pipeline.indexing import EMBED_BATCH, Indexer
+from ragqa.pipeline.results import Answer, IndexReport, Source, SummaryReport
+from ragqa.pipeline.summaries import SUMMARY_SETTINGS, SUMMARY_SETTINGS_IF_SET, Summarizer, _summary_key, expand_globs
+from ragqa.splitting import ChineseTextSplitter
+from ragqa.store import TEXT_PARSER, TEXT_PREFIX, FileRecord, KBStats, KBView, KnowledgeBase, Manifest, SyncReport
+
+__all__ = [  # what callers and tests import from ragqa.pipeline, wherever it is defined
+    "EMBED_BATCH", "SUMMARY_SETTINGS", "SUMMARY_SETTINGS_IF_SET", "Answer", "IndexReport", "LanguageModel",
+    "Pipeline", "Source", "SummaryReport", "_summary_key", "expand_globs",
+]
+
+
+class Pipeline:
+    """Holds settings and the lazily loaded models; ``ask`` answers one question."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.splitter = ChineseTextSplitter(settings.chunk_size, settings.chunk_overlap)
+        self._embeddings: Any = None
+        self._reranker: Any = None
+        self._language_model: Any = None
+        self._backends: dict[bool, Any] = {}
+        self._backend_name: str | None = None
+        self._files_kb: KnowledgeBase | None = None
+        self._kbs: dict[str, KnowledgeBase] = {}
+        self.timings: dict[str, float] = {}
+        self.indexer = Indexer(settings, self.splitter, lambda: self.embeddings)
+        self.summarizer = Summarizer(settings, self.language_model, self.load_file, self.check_models)
+
+    @functools.cached_property
+    def embedding_spec(self) -> Any:
+        """The embedding model the settings name, resolved (a name, a folder, a hub id)."""
+        return resolve_embedding(self.settings.embedding_model)
+
+    # -- models, loaded on first use
+    @property
+    def embeddings(self) -> Any:
+        if self._embeddings is None:
+            from ragqa.embeddings import make_embeddings
+
+            t = time.perf_counter()
+            self._embeddings = make_embeddings(self.embedding_spec)  # progress: see Indexer.embed_chunks
+            self.timings["embedding_load_s"] = round(time.perf_counter() - t, 3)
+        return self._embeddings
+
+    @property
+    def backend_name(self) -> str:
+        """llama.cpp, transformers or openai: as set, or picked from the model name (auto)."""
+        if self._backend_name is None:
+            from ragqa.llms import resolve_backend
+
+            self._backend_name = resolve_backend(self.settings)
+        return self._backend_name
+
+    def backend(self, *, vocab_only: bool = False) -> Any:
+        """The LLM backend; a full model also serves where only the tokenizer is needed."""
+        if False in self._backends:
+            return self._backends[False]
+        if vocab_only not in self._backends:
+            from ragqa.llms import load_backend
+
+            t = time.perf_counter()
+            self._backends[vocab_only] = load_backend(self.settings, backend=self.backend_name, vocab_only=vocab_only)
+            self.timings["llm_load_s"] = round(time.perf_counter() - t, 3)
+        return self._backends[vocab_only]
+
+    def check_models(self) -> None:
+        """Fail on a bad model, server, chat format name or format file before any slow work starts."""
+        from ragqa.chat_formats import check_chat_format
+        from ragqa.models import resolve_hf_model, resolve_llm_path
+
+        name = self.backend_name
+        if name == "llama.cpp":
+            resolve_llm_path(self.settings.model)
+        elif name == "transformers":
+            resolve_hf_model(self.settings.model)
+        elif name == "openai" and not self._backends:
+            self.backend()  # reaches the server: a wrong URL, key or model fails now, not after indexing
+        check_chat_format(self.settings.chat_format)
+
+    # -- indexing
+    def splitter_settings(self) -> dict[str, Any]:
+        return {"kind": "zh-sentence", "chunk_size": self.settings.chunk_size, "overlap": self.settings.chunk_overlap}
+
+    def manifest(self) -> Manifest:
+        """What a knowledge base's chunks depend on: this run's embeddings and splitter."""
+        return Manifest(self.embedding_spec.cache_id, self.splitter_settings())
+
+    def open_kb(self, name: str, *, create: bool = False) -> KnowledgeBase:
+        """The knowledge base ``name``, checked against this run's embeddings and splitter."""
+        from ragqa.store import open_kb
+
+        return open_kb(self.settings, name, self.manifest(), create=create)
+
+    def files_kb(self) -> KnowledgeBase:
+        """The internal KB that ``ask PATH...`` keeps the files it was given in (under cache_dir)."""
+        if self._files_kb is None:
+            from ragqa.store import open_cache_kb
+
+            self._files_kb = open_cache_kb(self.settings, self.manifest())
+        return self._files_kb
+    def index_paths(self, kb: KnowledgeBase, paths: Sequence[str | Path], **options: Any) -> SyncReport:
+        """Bring ``kb`` up to date with the files at ``paths``: new files added, changed ones
+        re-indexed, unchanged ones skipped, unreadable ones recorded; ``sync=True`` also removes the
+        KB's files under the given folders that are gone from disk. Options: ``Indexer.index_paths``."""
+        return self.indexer.index_paths(kb, paths, **options)
+
+    def load_file(self, path: Path, data: bytes, *, show: bool = True,
+                  on_page: Callable[[int, int], None] | None = None) -> list[Document]:
+        """One file's Documents, read with the OCR settings (``Indexer.load_file``)."""
+        return self.indexer.load_file(path, data, show=show, on_page=on_page)
+
+    def embed_chunks(self, chunks: list[Document], name: str) -> tuple[Any, list[list[str]]]:
+        """Chunks -> (their vectors, their BM25 words): what a KB stores per chunk."""
+        return self.indexer.embed_chunks(chunks, name)
+
+    def build_index(self, paths: Iterable[str | Path], *, skip_unreadable: bool = False) -> tuple[KBView, IndexReport]:
+        """The files at ``paths``, synced into the internal files KB and seen through a filter.
+
+        A file named directly must be readable (unless ``skip_unreadable``); an unreadable file
+        found inside a named folder (empty, binary, a scan without text) is skipped and reported.
+        Unchanged files cost a stat each, so a large cached folder is ready in milliseconds."""
+        paths = list(paths)
+        files = expand_paths(paths)  # a missing path fails before anything is created
+        return self.indexer.view_of(self.files_kb(), paths, files, skip_unreadable=skip_unreadable)
+
+    def kb(self, name: str, *, create: bool = False) -> KnowledgeBase:
+        """The knowledge base ``name``, opened once per pipeline and kept open (a web page asks,
+        uploads and lists through one object)."""
+        kb = self._kbs.get(name)
+        if kb is None:
+            kb = self._kbs[name] = self.open_kb(name, create=create)
+        return kb
+
+    def forget_kb(self, name: str) -> None:
+        """Close a kept-open KB (it was dropped, or is about to be)."""
+        kb = self._kbs.pop(name, None)
+        if kb is not None:
+            kb.close()
+
+    def kb_index(self, name: str) -> tuple[KBView, IndexReport]:
+        """A knowledge base to search (opened once per pipeline); refused when it has no chunks."""
+        t = time.perf_counter()
+        kb = self.kb(name)
+        n = kb.count()
+        if not n:
+            raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")
+        files = sum(1 for r in kb.files() if r.status == "ok") if kb.engine == "local" else 0
+        report = IndexReport(files=files, cached=files, chunks=n, seconds=time.perf_counter() - t)
+        return kb.view(None), report
+
+    def kb_paths(self, name: str) -> list[str]:
+        """The files of a knowledge base (what ``summarize --kb`` summarizes)."""
+        kb = self.open_kb(name)
+        try:
+            # files only: texts added through the LangChain store have no file to summarize
+            paths = [r.path for r in kb.files() if r.status == "ok" and r.parser != TEXT_PARSER]
+        finally:
+            kb.close()
+        if not paths:
+            raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")
+        return paths
+
+    def retriever(self, index: Any, settings: Settings | None = None) -> Any:
+        from ragqa.retrieval import make_retriever
+
+        s = settings or self.settings
+        embeddings = None if s.retriever == "bm25" else self.embeddings  # BM25 needs no model
+        return make_retriever(s.retriever, index, embeddings, s.k, reranker=self.reranker,
+                              candidates=s.rerank_candidates, fusion=s.fusion)
+
+    @property
+    def reranker(self) -> Any:
+        if self.settings.reranker and self._reranker is None:
+            from ragqa.retrieval import CrossEncoderReranker
+
+            self._reranker = CrossEncoderReranker(self.settings.reranker)
+        return self._reranker
+
+    # -- answering    # -- knowledge-base admin (``ragqa kb``, the web page's list): opened as they are, whatever
+    # embedding model this run is set to, so a KB built with another one can still be listed or dropped
+    def kb_names(self) -> list[str]:
+        """The KBs' names, sorted, without opening any (a page that must start in seconds)."""
+        from ragqa.store import kb_names
+
+        return kb_names(self.settings)
+
+    def kb_exists(self, name: str) -> bool:
+        from ragqa.store import kb_exists
+
+        return kb_exists(self.settings, name)
+
+    def list_kbs(self) -> list[KBStats]:
+        """Every KB of the configured engine, by name, with its counts and size."""
+        from ragqa.store import list_kbs
+
+        return list_kbs(self.settings)
+
+    def kb_details(self, name: str) -> tuple[KBStats, Manifest, list[FileRecord]]:
+        """A KB's counts, what it was built with, and every file record (``ragqa kb show``)."""
+        from ragqa.store import open_kb
+
+        kb = open_kb(self.settings, name)
+        try:
+            return kb.stats(), kb.manifest, kb.files()
+        finally:
+            kb.close()
+
+    def remove_from_kb(self, name: str, paths: Sequence[str], *,
+                       on_wait: Callable[[str], None] | None = None) -> int:
+        """Remove these documents from a KB: files, every file under a folder, or texts added
+        through the LangChain store (``text:<id>``); -> how many. The files on disk are not touched."""
+        from ragqa.store import open_kb
+
+        texts = {p for p in paths if p.startswith(TEXT_PREFIX)}
+        roots = [Path(p).expanduser().resolve() for p in paths if p not in texts]
+        self.forget_kb(name)
+        kb = open_kb(self.settings, name)
+        try:
+            with kb.writing(on_wait=on_wait):
+                gone = [r.path for r in kb.files()
+                        if r.path in texts or any(is_under(Path(r.path), root) for root in roots)]
+                return kb.remove_files(gone)
+        finally:
+            kb.close()
+
+    def drop_kb(self, name: str) -> None:
+        """Delete a KB and its indexes (never the files themselves)."""
+        from ragqa.store import drop_kb
+
+        self.forget_kb(name)
+        drop_kb(self.settings, name)
+
+    def summarize_file(self, path: str | Path, *, on_step: Callable[[str], None] | None = None,
+                       data: bytes | None = None) -> dict[str, Any]:
+        """Summarize one document; -> a record {source, summary, chain, chunks, seconds, status, key, lang}."""
+        return self.summarizer.summarize_file(path, on_step=on_step, data=data)
+
+    def summarize_batch(
+        self, paths: Sequence[str | Path], out: str | Path, *, force: bool = False,
+        on_file: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+    ) -> SummaryReport:
+        """Summarize many documents into ``out`` (.jsonl or a folder), resuming where a run stopped
+        (``Summarizer.summarize_batch``)."""
+        return self.summarizer.summarize_batch(paths, out, force=force, on_file=on_file, progress=progress)
+
+    def language_model(self) -> "LanguageModel":
+        """The LLM, loaded once: the backend, it as a LangChain LLM, and its prompt builder."""
+        if self._language_model is None:
+            self._language_model = LanguageModel(self)
+        return self._language_model
+
+    def prompt_builder(self, backend: Any) -> Any:
+        from ragqa.chains import PromptBuilder
+
+        s = self.settings
+        fmt = backend.chat_format(s.chat_format)
+        return PromptBuilder(
+            chat_format=fmt,
+            count_tokens=backend.count_tokens,
+            budget=backend.context_size() - s.max_new_tokens,
+            system_prompt=s.system_prompt,
+            lang=s.lang,
+        )
+
+    def ask(
+        self,
+        paths: Sequence[str | Path],
+        question: str,
+        *,
+        on_token: Callable[[str], None] | None = None,
+        dry_run: bool = False,
+        history: Sequence[Any] = (),
+        kb: str | None = None,
+        **overrides: Any,
+    ) -> Answer:
+        """Answer ``question`` from the files; ``on_token`` sees the answer as it streams.
+
+        With ``dry_run`` the model's weights are not loaded: the answer is empty and
+        ``prompts[0]`` is the exact first prompt the model would get. ``history`` holds earlier
+        turns of a conversation; ``overrides`` (chain, k, retriever) apply to this question only.
+        """
+        answer: Answer | None = None
+        for item in self.ask_stream(paths, question, dry_run=dry_run, history=history, kb=kb, **overrides):
+            if isinstance(item, Answer):
+                answer = item
+            elif on_token:
+                on_token(item)
+        assert answer is not None
+        return answer
+
+    def ask_stream(
+        self,
+        paths: Sequence[str | Path],
+        question: str,
+        *,
+        dry_run: bool = False,
+        history: Sequence[Any] = (),
+        skip_unreadable: bool = False,
+        kb: str | None = None,
+        **overrides: Any,
+    ) -> Iterator[str | Answer]:
+        """Like ``ask``, as a generator: the answer's pieces (str) as they stream, then the Answer.
+
+        The documents are the files at ``paths`` or, with ``kb``, that knowledge base.
+        ``skip_unreadable`` treats named files like files found in a folder: an unreadable one is
+        left out with a note (the web page, where one bad upload must not block the rest).
+        """
+        question = (question or "").strip()
+        if not question:
+            raise InputError("the question is empty")
+        if kb is not None and paths:
+            raise InputError("give either PATH... or --kb NAME, not both (add files to a KB with: ragqa index PATH --kb NAME)")
+        if not paths and kb is None:
+            raise InputError("no documents given")
+        settings = self._settings_for(overrides)
+        self.check_models()
+        self.timings = {}
+        if kb is not None:
+            index, report = self.kb_index(kb)
+        else:
+            index, report = self.build_index(paths, skip_unreadable=skip_unreadable)
+        timings: dict[str, Any] = {
+            "index_s": round(report.seconds, 3),
+            "files": report.files,
+            "files_cached": report.cached,
+            "chunks": report.chunks,
+        }
+        skipped = [f"skipped {reason}" for reason in report.skipped]
+        retriever = self.retriever(index, settings)
+        if dry_run:
+            from ragqa.chains import first_prompt, retrieval_query
+
+            backend = self.backend(vocab_only=True)
+            pb, history_notes = self.prompt_builder(backend).with_history(history)
+            notes = skipped + list(getattr(backend, "notes", [])) + history_notes
+            t = time.perf_counter()
+            docs = retriever.invoke(retrieval_query(question, history))
+            timings["retrieve_s"] = round(time.perf_counter() - t, 3)
+            prompt, used, fit_notes = first_prompt(question, docs, pb, settings.chain)
+            timings.update(self.timings)
+            yield Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
+            return
+
+        from ragqa.chains import make_qa_chain
+
+        lm = self.language_model()
+        backend = lm.backend
+        notes = skipped + list(getattr(backend, "notes", []))
+        chain = make_qa_chain(lm.llm, retriever, lm.pb, settings.chain)
+        t = time.perf_counter()
+        result: dict[str, Any] = {}
+        for part in chain.stream({"question": question, "history": list(history)}):
+            if part.get("answer"):
+                yield part["answer"]
+            result = part if not result else result + part
+        timings["answer_s"] = round(time.perf_counter() - t, 3)
+        timings.update(self.timings)
+        timings.update(backend.stats.as_dict())
+        yield Answer(
+            answer=result.get("answer", "").strip(),
+            sources=[Source.from_document(d) for d in result.get("source_documents", [])],
+            timings=timings,
+            notes=notes + result.get("notes", []),
+            prompts=result.get("prompts", []),
+        )
+
+    PER_QUESTION = ("chain", "k", "retriever", "fusion")
+
+    def _settings_for(self, overrides: dict[str, Any]) -> Settings:
+        """The settings with per-question overrides (chain, k, retriever, fusion), validated."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - set(self.PER_QUESTION)
+        if unknown:
+            raise TypeError(f"not a per-question setting: {', '.join(sorted(unknown))}")
+        if not given:
+            return self.settings
+        from pydantic import ValidationError
+
+        from ragqa.config import settings_error
+
+        try:
+            return Settings.model_validate({**self.settings.model_dump(), **given})
+        except ValidationError as exc:
+            raise InputError(settings_error(exc)) from None
+
+
+class LanguageModel:
+    """What every chain needs from the LLM: the backend, a LangChain LLM over it, the prompt builder."""
+
+    def __init__(self, pipeline: "Pipeline") -> None:
+        from ragqa.llms import GenerationParams, RagqaLLM
+
+        self.backend = pipeline.backend()  # load_backend with pipeline.backend_name
+        self.pb = pipeline.prompt_builder(self.backend)
+        self.llm = RagqaLLM(backend=self.backend, params=asdict(GenerationParams.from_settings(pipeline.settings)),
+                            stop_default=list(self.pb.chat_format.stop))

@@ -1,0 +1,171 @@
+"""Words: what BM25 matches, and what a token costs.
+
+- ``tokenize``: jieba search-mode segmentation of Chinese runs, lower-cased Latin words without
+  English stop words. The knowledge bases' keyword indexes, the in-memory index and the fusion
+  all use it, so it sits below them.
+- ``matched_share`` / ``matched_mass``: how much of a query's idf mass (jieba's general-corpus
+  table, cached as SQLite under the cache folder) a chunk's words hold; the fusion's signal.
+- ``estimate_tokens``: a cautious token count for a model without a tokenizer of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from ragqa.errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9]+")
+_EN_STOP = frozenset(
+    "a an and are as at be but by for from has have he her his i in is it its of on or she that the their "
+    "them they this to was were what when where which who whom whose why will with you your how did does do".split()
+)
+_jieba: Any = None
+
+
+def _segmenter() -> Any:
+    global _jieba
+    if _jieba is None:
+        try:
+            import jieba
+        except ImportError:
+            raise MissingDependencyError("jieba") from None
+        jieba.setLogLevel(logging.WARNING)  # it announces its dictionary load on stderr otherwise
+        _jieba = jieba
+    return _jieba
+
+
+def tokenize(text: str) -> list[str]:
+    """Words for BM25: jieba search-mode segmentation of Chinese, lower-cased Latin words.
+
+    >>> tokenize("熊猫住在四川 and eats Bamboo")
+    ['熊猫', '住', '在', '四川', 'eats', 'bamboo']
+    """
+    out: list[str] = []
+    for match in _TOKEN.finditer(text):
+        piece = match.group()
+        if piece[0].isascii():
+            word = piece.lower()
+            if word not in _EN_STOP:
+                out.append(word)
+        else:
+            out.extend(t for t in _segmenter().lcut_for_search(piece) if t.strip())
+    return out
+
+
+IDF_CACHE_FORMAT = 1
+
+
+def _idf_of(words: Sequence[str]) -> tuple[dict[str, float], float]:
+    """jieba's general-corpus idf of these words, and its median (what an unknown word gets).
+
+    The table has 270k words: parsing it costs ~0.4 s and ~100 MB per process, more than the
+    rest of a question. So it is copied once into an SQLite file in the cache folder and only the
+    question's words are looked up; where that cannot be written, the table is read as jieba does."""
+    db = _idf_db()
+    if db is None:
+        idf, median = _idf_table()
+        return {w: idf[w] for w in words if w in idf}, median
+    found: dict[str, float] = {}
+    for part in (list(words)[i:i + 500] for i in range(0, len(words), 500)):
+        q = f"SELECT word, idf FROM idf WHERE word IN ({','.join('?' * len(part))})"
+        found.update(db.execute(q, part).fetchall())
+    return found, _idf_median
+
+
+_idf: tuple[dict[str, float], float] | None = None
+_idf_connection: Any = None
+_idf_median = 0.0
+
+
+def _idf_table() -> tuple[dict[str, float], float]:
+    """jieba's idf table in memory (the fallback of ``_idf_of``)."""
+    global _idf
+    if _idf is None:
+        _segmenter()
+        import jieba.analyse
+
+        table = jieba.analyse.default_tfidf
+        _idf = (table.idf_freq, table.median_idf)
+    return _idf
+
+
+def _idf_db() -> Any:
+    """The idf table as SQLite under the cache folder, made on first use (None if it cannot be)."""
+    global _idf_connection, _idf_median
+    if _idf_connection is not None:
+        return _idf_connection or None
+    import contextlib
+    import sqlite3
+    from pathlib import Path
+
+    from ragqa.paths import atomic_path, default_cache_dir
+
+    try:
+        import jieba
+
+        source = Path(jieba.__file__).parent / "analyse" / "idf.txt"
+        # jieba's version and the table's size, not its mtime: every new venv copies the file anew
+        version = getattr(jieba, "__version__", "0").replace("-", "_")
+        stamp = f"{IDF_CACHE_FORMAT}-{version}-{source.stat().st_size}"
+        path = default_cache_dir() / f"jieba-idf-{stamp}.sqlite"
+        if not path.is_file():
+            for old in path.parent.glob("jieba-idf-*.sqlite"):  # earlier versions' copies (6 MB each)
+                with contextlib.suppress(OSError):
+                    old.unlink()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            idf, median = _idf_table()
+            with atomic_path(path) as tmp:
+                con = sqlite3.connect(tmp)
+                con.execute("CREATE TABLE idf (word TEXT PRIMARY KEY, idf REAL NOT NULL) WITHOUT ROWID")
+                con.execute("CREATE TABLE meta (median REAL NOT NULL)")
+                con.executemany("INSERT OR REPLACE INTO idf VALUES (?, ?)", idf.items())
+                con.execute("INSERT INTO meta VALUES (?)", (median,))
+                con.commit()
+                con.close()
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        _idf_median = float(con.execute("SELECT median FROM meta").fetchone()[0])
+        _idf_connection = con
+    except (OSError, sqlite3.Error, ImportError) as exc:
+        log.info("idf table not cached (%s); reading it in memory", exc)
+        _idf_connection = False
+    return _idf_connection or None
+
+
+def matched_share(query: str, chunk_words: set[str]) -> float:
+    """How much of the query's idf mass a chunk holds: the idf-weighted share of the query's
+    words that are among the chunk's words (idf from jieba's general-corpus table, so the same
+    on every engine; a word it does not know, English included, counts as rare).
+
+    >>> round(matched_share("熊猫的尾巴", set(tokenize("熊猫吃竹子"))), 2)  # 熊猫 (idf 9.1) of 熊猫, 的 (0.9), 尾巴 (7.9)
+    0.51
+    """
+    matched, total = matched_mass(query, chunk_words)
+    return matched / total if total else 0.0
+
+
+def matched_mass(query: str, chunk_words: set[str]) -> tuple[float, float]:
+    """(the idf mass of the query's words a chunk holds, the query's whole idf mass)."""
+    words = list(dict.fromkeys(tokenize(query)))
+    idf, unknown = _idf_of(words)
+    weights = {w: idf.get(w, unknown) for w in words}
+    return sum(x for w, x in weights.items() if w in chunk_words), sum(weights.values())
+
+
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def estimate_tokens(text: str) -> int:
+    """A deliberately high token estimate: one per CJK character, one per 3 bytes of the rest.
+
+    >>> estimate_tokens("熊猫 eats bamboo")  # 2 + 12 bytes / 3
+    6
+    """
+    cjk = len(_CJK.findall(text))
+    rest = _CJK.sub("", text)
+    return cjk + math.ceil(len(rest.encode("utf-8")) / 3)
