@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import re
 import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import typer
+from typer.core import TyperCommand
 
 from ragqa.errors import ConfigError, RagqaError
 
@@ -64,84 +69,188 @@ def _snippet(text: str, n: int = SNIPPET_CHARS) -> str:
     return flat if len(flat) <= n else flat[: n - 1] + "…"
 
 
-# Options shared by commands that run the pipeline. None = not given (env/config/defaults apply).
-ModelOpt = typer.Option(None, "--model", "-m", help="LLM: 'smollm2' (starter), a .gguf path, an HF model folder or hub id.")
-EmbOpt = typer.Option(None, "--embedding-model", "-e", help="'multilingual-e5-small' (default), 'all-MiniLM-L6-v2', a folder or a hub id.")
-FormatOpt = typer.Option(
-    None, "--chat-format",
-    help="auto (the model's own template), a name (alpaca-2, llama-2, chatml, yi, vicuna, internlm, "
-    "xverse, billa, yulan, alpaca, deepseek-coder) or a .toml chat format file.",
-)
+# --------------------------------------------------------------------------- flags from the Settings fields
+#
+# A flag that sets a Settings field is generated from the field (name, type, choices, bounds,
+# description, default), so its help cannot drift from the settings. Each command names the fields
+# it exposes (``@command(app, settings=...)``); its body gets the flags given as one ``overrides``
+# dict for load_settings. A command's setting flags are built the first time its params are needed
+# (its --help, parsing its arguments), never for `ragqa --help`: they import ragqa.config, hence
+# pydantic-settings.
+
+HELP_CONTEXT = {"help_option_names": ["-h", "--help"]}
+SETTINGS_PANEL = "Settings (not given: RAGQA_<NAME>, then --config, then the default)"
+# Flag names where the generated one (--field-name) is not what users type.
+SETTING_FLAGS: dict[str, tuple[str, ...]] = {
+    "model": ("--model", "-m"),
+    "embedding_model": ("--embedding-model", "-e"),
+    "k": ("--k", "-k"),
+    "n_threads": ("--threads", "-t"),
+    "summary_chain": ("--chain",),
+}
+
+
+def setting_flags(name: str) -> tuple[str, ...]:
+    """The flag names of setting ``name``: ``('--n-ctx',)``, ``('--threads', '-t')``."""
+    return SETTING_FLAGS.get(name, ("--" + name.replace("_", "-"),))
+
+
+def _show(value: Any) -> str:
+    """A default or a bound as help shows it: 200.0 as 200, a path in the home folder with ~."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Path) and Path.home() in value.parents:
+        return "~/" + value.relative_to(Path.home()).as_posix()
+    return str(value)
+
+
+def _flag_type(name: str, annotation: Any) -> tuple[type, tuple[str, ...]]:
+    """A field's flag type, and the choices of a Literal field: its flag takes a str that Settings
+    checks, so a bad choice reads the same from a flag, a variable or the config file."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        [annotation] = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return str, tuple(str(c) for c in get_args(annotation))
+    if annotation in (str, int, float, bool, Path):
+        return annotation, ()
+    raise TypeError(f"setting {name!r} has no command-line type ({annotation!r})")
+
+
+def _range(metadata: list[Any]) -> str:
+    """A field's bounds as Typer writes a range: ``1<=x<=100``, ``0<x<=1``, ``x>=0``."""
+    bounds = {attr: getattr(m, attr) for m in metadata for attr in ("gt", "ge", "lt", "le")
+              if getattr(m, attr, None) is not None}
+    low = next(((op, _show(bounds[a])) for a, op in (("gt", ">"), ("ge", ">=")) if a in bounds), None)
+    high = next(((op, _show(bounds[a])) for a, op in (("lt", "<"), ("le", "<=")) if a in bounds), None)
+    if low and high:
+        return f"{low[1]}{low[0].replace('>', '<')}x{high[0]}{high[1]}"
+    side = low or high
+    return f"x{side[0]}{side[1]}" if side else ""
+
+
+def setting_help(name: str, note: str = "") -> str:
+    """A setting's flag help: the field's description, the command's ``note``, the choices, the
+    bounds and the default, e.g. ``Chunks retrieved per question. Range: 1<=x<=100. (default: 4)``."""
+    from ragqa.config import Settings
+
+    field = Settings.model_fields[name]
+    _, choices = _flag_type(name, field.annotation)
+    bounds = _range(field.metadata)
+    default = field.get_default(call_default_factory=True)  # a factory's: the XDG folders of ragqa.paths
+    parts = [
+        field.description or "",
+        note,
+        f"Choices: {', '.join(choices)}." if choices else "",
+        f"Range: {bounds}." if bounds else "",
+        f"(default: {_show(default)})" if default is not None else "",
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def setting_options(names: Sequence[str], notes: Mapping[str, str] | None = None) -> list[Any]:
+    """The click options of these settings. Typer itself builds them, from a signature of
+    ``name: T | None = typer.Option(None, *flags)`` parameters, so they parse, convert and fail
+    (``Invalid value for '--k' / '-k'``) exactly as hand-written options; None = not given."""
+    from ragqa.config import Settings
+
+    params = []
+    for name in names:
+        kind, _ = _flag_type(name, Settings.model_fields[name].annotation)
+        option = typer.Option(None, *setting_flags(name), help=setting_help(name, (notes or {}).get(name, "")),
+                              rich_help_panel=SETTINGS_PANEL)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=kind | None))
+
+    def flags() -> None:
+        """Only a signature for Typer to read."""
+
+    flags.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    holder = typer.Typer(add_completion=False)
+    holder.command()(flags)
+    return list(typer.main.get_command(holder).params)
+
+
+class SettingsCommand(TyperCommand):
+    """A command with generated setting flags (``settings``), added to its params on first use."""
+
+    settings: ClassVar[tuple[str, ...]] = ()
+    notes: ClassVar[Mapping[str, str]] = {}
+    _settings_added = False
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        if not self._settings_added:  # once: click tells params apart by identity
+            self.params.extend(setting_options(self.settings, self.notes))
+            self._settings_added = True
+        return super().get_params(ctx)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        """Click's invoke, with the callback given its own parameters; it reads ``overrides``."""
+        own = {k: v for k, v in ctx.params.items() if k not in self.settings}
+        return ctx.invoke(self.callback, **own) if self.callback else None
+
+    def overrides(self, ctx: typer.Context) -> dict[str, Any]:
+        """The settings given on the command line; one not given is absent, so env and file apply."""
+        return {name: ctx.params[name] for name in self.settings if ctx.params.get(name) is not None}
+
+
+def command(group: typer.Typer, name: str | None = None, *, settings: Sequence[str],
+            notes: Mapping[str, str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as command ``name`` of ``group`` with the flags of
+    ``settings``; it takes ``overrides`` (the settings given, by field name) besides its own
+    hand-written parameters. ``notes``: a sentence added to a setting's help for this command."""
+    if len(set(settings)) != len(settings) or set(notes or {}) - set(settings):
+        raise ValueError(f"settings {settings!r} repeat a name, or notes {notes!r} name one not in them")
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(func)
+        own = [p for p in signature.parameters.values() if p.name != "overrides"]
+        if clash := {p.name for p in own} & set(settings):
+            raise ValueError(f"{func.__name__}: parameters {sorted(clash)} are also settings")
+
+        @functools.wraps(func)
+        def callback(_ctx: typer.Context, **kwargs: Any) -> Any:
+            return func(**kwargs, overrides=_ctx.command.overrides(_ctx))  # type: ignore[attr-defined]
+
+        # Typer reads this signature: the hand-written parameters, and the context (Typer passes it in)
+        ctx_param = inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        callback.__signature__ = signature.replace(parameters=[*own, ctx_param])  # type: ignore[attr-defined]
+        cls = type(f"{func.__name__}_command", (SettingsCommand,), {"settings": tuple(settings), "notes": dict(notes or {})})
+        group.command(name, cls=cls, context_settings=HELP_CONTEXT)(callback)
+        return func
+
+    return register
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FormatOpt":  # the --chat-format option, built on first use, for callers that read its help
+        return setting_options(["chat_format"])[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Hand-written options shared by several commands
 ConfigOpt = typer.Option(None, "--config", help="TOML file of settings (keys as RAGQA_* without the prefix).")
-BackendOpt = typer.Option(None, "--backend", help="auto (from the model; default), llama.cpp, transformers, openai.")
-BaseUrlOpt = typer.Option(None, "--base-url", help="openai backend: the server's API root, e.g. http://127.0.0.1:8000/v1.")
-ApiModelOpt = typer.Option(None, "--api-model", help="openai backend: model name on the server (default: its only one).")
-DeviceOpt = typer.Option(None, "--device", help="transformers backend: auto (default), cpu, cuda.")
-DtypeOpt = typer.Option(None, "--torch-dtype", help="transformers backend: auto (default), float32, bfloat16, float16.")
-FourBitOpt = typer.Option(None, "--load-in-4bit", is_flag=True, help="transformers backend: 4-bit weights (bitsandbytes, GPU).")
-EightBitOpt = typer.Option(None, "--load-in-8bit", is_flag=True, help="transformers backend: 8-bit weights (bitsandbytes, GPU).")
-RopeScalingOpt = typer.Option(None, "--rope-scaling", help="transformers backend: dynamic NTK RoPE factor (> 1).")
 KbOpt = typer.Option(None, "--kb", help="Knowledge base name (see ragqa kb list).")
-StoreOpt = typer.Option(None, "--store", help="KB engine: local (default) or a Milvus URI, e.g. http://127.0.0.1:19530.")
-DataDirOpt = typer.Option(None, "--data-dir", help="Where local knowledge bases live (default ~/.local/share/ragqa).")
-CacheDirOpt = typer.Option(None, "--cache-dir", help="Cache folder (default ~/.cache/ragqa).")
-MaxFileOpt = typer.Option(None, "--max-file-mb", help="Refuse files larger than this many MB (default 200).")
-OcrOpt = typer.Option(
-    None, "--ocr", help="OCR scanned pages with Tesseract: auto (PDF pages without text, images; default), always, never.",
-)
-FusionOpt = typer.Option(
-    None, "--fusion",
-    help="How hybrid fuses vector and BM25 hits: zscore (default: z-scores, vector weight w=0.5, raised by "
-    "lift=1 x (below=0.5 - the share of the query's idf mass BM25's best chunk holds), lowered by up to "
-    "drop=0.4 for long queries (that chunk matching over mass=80 of idf)), minmax or rrf "
-    "(reciprocal rank, k=60); parameters after colons, e.g. zscore:w=0.6:lift=0, rrf:k=60 (README \"Retrieval\").",
-)
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr.")
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command(app, settings=(
+    "model", "backend", "base_url", "api_model", "embedding_model", "chat_format", "chain", "k", "retriever",
+    "fusion", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
+    "n_gpu_layers", "rope_freq_base", "rope_freq_scale", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
+    "rope_scaling", "max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "seed", "cache_dir",
+    "data_dir", "store", "max_file_mb", "ocr",
+))
 def ask(
     args: list[str] = typer.Argument(..., metavar="[PATH...] QUESTION", help="Files or folders, then the question (with --kb: the question only)."),
-    kb: Optional[str] = KbOpt,
-    model: Optional[str] = ModelOpt,
-    backend: Optional[str] = BackendOpt,
-    base_url: Optional[str] = BaseUrlOpt,
-    api_model: Optional[str] = ApiModelOpt,
-    embedding_model: Optional[str] = EmbOpt,
-    chat_format: Optional[str] = FormatOpt,
-    chain: Optional[str] = typer.Option(None, "--chain", help="stuff (default) or refine."),
-    k: Optional[int] = typer.Option(None, "--k", "-k", help="Chunks to retrieve (default 4)."),
-    retriever: Optional[str] = typer.Option(None, "--retriever", help="hybrid (default), vector or bm25."),
-    fusion: Optional[str] = FusionOpt,
-    reranker: Optional[str] = typer.Option(None, "--reranker", help="Cross-encoder to re-score candidates (off by default)."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Characters per chunk (default 600)."),
-    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap characters (default 100)."),
-    lang: Optional[str] = typer.Option(None, "--lang", help="Prompt language: auto, zh, en."),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Override the system prompt."),
-    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window in tokens (default 4096)."),
-    n_threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: physical cores)."),
-    n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers", help="Layers to offload to GPU (-1 all)."),
-    rope_freq_base: Optional[float] = typer.Option(None, "--rope-freq-base", help="RoPE base (NTK); 0 = model's."),
-    rope_freq_scale: Optional[float] = typer.Option(None, "--rope-freq-scale", help="RoPE scale; 0 = model's."),
-    device: Optional[str] = DeviceOpt,
-    torch_dtype: Optional[str] = DtypeOpt,
-    load_in_4bit: Optional[bool] = FourBitOpt,
-    load_in_8bit: Optional[bool] = EightBitOpt,
-    rope_scaling: Optional[float] = RopeScalingOpt,
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default 0.2."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default 40."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default 0.9."),
-    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Default 1.1."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default 42)."),
-    cache_dir: Optional[Path] = CacheDirOpt,
-    data_dir: Optional[Path] = DataDirOpt,
-    store: Optional[str] = StoreOpt,
-    max_file_mb: Optional[float] = MaxFileOpt,
-    ocr: Optional[str] = OcrOpt,
-    config: Optional[Path] = ConfigOpt,
+    kb: str | None = KbOpt,
+    config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact prompt; load no LLM weights."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+    verbose: bool = VerboseOpt,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Answer QUESTION from the documents at PATH... (or the knowledge base --kb NAME), streaming
     the answer, then its sources.
@@ -157,17 +266,6 @@ def ask(
     *paths, question = args
     if not question.strip():
         _fail("the question is empty", 2)
-    overrides = dict(
-        model=model, backend=backend, base_url=base_url, api_model=api_model,
-        device=device, torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
-        rope_scaling=rope_scaling, embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
-        retriever=retriever, fusion=fusion, reranker=reranker,
-        chunk_size=chunk_size, chunk_overlap=chunk_overlap, lang=lang, system_prompt=system_prompt,
-        n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, rope_freq_base=rope_freq_base,
-        rope_freq_scale=rope_freq_scale, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, cache_dir=cache_dir,
-        data_dir=data_dir, store=store, max_file_mb=max_file_mb, ocr=ocr,
-    )
     try:
         from ragqa.config import load_settings
         from ragqa.pipeline import Pipeline
@@ -217,36 +315,20 @@ def _print_timings(t: dict[str, Any]) -> None:
     typer.echo("[" + ", ".join(parts) + "]", err=True)
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command(app, settings=(
+    "summary_chain", "lang", "model", "backend", "base_url", "api_model", "device", "torch_dtype", "load_in_4bit",
+    "load_in_8bit", "rope_scaling", "chat_format", "system_prompt", "n_ctx", "n_threads", "n_gpu_layers",
+    "max_new_tokens", "temperature", "max_file_mb", "ocr", "data_dir", "store",
+))
 def summarize(
-    paths: Optional[list[str]] = typer.Argument(None, metavar="[PATH...]", help="Files, folders or glob patterns (or --kb)."),
-    kb: Optional[str] = typer.Option(None, "--kb", help="Summarize the documents of this knowledge base."),
+    paths: list[str] | None = typer.Argument(None, metavar="[PATH...]", help="Files, folders or glob patterns (or --kb)."),
+    kb: str | None = typer.Option(None, "--kb", help="Summarize the documents of this knowledge base."),
     out: Path = typer.Option(..., "--out", "-o", help="OUT.jsonl (one JSON object per document) or a folder (Markdown + index.md)."),
-    chain: Optional[str] = typer.Option(None, "--chain", help="auto (default), stuff, refine or map_reduce."),
-    lang: Optional[str] = typer.Option(None, "--lang", help="Prompt language: auto (per document), zh, en."),
     force: bool = typer.Option(False, "--force", help="Redo documents already summarized with the same settings."),
-    model: Optional[str] = ModelOpt,
-    backend: Optional[str] = BackendOpt,
-    base_url: Optional[str] = BaseUrlOpt,
-    api_model: Optional[str] = ApiModelOpt,
-    device: Optional[str] = DeviceOpt,
-    torch_dtype: Optional[str] = DtypeOpt,
-    load_in_4bit: Optional[bool] = FourBitOpt,
-    load_in_8bit: Optional[bool] = EightBitOpt,
-    rope_scaling: Optional[float] = RopeScalingOpt,
-    chat_format: Optional[str] = FormatOpt,
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt"),
-    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window in tokens (default 4096)."),
-    n_threads: Optional[int] = typer.Option(None, "--threads", "-t"),
-    n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    max_file_mb: Optional[float] = MaxFileOpt,
-    ocr: Optional[str] = OcrOpt,
-    data_dir: Optional[Path] = DataDirOpt,
-    store: Optional[str] = StoreOpt,
-    config: Optional[Path] = ConfigOpt,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Path | None = ConfigOpt,
+    verbose: bool = VerboseOpt,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Summarize every document at PATH... (or in --kb NAME) into OUT, one result per document as soon as it is done.
 
@@ -263,14 +345,7 @@ def summarize(
         from ragqa.config import load_settings
         from ragqa.pipeline import Pipeline
 
-        settings = load_settings(
-            config, summary_chain=chain, lang=lang, model=model, backend=backend, base_url=base_url,
-            api_model=api_model, device=device, torch_dtype=torch_dtype, load_in_4bit=load_in_4bit,
-            load_in_8bit=load_in_8bit, rope_scaling=rope_scaling, chat_format=chat_format,
-            system_prompt=system_prompt, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-            max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, ocr=ocr,
-            data_dir=data_dir, store=store,
-        )
+        settings = load_settings(config, **overrides)
         pipeline = Pipeline(settings)
         progress = sys.stderr.isatty()
         if kb is not None:
@@ -305,33 +380,27 @@ def summarize(
         raise typer.Exit(1)
 
 
-@app.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@command(app, "eval", settings=(
+    "embedding_model", "retriever", "fusion", "k", "chunk_size", "chunk_overlap", "model", "chat_format", "chain",
+    "max_new_tokens", "cache_dir",
+), notes={"k": "eval: the chunks an answer would use.", "chain": "eval: for --answers."})
 def eval_command(
     data: Path = typer.Argument(..., help="SQuAD-format JSON (e.g. ../shared/eval/zh_mrc/cmrc2018_trial.squad.json), "
                                 "or query -> document lines: .jsonl {\"query\", \"document\"} or .tsv query<TAB>document."),
-    embedding_model: Optional[str] = EmbOpt,
-    retriever: Optional[str] = typer.Option(None, "--retriever", help="vector, bm25 or hybrid."),
-    fusion: Optional[str] = FusionOpt,
-    compare: Optional[str] = typer.Option(
+    compare: str | None = typer.Option(
         None, "--compare",
         help="Several retrievers side by side from one index and one search each, e.g. vector,bm25,hybrid "
         "(hybrid:rrf or a fusion spec alone: hybrid with that fusion).",
     ),
-    k: Optional[int] = typer.Option(None, "--k", "-k", help="Chunks an answer would use (default 4)."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size"),
-    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N questions (with --answers: default 50)."),
-    max_contexts: Optional[int] = typer.Option(None, "--max-contexts", help="Only the first N contexts."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N questions (with --answers: default 50)."),
+    max_contexts: int | None = typer.Option(None, "--max-contexts", help="Only the first N contexts."),
     answers: bool = typer.Option(False, "--answers", help="Also answer the questions with the chain and LLM: EM, F1."),
     seed_baseline: bool = typer.Option(False, "--seed-baseline", help="The seed scripts' retrieval: LangChain default separators, 600/100, k=1, vector."),
-    model: Optional[str] = ModelOpt,
-    chat_format: Optional[str] = FormatOpt,
-    chain: Optional[str] = typer.Option(None, "--chain", help="For --answers: stuff or refine."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOpt,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Measure retrieval recall@1/3/5/10 and MRR on SQuAD-format or query -> document data; optionally EM/F1 of answers.
 
@@ -343,11 +412,7 @@ def eval_command(
         from ragqa.evaluation import evaluate
         from ragqa.pipeline import Pipeline
 
-        settings = load_settings(
-            config, embedding_model=embedding_model, retriever=retriever, fusion=fusion, k=k, chunk_size=chunk_size,
-            chunk_overlap=chunk_overlap, model=model, chat_format=chat_format, chain=chain,
-            max_new_tokens=max_new_tokens, cache_dir=cache_dir,
-        )
+        settings = load_settings(config, **overrides)
         if limit is not None and limit < 1:
             raise ConfigError("--limit must be at least 1")
         if answers and limit is None:
@@ -395,38 +460,21 @@ def _print_comparison(report: dict[str, Any]) -> None:
         typer.echo(f"{m:<{width}}" + "".join(f"  {rows[label][m]:>{w}.3f}" for label, w in zip(rows, cols)))
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command(app, settings=(
+    "model", "backend", "base_url", "api_model", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
+    "embedding_model", "chat_format", "chain", "k", "retriever", "fusion", "n_ctx", "n_threads", "n_gpu_layers",
+    "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
+), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",
+          "retriever": "serve: the page's default.", "max_file_mb": "serve: also the largest upload accepted."})
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but localhost is reachable from the network: set --auth."),
     port: int = typer.Option(7860, "--port", "-p", min=1, max=65535, help="Port to listen on (1-65535)."),
-    auth: Optional[str] = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD required to open the page (env RAGQA_WEB_AUTH)."),
+    auth: str | None = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD required to open the page (env RAGQA_WEB_AUTH)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in a browser."),
-    model: Optional[str] = ModelOpt,
-    backend: Optional[str] = BackendOpt,
-    base_url: Optional[str] = BaseUrlOpt,
-    api_model: Optional[str] = ApiModelOpt,
-    device: Optional[str] = DeviceOpt,
-    torch_dtype: Optional[str] = DtypeOpt,
-    load_in_4bit: Optional[bool] = FourBitOpt,
-    load_in_8bit: Optional[bool] = EightBitOpt,
-    embedding_model: Optional[str] = EmbOpt,
-    chat_format: Optional[str] = FormatOpt,
-    chain: Optional[str] = typer.Option(None, "--chain", help="Default QA chain: stuff or refine."),
-    k: Optional[int] = typer.Option(None, "--k", "-k", help="Default chunks per question (default 4)."),
-    retriever: Optional[str] = typer.Option(None, "--retriever", help="Default retriever: hybrid, vector or bm25."),
-    fusion: Optional[str] = FusionOpt,
-    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window in tokens (default 4096)."),
-    n_threads: Optional[int] = typer.Option(None, "--threads", "-t"),
-    n_gpu_layers: Optional[int] = typer.Option(None, "--n-gpu-layers"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default 400."),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    max_file_mb: Optional[float] = typer.Option(None, "--max-file-mb", help="Largest upload accepted (default 200)."),
-    ocr: Optional[str] = OcrOpt,
-    cache_dir: Optional[Path] = CacheDirOpt,
-    data_dir: Optional[Path] = DataDirOpt,
-    store: Optional[str] = StoreOpt,
-    config: Optional[Path] = ConfigOpt,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Path | None = ConfigOpt,
+    verbose: bool = VerboseOpt,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Start the web page: upload documents, ask with streaming answers and sources, summarize.
 
@@ -439,14 +487,7 @@ def serve(
         from ragqa.config import load_settings
         from ragqa.web import serve as serve_page
 
-        settings = load_settings(
-            config, model=model, backend=backend, base_url=base_url, api_model=api_model, device=device,
-            torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
-            embedding_model=embedding_model, chat_format=chat_format, chain=chain, k=k,
-            retriever=retriever, fusion=fusion, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-            max_new_tokens=max_new_tokens, temperature=temperature, max_file_mb=max_file_mb, ocr=ocr, cache_dir=cache_dir,
-            data_dir=data_dir, store=store,
-        )
+        settings = load_settings(config, **overrides)
         _check_host(host)
         serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser)
     except RagqaError as exc:
@@ -461,21 +502,17 @@ def serve(
         typer.echo("stopped", err=True)
 
 
-@app.command("index", context_settings={"help_option_names": ["-h", "--help"]})
+@command(app, "index", settings=(
+    "embedding_model", "chunk_size", "chunk_overlap", "max_file_mb", "ocr", "data_dir", "store", "cache_dir",
+))
 def index_command(
     paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files and folders to add."),
     kb: str = typer.Option("default", "--kb", help="Knowledge base to fill (created on first use)."),
     sync: bool = typer.Option(False, "--sync", help="Also remove the KB's files under these folders that are gone from disk."),
-    embedding_model: Optional[str] = EmbOpt,
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Characters per chunk (default 600)."),
-    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap characters (default 100)."),
-    max_file_mb: Optional[float] = MaxFileOpt,
-    ocr: Optional[str] = OcrOpt,
-    data_dir: Optional[Path] = DataDirOpt,
-    store: Optional[str] = StoreOpt,
-    cache_dir: Optional[Path] = CacheDirOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="A line per file."),
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Add files and folders to a knowledge base; unchanged files are skipped, changed ones re-indexed.
 
@@ -504,10 +541,7 @@ def index_command(
         from ragqa.config import load_settings
         from ragqa.pipeline import Pipeline
 
-        settings = load_settings(
-            config, embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-            max_file_mb=max_file_mb, ocr=ocr, data_dir=data_dir, store=store, cache_dir=cache_dir,
-        )
+        settings = load_settings(config, **overrides)
         from ragqa.loaders import expand_paths
 
         expand_paths(paths)  # a missing path is refused before the KB is created
@@ -527,18 +561,22 @@ kb_app = typer.Typer(no_args_is_help=True, help="List, inspect and change knowle
 app.add_typer(kb_app, name="kb")
 
 
-def _kb_settings(data_dir: Optional[Path], store: Optional[str], config: Optional[Path]) -> Any:
+KB_SETTINGS = ("data_dir", "store")
+
+
+def _kb_pipeline(config: Path | None, overrides: dict[str, Any]) -> Any:
     from ragqa.config import load_settings
+    from ragqa.pipeline import Pipeline
 
-    return load_settings(config, data_dir=data_dir, store=store)
+    return Pipeline(load_settings(config, **overrides))
 
 
-@kb_app.command("list", context_settings={"help_option_names": ["-h", "--help"]})
+@command(kb_app, "list", settings=KB_SETTINGS)
 def kb_list(
-    data_dir: Optional[Path] = DataDirOpt,
-    store: Optional[str] = StoreOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Every knowledge base: files, chunks, embedding model, size on disk.
 
@@ -546,9 +584,7 @@ def kb_list(
     """
     _setup_logging(False)
     try:
-        from ragqa.store import list_kbs
-
-        kbs = list_kbs(_kb_settings(data_dir, store, config))
+        kbs = _kb_pipeline(config, overrides).list_kbs()
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     if as_json:
@@ -565,13 +601,13 @@ def kb_list(
         typer.echo("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths)).rstrip())
 
 
-@kb_app.command("show", context_settings={"help_option_names": ["-h", "--help"]})
+@command(kb_app, "show", settings=KB_SETTINGS)
 def kb_show(
     name: str = typer.Argument(..., help="Knowledge base name."),
-    data_dir: Optional[Path] = DataDirOpt,
-    store: Optional[str] = StoreOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """A knowledge base's files with their chunks and status.
 
@@ -579,12 +615,7 @@ def kb_show(
     """
     _setup_logging(False)
     try:
-        from ragqa.store import open_kb
-
-        kb = open_kb(_kb_settings(data_dir, store, config), name)
-        stats, files = kb.stats(), kb.files()
-        manifest = kb.manifest
-        kb.close()
+        stats, manifest, files = _kb_pipeline(config, overrides).kb_details(name)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     if as_json:
@@ -599,13 +630,13 @@ def kb_show(
         typer.echo(f"  {f.path}  {detail}")
 
 
-@kb_app.command("remove", context_settings={"help_option_names": ["-h", "--help"]})
+@command(kb_app, "remove", settings=KB_SETTINGS)
 def kb_remove(
     name: str = typer.Argument(..., help="Knowledge base name."),
     paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files (or folders: every file under them) to remove."),
-    data_dir: Optional[Path] = DataDirOpt,
-    store: Optional[str] = StoreOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Remove documents from a knowledge base (the files on disk are not touched).
 
@@ -613,18 +644,7 @@ def kb_remove(
     """
     _setup_logging(False)
     try:
-        from ragqa.store import open_kb
-
-        kb = open_kb(_kb_settings(data_dir, store, config), name)
-        from ragqa.retrieval import TEXT_PREFIX
-
-        texts = {p for p in paths if p.startswith(TEXT_PREFIX)}  # texts added through the LangChain store
-        roots = [Path(p).expanduser().resolve() for p in paths if p not in texts]
-        with kb.writing(on_wait=lambda m: typer.echo(m, err=True)):
-            gone = [r.path for r in kb.files()
-                    if r.path in texts or any(Path(r.path) == root or root in Path(r.path).parents for root in roots)]
-            n = kb.remove_files(gone)
-        kb.close()
+        n = _kb_pipeline(config, overrides).remove_from_kb(name, paths, on_wait=lambda m: typer.echo(m, err=True))
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     if not n:
@@ -632,13 +652,13 @@ def kb_remove(
     typer.echo(f"{name}: removed {n} file{'s' if n != 1 else ''}", err=True)
 
 
-@kb_app.command("drop", context_settings={"help_option_names": ["-h", "--help"]})
+@command(kb_app, "drop", settings=KB_SETTINGS)
 def kb_drop(
     name: str = typer.Argument(..., help="Knowledge base name."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    data_dir: Optional[Path] = DataDirOpt,
-    store: Optional[str] = StoreOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Delete a knowledge base and its index (the files on disk are not touched).
 
@@ -646,17 +666,15 @@ def kb_drop(
     """
     _setup_logging(False)
     try:
-        from ragqa.store import drop_kb, kb_exists
-
-        settings = _kb_settings(data_dir, store, config)
-        if not kb_exists(settings, name):
+        pipeline = _kb_pipeline(config, overrides)
+        if not pipeline.kb_exists(name):
             _fail(f"no knowledge base named {name!r} (see: ragqa kb list)", 2)
         if not yes:
             if not sys.stdin.isatty():
                 _fail(f"dropping {name!r} deletes its index; add --yes to confirm", 2)
             if not typer.confirm(f"delete knowledge base {name!r} and its index?"):
                 _fail("not dropped", 1)
-        drop_kb(settings, name)
+        pipeline.drop_kb(name)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     typer.echo(f"dropped {name}", err=True)
