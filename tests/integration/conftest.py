@@ -9,8 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from netfixtures import free_port, stop, wait_http
 
-pytestmark = pytest.mark.integration
+INTEGRATION = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration is marked ``integration`` (a ``pytestmark`` in a conftest
+    is ignored by pytest), so ``-m "not integration"`` leaves them all out."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture
@@ -55,31 +64,6 @@ Every Thursday a cheese market is held on the bridge.
 """
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    import time
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
-
-
 @pytest.fixture(scope="session")
 def web_doc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A document written for the web tests (its facts are in no model's training data)."""
@@ -111,11 +95,7 @@ def start_web_server(cache: Path, *extra: str):
 
 
 def stop_web_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
 
 
 @pytest.fixture(scope="session")

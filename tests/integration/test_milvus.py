@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netfixtures import free_port, stop
 
 pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install 'ragqa[milvus]')")
 
@@ -45,12 +46,6 @@ DOCS = {
 PANDA_QUESTION = "熊猫的主要食物是什么？"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clean_env() -> dict[str, str]:
@@ -66,7 +61,7 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     assert MILVUS_LITE is not None
     data = tmp_path_factory.mktemp("milvus-data")
-    port = _free_port()
+    port = free_port()
     log_path = data.parent / f"milvus-lite-{port}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([*MILVUS_LITE, "server", "--data-dir", str(data), "--host", "127.0.0.1",
@@ -86,12 +81,7 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.3)
         yield uri
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.fixture
@@ -356,7 +346,7 @@ def test_cli_index_kb_list_show_remove_drop(milvus_uri: str, docs: Path, tmp_pat
 
 
 def test_an_unreachable_server_is_one_line_quickly(docs: Path, tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{_free_port()}"  # nobody listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     t = time.perf_counter()
     proc = ragqa("index", str(docs), "--kb", "t", "--store", uri, "--cache-dir", str(tmp_path / "cache"), timeout=60)
     seconds = time.perf_counter() - t
@@ -369,7 +359,7 @@ def test_an_unreachable_server_is_one_line_quickly(docs: Path, tmp_path: Path) -
 
 def test_the_token_is_never_printed(docs: Path, tmp_path: Path) -> None:
     env_token = "s3cret-token-xyz"
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.run([sys.executable, "-m", "ragqa", "kb", "list", "--store", uri], capture_output=True, text=True,
                           env={**_clean_env(), "MILVUS_TOKEN": env_token}, timeout=60, check=False)
     assert proc.returncode != 0 and "cannot reach Milvus" in proc.stderr

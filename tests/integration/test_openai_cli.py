@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netfixtures import die_with_parent, free_port, stop
 
 from ragqa.config import Settings
 from ragqa.models import resolve_llm_path
@@ -26,19 +26,6 @@ THREADS = "2"  # the server and the local llama.cpp run alike, so greedy answers
 START_TIMEOUT_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM if pytest itself is killed, so no server outlives a run."""
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _answers(url: str) -> bool:
@@ -52,7 +39,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start llama-cpp-python's server on a free port, wait until it answers, always stop it."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
     with log_path.open("wb") as log:
@@ -61,7 +48,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
              "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
              "--n_threads", THREADS],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -72,12 +59,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        stop(proc)
 
 
 def test_ask_through_the_server_answers_from_the_document(run_ragqa, server_url: str) -> None:
