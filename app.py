@@ -5,9 +5,9 @@
 then open http://127.0.0.1:7860. See README "Web page".
 """
 
-from ragqa.cli import app
+from ragqa.cli import main
 
 if __name__ == "__main__":
     import sys
 
-    app(["serve", *sys.argv[1:]], prog_name="app.py")
+    main(["serve", *sys.argv[1:]], prog_name="app.py")

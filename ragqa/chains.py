@@ -359,8 +359,9 @@ def make_qa_chain(
     system_prompt: str | None = None,
     lang: str = "auto",
 ) -> Runnable:
-    """A Runnable: ``{"question": str, "history"?: messages}`` (or a str) ->
-    ``{"answer", "source_documents", "prompts", "notes"}``.
+    """A Runnable: ``{"question": str, "history"?: messages, "documents"?: [Document]}`` (or a
+    str) -> ``{"answer", "source_documents", "prompts", "notes"}``. ``documents`` given: those
+    chunks are used as they are and ``retriever`` is not asked.
 
     ``llm`` is any LangChain LLM or chat model. Without a PromptBuilder ``pb``, one is made for
     it from the keyword options (see ``PromptBuilder.for_model``). ``stream`` yields the sources and
@@ -381,7 +382,8 @@ def make_qa_chain(
         question = _question(inputs)
         history = [] if isinstance(inputs, str) else inputs.get("history") or []
         pb, history_notes = base_pb.with_history(history) if history else (base_pb, [])
-        docs = retriever.invoke(retrieval_query(question, history))
+        given = None if isinstance(inputs, str) else inputs.get("documents")
+        docs = list(given) if given is not None else retriever.invoke(retrieval_query(question, history))
         if chain_type == "stuff":
             prompt, used, notes = build_stuff_prompt(question, docs, pb)
             yield AddableDict(source_documents=used, prompts=[prompt], notes=history_notes + notes)

@@ -464,23 +464,27 @@ def _print_comparison(report: dict[str, Any]) -> None:
     "model", "backend", "base_url", "api_model", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
     "embedding_model", "chat_format", "chain", "k", "retriever", "fusion", "n_ctx", "n_threads", "n_gpu_layers",
     "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
+    "max_concurrency", "max_queue", "api_keys",
 ), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",
           "retriever": "serve: the page's default.", "max_file_mb": "serve: also the largest upload accepted."})
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but localhost is reachable from the network: set --auth."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but localhost is reachable from the network: it needs --api-keys (and --auth for the page)."),
     port: int = typer.Option(7860, "--port", "-p", min=1, max=65535, help="Port to listen on (1-65535)."),
     auth: str | None = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD required to open the page (env RAGQA_WEB_AUTH)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in a browser."),
+    no_page: bool = typer.Option(False, "--no-page", help="Serve the HTTP API (/v1) alone, without the web page."),
     config: Path | None = ConfigOpt,
     verbose: bool = VerboseOpt,
     *,
     overrides: dict[str, Any],
 ) -> None:
-    """Start the web page: upload documents, ask with streaming answers and sources, summarize.
+    """Start the web page (/) and the OpenAI-compatible HTTP API (/v1) on one host and port.
 
-    Models load on the first question, so the page is up in seconds. Requests queue for the model.
+    Models load on the first question, so the server is up in seconds. Questions generate
+    max_concurrency at once; more wait (max_queue), past that the API answers 429.
 
-    Example: ragqa serve --port 7860   (then open http://127.0.0.1:7860)
+    Examples: ragqa serve --port 7860   (then open http://127.0.0.1:7860, or use http://127.0.0.1:7860/v1)
+              ragqa serve --host 0.0.0.0 --api-keys keys.toml --auth alice:secret
     """
     _setup_logging(verbose)
     try:
@@ -489,7 +493,7 @@ def serve(
 
         settings = load_settings(config, **overrides)
         _check_host(host)
-        serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser)
+        serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser, page=not no_page)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     except OSError as exc:  # the port is taken, the address is not ours
@@ -706,15 +710,16 @@ def _width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
-def main() -> None:
-    """Run the CLI; usage mistakes (unknown flag, `-k abc`, a missing argument) are one line."""
+def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Run the CLI (``args``: default sys.argv); usage mistakes (unknown flag, `-k abc`, a missing
+    argument) are one line."""
     try:
         import typer._click.exceptions as click  # typer >= 0.16 vendors click
     except ImportError:  # pragma: no cover - older typer
         import click.exceptions as click  # type: ignore[no-redef]
 
     try:
-        code = app(standalone_mode=False)  # returns the code of a typer.Exit instead of raising it
+        code = app(args, prog_name=prog_name, standalone_mode=False)  # a typer.Exit's code, not raised
     except click.NoArgsIsHelpError as exc:
         typer.echo(exc.ctx.get_help())
         sys.exit(0)

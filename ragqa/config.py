@@ -157,6 +157,22 @@ class Settings(BaseSettings):
         exclude=True, repr=False,
     )
 
+    # -- serving (ragqa serve: the web page and the HTTP API)
+    max_concurrency: int | None = Field(
+        None, ge=1, le=1024,
+        description="Questions generating at once; more wait in the queue. Default: 1 for the in-process "
+        "llama.cpp and transformers backends (one model, one generation), 8 for openai (the server batches).",
+    )
+    max_queue: int = Field(
+        32, ge=0, le=10_000,
+        description="Questions waiting for a generation slot at most; past it the API answers 429 with Retry-After.",
+    )
+    api_keys: Path | None = Field(
+        None,
+        description="TOML file of API keys ([[key]] tables: token or sha256, read and write KB lists, \"*\" for "
+        "all). Without it the API answers on localhost only (README \"HTTP API\").",
+    )
+
     # -- generation (the seed's defaults)
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="Tokens generated at most.")
     temperature: float = Field(

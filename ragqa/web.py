@@ -14,12 +14,10 @@ writers, and searches re-read what changed, so the page sees the CLI's files wit
 
 from __future__ import annotations
 
-import contextlib
 import html
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, InputError, RagqaError
 from ragqa.loaders import SUPPORTED_SUFFIXES
-from ragqa.paths import atomic_file, write_atomic
+from ragqa.paths import write_atomic
 from ragqa.pipeline import Answer, Pipeline
 from ragqa.store import DEFAULT_KB, check_kb_name
 
@@ -42,9 +40,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SNIPPET_CHARS = 400
-MODEL_QUEUE = "model"  # one concurrency group for everything that runs a model or writes a KB
+MODEL_QUEUE = "model"  # questions and summaries: as many at once as the pipeline's gate has slots
+KB_QUEUE = "kb"  # uploads and deletes: one at a time (each KB has one writer anyway); never behind the model
 FILE_TYPES = sorted(SUPPORTED_SUFFIXES)
-UPLOADS = "uploads"  # <data_dir>/uploads/<kb>/<file name>: the page's uploaded documents
 SUMMARIES = "web-summaries"  # <cache_dir>/web-summaries: the Summarize tab's downloads
 
 # UI text in both languages; Gradio picks the browser's language (or the one set in the page's
@@ -215,7 +213,7 @@ class Handlers:
         return self.pipeline.kb(name, create=create)
 
     def uploads_dir(self, name: str) -> Path:
-        return (Path(self.settings.data_dir) / UPLOADS / name).resolve()
+        return self.pipeline.uploads.folder(name)
 
     def page(self, name: str | None) -> KBPage:
         """The header line and the documents of KB ``name`` (a KB that cannot be opened, e.g. one
@@ -229,8 +227,7 @@ class Handlers:
         if kb is None:
             return KBPage(name, f"**{name}** · new, empty: upload documents to fill it. "
                                 "新知识库：上传文档即可。")
-        folder = self.uploads_dir(name)
-        docs = [self._row(r, folder) for r in records]
+        docs = [self._row(r, self.pipeline.uploads.label(name, r.path)) for r in records]
         ok = [d for d in docs if d.status == "ok"]
         n, chunks = len(ok), sum(d.chunks for d in ok)
         info = (f"**{name}** · {n} document{'s' if n != 1 else ''} 文档 · "
@@ -240,9 +237,7 @@ class Handlers:
         return KBPage(name, info, docs)
 
     @staticmethod
-    def _row(record: "FileRecord", folder: Path) -> DocRow:
-        path = Path(record.path)
-        label = path.name if path.parent == folder else record.path
+    def _row(record: "FileRecord", label: str) -> DocRow:
         error = _strip_path(record.error, record.path) if record.error else ""
         return DocRow(label, record.path, record.chunks, record.status, error)
 
@@ -262,7 +257,7 @@ class Handlers:
         lines: dict[str, str] = {}  # upload name -> its status line, in upload order
         wanted: dict[str, Path] = {}  # upload name -> the upload
         for upload in uploads:
-            label = _safe_name(_name(upload))
+            label = self.pipeline.uploads.safe_name(_name(upload))
             try:
                 check_supported(Path(label))
             except InputError as exc:
@@ -274,9 +269,8 @@ class Handlers:
         try:
             kb = self._kb(name, create=True)  # before copying: a KB that cannot be opened keeps nothing
             assert kb is not None
-            folder = self.uploads_dir(name)
-            copies = [str(self._copy_upload(upload, folder / label)) for label, upload in wanted.items()]
-            times = self._index_copies(kb, copies, progress)
+            copies = [str(self.pipeline.uploads.keep(name, upload, label)) for label, upload in wanted.items()]
+            times = self._index_copies(name, copies, progress)
         except RagqaError as exc:
             raise _page_error(exc) from None
         records = {r.path: r for r in kb.files()}
@@ -294,18 +288,9 @@ class Handlers:
                 lines[label] = f"✓ **{label}**: {n} chunk{'s' if n != 1 else ''} ({how})"
         return "\n\n".join(line for line in lines.values() if line)
 
-    def _copy_upload(self, source: Path, target: Path) -> Path:
-        """Copy an upload where it stays (temp file + rename: a reader never sees half a file)."""
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_file(target, binary=True) as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1024 * 1024)
-        except OSError as exc:
-            raise RagqaError(f"cannot keep the upload {target.name} in {target.parent}: {exc.strerror or exc}") from None
-        return target
-
-    def _index_copies(self, kb: "KnowledgeBase", copies: list[str], progress: Any) -> dict[str, tuple[str, str, float]]:
-        """Index the copied uploads; -> path -> (status, detail, seconds) as ``index_paths`` reported them."""
+    def _index_copies(self, name: str, copies: list[str], progress: Any) -> dict[str, tuple[str, str, float]]:
+        """Index the copied uploads (through a writer handle of their own: questions go on reading
+        meanwhile); -> path -> (status, detail, seconds) as ``index_paths`` reported them."""
         results: dict[str, tuple[str, str, float]] = {}
         clock = [time.perf_counter()]
 
@@ -327,8 +312,7 @@ class Handlers:
             if progress is not None:
                 progress((done, total), desc=f"{_name(path)}: OCR page {done}/{total}")
 
-        self.pipeline.index_paths(kb, copies, strict=False, progress=False, on_file=on_file, on_wait=on_wait,
-                                  on_page=on_page)
+        self.pipeline.ingest(name, copies, on_file=on_file, on_wait=on_wait, on_page=on_page)
         return results
 
     def delete(self, kb_name: str | None, label: str | None) -> str:
@@ -340,16 +324,11 @@ class Handlers:
         if doc is None:
             raise _page_error(InputError(f"no document {label!r} in knowledge base {name!r}. "
                                          f"知识库 {name!r} 中没有文档 {label!r}。"))
-        kb = self._kb(name)
-        assert kb is not None
         try:
-            with kb.writing(on_wait=lambda m: log.info("%s", m)):
-                kb.remove_files([doc.path])
+            self.pipeline.remove_document(name, doc.label)
         except RagqaError as exc:
             raise _page_error(exc) from None
-        if Path(doc.path).parent == self.uploads_dir(name):
-            with contextlib.suppress(OSError):
-                Path(doc.path).unlink()
+        if self.pipeline.uploads.is_upload(name, doc.path):
             return f"🗑 **{doc.label}**: deleted 已删除"
         return f"🗑 **{doc.label}**: removed from the knowledge base; the file itself stays 已从知识库移除，原文件保留"
 
@@ -443,12 +422,6 @@ def _checked(name: str | None) -> str:
         return check_kb_name(name or "")
     except InputError as exc:
         raise _page_error(exc) from None
-
-
-def _safe_name(name: str) -> str:
-    """An upload's name as a file name in the uploads folder (never a folder, never empty)."""
-    name = Path(name.replace("\\", "/")).name.strip()
-    return name if name not in ("", ".", "..") else "upload"
 
 
 def _strip_folder(message: str, folder: Path) -> str:
@@ -626,15 +599,16 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
         kb_create.click(on_create, kb_new, [kb_pick, kb_new], api_name="create_kb")
         kb_new.submit(on_create, kb_new, [kb_pick, kb_new], api_visibility="private")
         files.upload(on_upload, [kb_pick, files], [status, *shown, files], api_name="index",
-                     concurrency_id=MODEL_QUEUE)
+                     concurrency_id=KB_QUEUE, concurrency_limit=1)
         docs.select(on_select, None, doc_pick, api_visibility="private")
         delete.click(on_delete, [kb_pick, doc_pick], [status, *shown], api_name="delete",
-                     concurrency_id=MODEL_QUEUE)
+                     concurrency_id=KB_QUEUE, concurrency_limit=1)
         question.submit(on_ask, [kb_pick, question, chat, chain, k, retriever, fusion],
-                        [chat, sources, sources_json, question], api_name="ask", concurrency_id=MODEL_QUEUE)
+                        [chat, sources, sources_json, question], api_name="ask", concurrency_id=MODEL_QUEUE,
+                        concurrency_limit=pipeline.gate.slots)
         clear.click(lambda: ([], "", []), None, [chat, sources, sources_json], api_visibility="private")
         summarize.click(on_summarize, [kb_pick, picked], [summaries, download], api_name="summarize",
-                        concurrency_id=MODEL_QUEUE)
+                        concurrency_id=MODEL_QUEUE, concurrency_limit=pipeline.gate.slots)
     app.ragqa_i18n = t
     return app
 
@@ -646,27 +620,68 @@ def serve(
     port: int = DEFAULT_PORT,
     auth: str | None = None,
     open_browser: bool = False,
-    max_queue: int = 64,
+    page: bool = True,
 ) -> None:
-    """Start the page and block. Beyond localhost without ``auth`` a warning is logged."""
-    gr = _gradio()
+    """Serve the HTTP API at /v1 and (unless ``page`` is False) the page at /, on one port, and block.
+
+    Beyond localhost the API needs keys (``settings.api_keys``): without them the start is refused.
+    The page and the API share one pipeline: one copy of each model, one gate in front of the LLM."""
+    import uvicorn
+
+    from ragqa.api.app import build_api
+    from ragqa.api.keys import KeyRing
+    from ragqa.pipeline.jobs import IngestJobs
+
     credentials = parse_auth(auth)
-    if host not in LOCAL_HOSTS and credentials is None:
-        log.warning("serving on %s without --auth: anyone who can reach this port can read and change "
-                    "the knowledge bases", host)
+    keys = KeyRing.load(settings.api_keys) if settings.api_keys else None
+    if host not in LOCAL_HOSTS and keys is None:
+        raise ConfigError(f"--host {host} is reachable from the network, and the API there would answer anyone: "
+                          "give it keys with --api-keys FILE (README \"HTTP API\"), or serve on 127.0.0.1")
+    if host not in LOCAL_HOSTS and page and credentials is None:
+        log.warning("serving the page on %s without --auth: anyone who can reach this port can read and change "
+                    "the knowledge bases through it", host)
     pipeline = Pipeline(settings)
     pipeline.check_models()  # a bad model path fails now, not at the first question
-    app = build_app(pipeline)
-    app.queue(default_concurrency_limit=1, max_size=max_queue)
-    downloads = Path(settings.cache_dir) / SUMMARIES
-    downloads.mkdir(parents=True, exist_ok=True)
-    app.launch(
-        server_name=host, server_port=port, auth=credentials, inbrowser=open_browser, share=False,
-        max_file_size=int(settings.max_file_mb * 1024 * 1024),  # the loaders' limit, in bytes
-        allowed_paths=[str(downloads)],  # the summaries offered for download; never the uploads
-        i18n=app.ragqa_i18n, theme=_theme(gr),
-        ssr_mode=False, footer_links=["api", "settings"], show_error=True, quiet=False,
-    )
+    api = build_api(pipeline, keys, IngestJobs(pipeline))
+    if page:
+        gr = _gradio()
+        blocks = build_app(pipeline)
+        # the page's model events run as many at once as the gate lets through; the gate orders them
+        # with the API's questions, so the page never serialises what the backend can batch
+        blocks.queue(default_concurrency_limit=1, max_size=pipeline.gate.slots + pipeline.gate.queue)
+        downloads = Path(settings.cache_dir) / SUMMARIES
+        downloads.mkdir(parents=True, exist_ok=True)
+        api = gr.mount_gradio_app(
+            api, blocks, path="/", auth=credentials, show_error=True, ssr_mode=False,
+            max_file_size=int(settings.max_file_mb * 1024 * 1024),  # the loaders' limit, in bytes
+            allowed_paths=[str(downloads)],  # the summaries offered for download; never the uploads
+            i18n=blocks.ragqa_i18n, theme=_theme(gr), footer_links=["api", "settings"],
+        )
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    log.warning("serving %s/v1 (API)%s", url, f" and {url}/ (page)" if page else "")
+    if open_browser and page:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.5, webbrowser.open, args=(url,)).start()
+    _run_uvicorn(uvicorn, api, host, port)
+
+
+def _run_uvicorn(uvicorn: Any, app: Any, host: str, port: int) -> None:
+    """uvicorn in the foreground; a port that cannot be bound is an OSError for the CLI to word."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))  # bound here, so a busy port is one clear error before uvicorn starts
+    except OSError:
+        sock.close()
+        raise
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
 
 
 def _theme(gr: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,24 +80,34 @@ def _idf_of(words: Sequence[str]) -> tuple[dict[str, float], float]:
 
 
 _idf: tuple[dict[str, float], float] | None = None
+_idf_lock = threading.RLock()
 _idf_connection: Any = None
 _idf_median = 0.0
 
 
 def _idf_table() -> tuple[dict[str, float], float]:
-    """jieba's idf table in memory (the fallback of ``_idf_of``)."""
+    """jieba's idf table in memory (the fallback of ``_idf_of``), parsed once per process."""
     global _idf
-    if _idf is None:
-        _segmenter()
-        import jieba.analyse
+    with _idf_lock:
+        if _idf is None:
+            _segmenter()
+            import jieba.analyse
 
-        table = jieba.analyse.default_tfidf
-        _idf = (table.idf_freq, table.median_idf)
+            table = jieba.analyse.default_tfidf
+            _idf = (table.idf_freq, table.median_idf)
     return _idf
 
 
 def _idf_db() -> Any:
-    """The idf table as SQLite under the cache folder, made on first use (None if it cannot be)."""
+    """The idf table as SQLite under the cache folder, made on first use (None if it cannot be).
+    Made once per process even when many questions arrive together (the first one builds it)."""
+    if _idf_connection is not None:
+        return _idf_connection or None
+    with _idf_lock:
+        return _make_idf_db()
+
+
+def _make_idf_db() -> Any:
     global _idf_connection, _idf_median
     if _idf_connection is not None:
         return _idf_connection or None

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
+from pydantic import Field
 
 from ragqa.chat_formats import ChatFormat
 from ragqa.config import Settings
@@ -24,6 +25,10 @@ class GenerationStats:
     completion_tokens: int = 0
     prompt_seconds: float = 0.0  # request -> first token
     decode_seconds: float = 0.0  # first token -> last token
+
+    def begin(self, prompt_tokens: int) -> None:
+        """Start counting a new generation (a sink handed to ``Backend.stream`` may be reused)."""
+        self.prompt_tokens, self.completion_tokens, self.prompt_seconds, self.decode_seconds = prompt_tokens, 0, 0.0, 0.0
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -42,13 +47,18 @@ class GenerationStats:
 
 
 class Backend(Protocol):
+    """What every backend offers. ``stream`` fills ``stats`` (when given) with what that
+    generation cost, so concurrent generations each get their own figures; ``self.stats`` holds the
+    last one's."""
+
     name: str
     notes: list[str]
 
     def count_tokens(self, text: str) -> int: ...
     def context_size(self) -> int: ...
     def chat_format(self, name: str) -> ChatFormat: ...
-    def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]: ...
+    def stream(self, prompt: str, stop: list[str] | None = None, *, stats: GenerationStats | None = None,
+               **params: Any) -> Iterator[str]: ...
 
 
 @dataclass
@@ -58,10 +68,11 @@ class GenerationParams:
     top_k: int
     top_p: float
     repeat_penalty: float
+    seed: int
 
     @classmethod
     def from_settings(cls, s: Settings) -> "GenerationParams":
-        return cls(s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.repeat_penalty)
+        return cls(s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.repeat_penalty, s.seed)
 
 
 class StopCutter:
@@ -113,11 +124,15 @@ def check_fits(prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
 
 
 class RagqaLLM(LLM):
-    """Any ragqa backend as a LangChain LLM (invoke, stream, batch; tokens counted by the model)."""
+    """Any ragqa backend as a LangChain LLM (invoke, stream, batch; tokens counted by the model).
+
+    ``stats`` is this object's own: what its last generation cost (one RagqaLLM per question when
+    questions run concurrently)."""
 
     backend: Any
     params: dict[str, Any] = {}
     stop_default: list[str] = []
+    stats: GenerationStats = Field(default_factory=GenerationStats)
 
     @property
     def _llm_type(self) -> str:
@@ -132,7 +147,8 @@ class RagqaLLM(LLM):
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        for text in self.backend.stream(prompt, stop=(stop or []) + self.stop_default, **{**self.params, **kwargs}):
+        for text in self.backend.stream(prompt, stop=(stop or []) + self.stop_default, stats=self.stats,
+                                        **{**self.params, **kwargs}):
             chunk = GenerationChunk(text=text)
             if run_manager:
                 run_manager.on_llm_new_token(text, chunk=chunk)

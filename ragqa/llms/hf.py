@@ -157,7 +157,8 @@ class TransformersBackend:
             kwargs["logits_processor"] = [RecentRepetitionPenalty(penalty)]
         return kwargs
 
-    def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]:
+    def stream(self, prompt: str, stop: list[str] | None = None, *, stats: GenerationStats | None = None,
+               **params: Any) -> Iterator[str]:
         if self.model is None:
             raise ModelError("this model was loaded without weights (dry run); it cannot generate")
         import torch
@@ -186,7 +187,7 @@ class TransformersBackend:
                     failures.append(exc)
                     streamer.end()
 
-            torch.manual_seed(self.settings.seed)
+            torch.manual_seed(int(params.get("seed", self.settings.seed)))
             t0 = time.perf_counter()
             worker = threading.Thread(target=run, name="ragqa-generate", daemon=True)
             worker.start()
@@ -195,7 +196,10 @@ class TransformersBackend:
             finally:
                 clock.cancel.set()  # a stop string or an abandoned stream ends generate() at the next token
                 worker.join()
-                self.stats = clock.stats(len(ids), t0)
+                measured = clock.stats(len(ids), t0)
+                if stats is not None:
+                    stats.__dict__.update(measured.__dict__)
+                self.stats = measured
             if failures:
                 raise ModelError(f"transformers generation failed: {one_line(failures[0])}")
 

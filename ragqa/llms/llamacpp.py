@@ -88,14 +88,16 @@ class LlamaCppBackend:
         self.notes.extend(notes)
         return fmt
 
-    def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]:
+    def stream(self, prompt: str, stop: list[str] | None = None, *, stats: GenerationStats | None = None,
+               **params: Any) -> Iterator[str]:
         if self.vocab_only:
             raise ModelError("this model was loaded without weights (dry run); it cannot generate")
         prompt_tokens = self.count_tokens(prompt)
         check_fits(prompt_tokens, params.get("max_tokens", 0), self.context_size())
         with self._lock:
             self.llm.reset()
-            stats = GenerationStats(prompt_tokens=prompt_tokens)
+            stats = stats if stats is not None else GenerationStats()
+            stats.begin(prompt_tokens)
             t0 = time.perf_counter()
             first = last = None
             for part in self.llm.create_completion(prompt, stop=stop or [], stream=True, **params):

@@ -125,7 +125,8 @@ class OpenAIBackend:
                           "(set --chat-format to the served model's format, e.g. chatml)")
         return get_chat_format("alpaca-2")
 
-    def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]:
+    def stream(self, prompt: str, stop: list[str] | None = None, *, stats: GenerationStats | None = None,
+               **params: Any) -> Iterator[str]:
         prompt_tokens = self.count_tokens(prompt)
         max_tokens = int(params.get("max_tokens", self.settings.max_new_tokens))
         check_fits(prompt_tokens, max_tokens, self.context_size())
@@ -137,7 +138,8 @@ class OpenAIBackend:
             # llama.cpp's name and window. Not vLLM's repetition_penalty, which counts the whole prompt
             # (the model would shun the passages' words). Servers that do not know a field ignore it.
             extra["repeat_penalty"] = params["repeat_penalty"]
-        stats = GenerationStats(prompt_tokens=prompt_tokens)
+        stats = stats if stats is not None else GenerationStats()
+        stats.begin(prompt_tokens)
         t0 = time.perf_counter()
         first = last = None
         response = None
@@ -145,7 +147,7 @@ class OpenAIBackend:
             response = self.client.completions.create(
                 model=self.model, prompt=prompt, stream=True, max_tokens=max_tokens,
                 temperature=float(params.get("temperature", 0.0)), top_p=float(params.get("top_p", 1.0)),
-                stop=stops[: self.MAX_API_STOPS] or None, seed=self.settings.seed, extra_body=extra,
+                stop=stops[: self.MAX_API_STOPS] or None, seed=int(params.get("seed", self.settings.seed)), extra_body=extra,
             )
 
             def pieces() -> Iterator[str]:

@@ -9,13 +9,15 @@ results it hands back are in ``results``.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
 
 from ragqa.config import Settings
 from ragqa.errors import InputError
@@ -24,9 +26,13 @@ from ragqa.models import resolve_embedding
 from ragqa.paths import is_under
 from ragqa.pipeline.indexing import EMBED_BATCH, Indexer
 from ragqa.pipeline.results import Answer, IndexReport, Source, SummaryReport
+from ragqa.pipeline.uploads import Uploads
 from ragqa.pipeline.summaries import SUMMARY_SETTINGS, SUMMARY_SETTINGS_IF_SET, Summarizer, _summary_key, expand_globs
 from ragqa.splitting import ChineseTextSplitter
 from ragqa.store import TEXT_PARSER, TEXT_PREFIX, FileRecord, KBStats, KBView, KnowledgeBase, Manifest, SyncReport
+
+if TYPE_CHECKING:
+    from ragqa.gate import Gate
 
 __all__ = [  # what callers and tests import from ragqa.pipeline, wherever it is defined
     "EMBED_BATCH", "SUMMARY_SETTINGS", "SUMMARY_SETTINGS_IF_SET", "Answer", "IndexReport", "LanguageModel",
@@ -47,8 +53,10 @@ class Pipeline:
         self._backend_name: str | None = None
         self._files_kb: KnowledgeBase | None = None
         self._kbs: dict[str, KnowledgeBase] = {}
+        self._load_lock = threading.RLock()  # concurrent first questions load each model once
         self.timings: dict[str, float] = {}
         self.indexer = Indexer(settings, self.splitter, lambda: self.embeddings)
+        self.uploads = Uploads(settings)
         self.summarizer = Summarizer(settings, self.language_model, self.load_file, self.check_models)
 
     @functools.cached_property
@@ -60,11 +68,13 @@ class Pipeline:
     @property
     def embeddings(self) -> Any:
         if self._embeddings is None:
-            from ragqa.embeddings import make_embeddings
+            with self._load_lock:
+                if self._embeddings is None:
+                    from ragqa.embeddings import make_embeddings
 
-            t = time.perf_counter()
-            self._embeddings = make_embeddings(self.embedding_spec)  # progress: see Indexer.embed_chunks
-            self.timings["embedding_load_s"] = round(time.perf_counter() - t, 3)
+                    t = time.perf_counter()
+                    self._embeddings = make_embeddings(self.embedding_spec)  # progress: see Indexer.embed_chunks
+                    self.timings["embedding_load_s"] = round(time.perf_counter() - t, 3)
         return self._embeddings
 
     @property
@@ -78,15 +88,17 @@ class Pipeline:
 
     def backend(self, *, vocab_only: bool = False) -> Any:
         """The LLM backend; a full model also serves where only the tokenizer is needed."""
-        if False in self._backends:
-            return self._backends[False]
-        if vocab_only not in self._backends:
-            from ragqa.llms import load_backend
+        with self._load_lock:
+            if False in self._backends:
+                return self._backends[False]
+            if vocab_only not in self._backends:
+                from ragqa.llms import load_backend
 
-            t = time.perf_counter()
-            self._backends[vocab_only] = load_backend(self.settings, backend=self.backend_name, vocab_only=vocab_only)
-            self.timings["llm_load_s"] = round(time.perf_counter() - t, 3)
-        return self._backends[vocab_only]
+                t = time.perf_counter()
+                self._backends[vocab_only] = load_backend(self.settings, backend=self.backend_name,
+                                                          vocab_only=vocab_only)
+                self.timings["llm_load_s"] = round(time.perf_counter() - t, 3)
+            return self._backends[vocab_only]
 
     def check_models(self) -> None:
         """Fail on a bad model, server, chat format name or format file before any slow work starts."""
@@ -151,14 +163,16 @@ class Pipeline:
     def kb(self, name: str, *, create: bool = False) -> KnowledgeBase:
         """The knowledge base ``name``, opened once per pipeline and kept open (a web page asks,
         uploads and lists through one object)."""
-        kb = self._kbs.get(name)
-        if kb is None:
-            kb = self._kbs[name] = self.open_kb(name, create=create)
+        with self._load_lock:
+            kb = self._kbs.get(name)
+            if kb is None:
+                kb = self._kbs[name] = self.open_kb(name, create=create)
         return kb
 
     def forget_kb(self, name: str) -> None:
         """Close a kept-open KB (it was dropped, or is about to be)."""
-        kb = self._kbs.pop(name, None)
+        with self._load_lock:
+            kb = self._kbs.pop(name, None)
         if kb is not None:
             kb.close()
 
@@ -249,16 +263,47 @@ class Pipeline:
             kb.close()
 
     def drop_kb(self, name: str) -> None:
-        """Delete a KB and its indexes (never the files themselves)."""
+        """Delete a KB, its indexes and the copies of documents uploaded to it (never files indexed
+        from elsewhere)."""
         from ragqa.store import drop_kb
 
         self.forget_kb(name)
         drop_kb(self.settings, name)
+        self.uploads.drop(name)
+
+    def ingest(self, name: str, paths: Sequence[str | Path], **options: Any) -> SyncReport:
+        """Index files into KB ``name`` (made if missing) through a handle of its own, as another
+        process would: questions read through the kept-open handle and see each file as it commits.
+        ``options``: on_file, on_wait, on_page as ``Indexer.index_paths`` takes them."""
+        kb = self.open_kb(name, create=True)
+        try:
+            return self.index_paths(kb, paths, progress=False, **options)
+        finally:
+            kb.close()
+
+    def remove_document(self, name: str, label: str) -> bool:
+        """Remove the document a user names by its label (``Uploads.label``) from KB ``name``, and
+        its uploaded copy; False when the KB holds no such document."""
+        from ragqa.store import open_kb
+
+        kb = open_kb(self.settings, name)
+        try:
+            with kb.writing():
+                paths = [r.path for r in kb.files() if self.uploads.label(name, r.path) == label]
+                removed = kb.remove_files(paths)
+        finally:
+            kb.close()
+        for path in paths:
+            self.uploads.discard(name, path)
+        return bool(removed)
 
     def summarize_file(self, path: str | Path, *, on_step: Callable[[str], None] | None = None,
                        data: bytes | None = None) -> dict[str, Any]:
-        """Summarize one document; -> a record {source, summary, chain, chunks, seconds, status, key, lang}."""
-        return self.summarizer.summarize_file(path, on_step=on_step, data=data)
+        """Summarize one document; -> a record {source, summary, chain, chunks, seconds, status, key, lang}.
+        Its model calls hold one slot of the ``gate`` (the web page summarizes beside questions)."""
+        with self.gate.enter() as ticket:
+            ticket.wait()
+            return self.summarizer.summarize_file(path, on_step=on_step, data=data)
 
     def summarize_batch(
         self, paths: Sequence[str | Path], out: str | Path, *, force: bool = False,
@@ -270,14 +315,15 @@ class Pipeline:
 
     def language_model(self) -> "LanguageModel":
         """The LLM, loaded once: the backend, it as a LangChain LLM, and its prompt builder."""
-        if self._language_model is None:
-            self._language_model = LanguageModel(self)
+        with self._load_lock:
+            if self._language_model is None:
+                self._language_model = LanguageModel(self)
         return self._language_model
 
-    def prompt_builder(self, backend: Any) -> Any:
+    def prompt_builder(self, backend: Any, settings: Settings | None = None) -> Any:
         from ragqa.chains import PromptBuilder
 
-        s = self.settings
+        s = settings or self.settings
         fmt = backend.chat_format(s.chat_format)
         return PromptBuilder(
             chat_format=fmt,
@@ -328,8 +374,36 @@ class Pipeline:
 
         The documents are the files at ``paths`` or, with ``kb``, that knowledge base.
         ``skip_unreadable`` treats named files like files found in a folder: an unreadable one is
-        left out with a note (the web page, where one bad upload must not block the rest).
+        left out with a note (the web page, where one bad upload must not block the rest). The
+        model part waits for a slot of the pipeline's ``gate`` (``QueueFullError`` when its queue
+        is full); indexing and retrieval never wait.
         """
+        prepared = self.prepare(question, paths=paths, kb=kb, history=history, skip_unreadable=skip_unreadable,
+                                **overrides)
+        if dry_run:
+            yield self._dry_run(prepared)
+            return
+        with self.gate.enter() as ticket:
+            ticket.wait()
+            yield from self.generate(prepared)
+
+    @functools.cached_property
+    def gate(self) -> "Gate":
+        """Admission to the model, shared by every front end of this process: ``max_concurrency``
+        generations at once (default: 1 for an in-process model, 8 for a server), ``max_queue`` waiting."""
+        from ragqa.gate import Gate
+
+        slots = self.settings.max_concurrency or (8 if self.backend_name == "openai" else 1)
+        return Gate(slots, self.settings.max_queue)
+
+    def prepare(
+        self, question: str, *, paths: Sequence[str | Path] = (), kb: str | None = None,
+        history: Sequence[Any] = (), skip_unreadable: bool = False, **overrides: Any,
+    ) -> "Prepared":
+        """Everything before the model: the question checked, the documents indexed (``paths``) or
+        opened (``kb``), the chunks retrieved. Needs no generation slot."""
+        from ragqa.chains import retrieval_query
+
         question = (question or "").strip()
         if not question:
             raise InputError("the question is empty")
@@ -350,37 +424,47 @@ class Pipeline:
             "files_cached": report.cached,
             "chunks": report.chunks,
         }
-        skipped = [f"skipped {reason}" for reason in report.skipped]
         retriever = self.retriever(index, settings)
-        if dry_run:
-            from ragqa.chains import first_prompt, retrieval_query
+        t = time.perf_counter()
+        docs = retriever.invoke(retrieval_query(question, history))
+        timings["retrieve_s"] = round(time.perf_counter() - t, 3)
+        return Prepared(question, list(history), settings, docs, timings,
+                        [f"skipped {reason}" for reason in report.skipped])
 
-            backend = self.backend(vocab_only=True)
-            pb, history_notes = self.prompt_builder(backend).with_history(history)
-            notes = skipped + list(getattr(backend, "notes", [])) + history_notes
-            t = time.perf_counter()
-            docs = retriever.invoke(retrieval_query(question, history))
-            timings["retrieve_s"] = round(time.perf_counter() - t, 3)
-            prompt, used, fit_notes = first_prompt(question, docs, pb, settings.chain)
-            timings.update(self.timings)
-            yield Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
-            return
+    def _dry_run(self, prepared: "Prepared") -> Answer:
+        """The exact first prompt the model would get, with the tokenizer only (no weights)."""
+        from ragqa.chains import first_prompt
+
+        backend = self.backend(vocab_only=True)
+        pb, history_notes = self.prompt_builder(backend, prepared.settings).with_history(prepared.history)
+        notes = prepared.notes + list(getattr(backend, "notes", [])) + history_notes
+        prompt, used, fit_notes = first_prompt(prepared.question, prepared.docs, pb, prepared.settings.chain)
+        timings = {**prepared.timings, **self.timings}
+        return Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
+
+    def generate(self, prepared: "Prepared") -> Iterator[str | Answer]:
+        """The model part of a question: the answer's pieces as they stream, then the Answer. The
+        caller holds a generation slot (``gate``); closing this generator stops the model."""
+        import contextlib
 
         from ragqa.chains import make_qa_chain
 
         lm = self.language_model()
-        backend = lm.backend
-        notes = skipped + list(getattr(backend, "notes", []))
-        chain = make_qa_chain(lm.llm, retriever, lm.pb, settings.chain)
+        llm, pb = lm.for_settings(prepared.settings)
+        chain = make_qa_chain(llm, _NoRetriever(), pb, prepared.settings.chain)
+        notes = prepared.notes + list(getattr(lm.backend, "notes", []))
+        timings = dict(prepared.timings)
         t = time.perf_counter()
         result: dict[str, Any] = {}
-        for part in chain.stream({"question": question, "history": list(history)}):
-            if part.get("answer"):
-                yield part["answer"]
-            result = part if not result else result + part
+        inputs = {"question": prepared.question, "history": prepared.history, "documents": prepared.docs}
+        with contextlib.closing(iter(chain.stream(inputs))) as parts:
+            for part in parts:
+                if part.get("answer"):
+                    yield part["answer"]
+                result = part if not result else result + part
         timings["answer_s"] = round(time.perf_counter() - t, 3)
         timings.update(self.timings)
-        timings.update(backend.stats.as_dict())
+        timings.update(llm.stats.as_dict())
         yield Answer(
             answer=result.get("answer", "").strip(),
             sources=[Source.from_document(d) for d in result.get("source_documents", [])],
@@ -389,10 +473,12 @@ class Pipeline:
             prompts=result.get("prompts", []),
         )
 
-    PER_QUESTION = ("chain", "k", "retriever", "fusion")
+    # what one question may set for itself (the web page's options, the API's request fields)
+    PER_QUESTION = ("chain", "k", "retriever", "fusion", "temperature", "top_p", "seed", "max_new_tokens",
+                    "system_prompt")
 
     def _settings_for(self, overrides: dict[str, Any]) -> Settings:
-        """The settings with per-question overrides (chain, k, retriever, fusion), validated."""
+        """The settings with per-question overrides (``PER_QUESTION``), validated."""
         given = {k: v for k, v in overrides.items() if v is not None}
         unknown = set(given) - set(self.PER_QUESTION)
         if unknown:
@@ -409,13 +495,51 @@ class Pipeline:
             raise InputError(settings_error(exc)) from None
 
 
+@dataclass
+class Prepared:
+    """A question ready for the model: its settings, the earlier turns and the retrieved chunks."""
+
+    question: str
+    history: list[Any]
+    settings: Settings
+    docs: list[Document]
+    timings: dict[str, Any]
+    notes: list[str]
+
+
+class _NoRetriever(BaseRetriever):
+    """The QA chain's retriever when the pipeline hands it the chunks (``documents``): never asked."""
+
+    def _get_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
+        raise AssertionError("the pipeline retrieves before the chain runs")
+
+
 class LanguageModel:
     """What every chain needs from the LLM: the backend, a LangChain LLM over it, the prompt builder."""
 
     def __init__(self, pipeline: "Pipeline") -> None:
-        from ragqa.llms import GenerationParams, RagqaLLM
-
+        self.pipeline = pipeline
         self.backend = pipeline.backend()  # load_backend with pipeline.backend_name
         self.pb = pipeline.prompt_builder(self.backend)
-        self.llm = RagqaLLM(backend=self.backend, params=asdict(GenerationParams.from_settings(pipeline.settings)),
-                            stop_default=list(self.pb.chat_format.stop))
+        self.llm = self._llm(pipeline.settings)
+        self._builders: dict[tuple[int, str | None], Any] = {}
+
+    def _llm(self, settings: Settings) -> Any:
+        from ragqa.llms import GenerationParams, RagqaLLM
+
+        return RagqaLLM(backend=self.backend, params=asdict(GenerationParams.from_settings(settings)),
+                        stop_default=list(self.pb.chat_format.stop))
+
+    def for_settings(self, settings: Settings) -> tuple[Any, Any]:
+        """A LangChain LLM of this question's own (its generation settings, its own stats) and the
+        prompt builder for its budget and system prompt."""
+        key = (settings.max_new_tokens, settings.system_prompt)
+        if key == (self.pipeline.settings.max_new_tokens, self.pipeline.settings.system_prompt):
+            return self._llm(settings), self.pb
+        if key not in self._builders:
+            import dataclasses
+
+            self._builders[key] = dataclasses.replace(
+                self.pb, budget=self.backend.context_size() - settings.max_new_tokens,
+                system_prompt=settings.system_prompt if settings.system_prompt is not None else self.pb.system_prompt)
+        return self._llm(settings), self._builders[key]

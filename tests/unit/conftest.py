@@ -93,7 +93,8 @@ class FakeBackend:
     def chat_format(self, name: str) -> ChatFormat:
         return get_chat_format("chatml" if name.strip().lower() == "auto" else name)
 
-    def stream(self, prompt: str, stop: list[str] | None = None, **params: Any) -> Iterator[str]:
+    def stream(self, prompt: str, stop: list[str] | None = None, *, stats: GenerationStats | None = None,
+               **params: Any) -> Iterator[str]:
         answer = self.answers[min(len(self.calls), len(self.answers) - 1)]
         self.calls.append({"prompt": prompt, "stop": list(stop or []), "params": dict(params)})
         words = answer.split(" ")
@@ -103,6 +104,8 @@ class FakeBackend:
             prompt_tokens=self.count_tokens(prompt), completion_tokens=len(words),
             prompt_seconds=0.01, decode_seconds=0.02,
         )
+        if stats is not None:  # the caller's own sink (one per question)
+            stats.__dict__.update(self.stats.__dict__)
 
 
 # --------------------------------------------------------------------------- retriever

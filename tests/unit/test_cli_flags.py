@@ -36,7 +36,7 @@ EXPOSED = {
     "eval": "embedding_model retriever fusion k chunk_size chunk_overlap model chat_format chain max_new_tokens cache_dir",
     "serve": "model backend base_url api_model device torch_dtype load_in_4bit load_in_8bit embedding_model "
              "chat_format chain k retriever fusion n_ctx n_threads n_gpu_layers max_new_tokens temperature "
-             "max_file_mb ocr cache_dir data_dir store",
+             "max_file_mb ocr cache_dir data_dir store max_concurrency max_queue api_keys",
     "index": "embedding_model chunk_size chunk_overlap max_file_mb ocr data_dir store cache_dir",
     "kb list": "data_dir store",
     "kb show": "data_dir store",

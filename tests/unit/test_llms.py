@@ -45,8 +45,8 @@ def test_batch_and_token_count_use_the_backend(fake_backend_cls) -> None:
 
 
 def test_generation_params_follow_settings() -> None:
-    s = Settings(max_new_tokens=77, temperature=0.1, top_k=5, top_p=0.8, repeat_penalty=1.2)
-    assert GenerationParams.from_settings(s) == GenerationParams(77, 0.1, 5, 0.8, 1.2)
+    s = Settings(max_new_tokens=77, temperature=0.1, top_k=5, top_p=0.8, repeat_penalty=1.2, seed=9)
+    assert GenerationParams.from_settings(s) == GenerationParams(77, 0.1, 5, 0.8, 1.2, 9)
 
 
 def test_decode_speed_excludes_the_first_token() -> None:

@@ -51,7 +51,7 @@ def test_generation_settings_and_stop_tokens_reach_the_backend(make_pipeline, fa
     pipeline.ask([doc], "熊猫吃什么？")
     [call] = backend.calls
     assert call["params"] == {"max_tokens": 123, "temperature": 0.7, "top_k": 10, "top_p": 0.5,
-                              "repeat_penalty": 1.3}
+                              "repeat_penalty": 1.3, "seed": 42}
     assert "<|im_end|>" in call["stop"]  # the chat format's end-of-turn stops generation
 
 

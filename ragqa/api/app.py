@@ -1,0 +1,335 @@
+"""The HTTP API (FastAPI): OpenAI-compatible chat completions over knowledge bases, and KB admin.
+
+``model`` is a knowledge base's name. Every route calls the pipeline, never the engines behind it;
+every error is OpenAI's ``{"error": {...}}`` with the right status (``ragqa.api.errors``).
+
+- ``GET  /v1/models``                  the KBs the caller may read, as OpenAI models
+- ``POST /v1/chat/completions``        an answer from a KB, with ``sources``; ``stream`` = SSE chunks
+- ``GET  /v1/kbs``                     name, files, chunks, embedding model of each readable KB
+- ``POST /v1/kbs/{kb}/documents``      multipart ``file`` parts -> 202 and an ingest job
+- ``GET  /v1/jobs/{id}``               the job: status, per-file results, progress
+- ``GET  /v1/kbs/{kb}/documents``      the KB's documents
+- ``DELETE /v1/kbs/{kb}/documents?source=SOURCE``   one document (and its uploaded copy)
+- ``DELETE /v1/kbs/{kb}``              the whole KB
+
+Concurrency: a question is admitted by the pipeline's gate at once (429 with Retry-After when its
+queue is full), retrieves without waiting for anyone, then waits for a generation slot without
+holding a thread; a client that disconnects frees its place and stops its generation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ragqa.api.errors import ApiError, api_error, bad_request, not_found
+from ragqa.api.keys import KeyRing, OpenAccess
+from ragqa.api.schemas import ChatRequest, parse
+
+if TYPE_CHECKING:
+    from ragqa.pipeline import Pipeline
+    from ragqa.pipeline.jobs import IngestJobs
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 8 * 1024 * 1024  # a chat request: the conversation, never documents
+_DONE = object()
+
+
+def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") -> "FastAPI":
+    """The FastAPI app with the /v1 routes (the web page is mounted beside it by ``serve``)."""
+    app = FastAPI(title="ragqa", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
+
+    def error_response(exc: BaseException) -> JSONResponse:
+        err = api_error(exc)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return error_response(bad_request(f"{where}: {first['msg']}" if where else first["msg"], where or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+                405: "invalid_request_error"}.get(exc.status_code, "server_error")
+        return error_response(ApiError(exc.status_code, str(exc.detail), kind))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    def caller(request: Request) -> Any:
+        """The key of this request (OpenAccess when the server has no keys): 401 without a good one."""
+        if keys is None:
+            return OpenAccess()
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "this server needs an API key: send Authorization: Bearer YOUR_KEY",
+                           "authentication_error", "missing_api_key")
+        key = keys.find(token.strip())
+        if key is None:
+            raise ApiError(401, "unknown API key", "authentication_error", "invalid_api_key")
+        return key
+
+    def readable(who: Any, kb: str) -> None:
+        """404 for a KB that does not exist or that this key may not read (its existence is not told)."""
+        if not who.can_read(kb) or not _exists(pipeline, kb):
+            raise not_found(f"no knowledge base {kb!r} (GET /v1/models lists the ones you can use)", "model_not_found")
+
+    def writable(who: Any, kb: str) -> None:
+        if not who.can_write(kb):
+            if who.can_read(kb) and _exists(pipeline, kb):
+                raise ApiError(403, f"this API key may not change knowledge base {kb!r}", "permission_error",
+                               "write_not_allowed")
+            raise ApiError(403, f"this API key may not create or change knowledge base {kb!r}",
+                           "permission_error", "write_not_allowed")
+
+    async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    # -- models and chat ---------------------------------------------------------------------
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        who = caller(request)
+        names = await in_thread(pipeline.kb_names)
+        return {"object": "list", "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": "ragqa"} for n in names if who.can_read(n)]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        who = caller(request)
+        req: ChatRequest = parse(ChatRequest, await _json_body(request))
+        readable(who, req.model)
+        question, history, system = req.conversation()
+        overrides = req.overrides()
+        if system is not None:
+            overrides["system_prompt"] = system
+        ticket = pipeline.gate.enter()  # 429 now when the queue is full
+        try:
+            prepared = await in_thread(pipeline.prepare, question, kb=req.model, history=history, **overrides)
+            await ticket.wait_async()
+        except BaseException:
+            ticket.release()
+            raise
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        label = functools.partial(pipeline.uploads.label, req.model)
+        created = int(time.time())
+        if not req.stream:
+            try:
+                answer = await in_thread(_final_answer, pipeline.generate(prepared))
+            finally:
+                ticket.release()
+            return _completion(completion_id, created, req.model, answer, prepared.settings.max_new_tokens, label)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        events = _sse(pipeline.generate(prepared), ticket, completion_id, created, req.model, include_usage,
+                      prepared.settings.max_new_tokens, label)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- knowledge bases ---------------------------------------------------------------------
+    @app.get("/v1/kbs")
+    async def kbs(request: Request) -> dict[str, Any]:
+        who = caller(request)
+        stats = await in_thread(pipeline.list_kbs)
+        return {"object": "list", "data": [
+            {"name": s.name, "files": s.files, "failed": s.failed, "chunks": s.chunks, "embedding": s.embedding}
+            for s in stats if who.can_read(s.name)]}
+
+    @app.get("/v1/kbs/{kb}/documents")
+    async def documents(kb: str, request: Request) -> dict[str, Any]:
+        who = caller(request)
+        readable(who, kb)
+        _, _, files = await in_thread(pipeline.kb_details, kb)
+        return {"object": "list", "data": [
+            {"source": pipeline.uploads.label(kb, f.path), "chunks": f.chunks,
+             "status": "ok" if f.status == "ok" else "failed", "error": f.error or None} for f in files]}
+
+    @app.post("/v1/kbs/{kb}/documents", status_code=202)
+    async def upload(kb: str, request: Request) -> Any:
+        who = caller(request)
+        _checked_name(kb)
+        writable(who, kb)
+        staged = await _receive_files(request, pipeline)
+        job = jobs.submit(kb, staged)
+        return JSONResponse({"id": job.id, "object": "ingest.job", "status": job.status}, status_code=202)
+
+    @app.get("/v1/jobs/{job_id}")
+    async def job(job_id: str, request: Request) -> dict[str, Any]:
+        who = caller(request)
+        found = jobs.get(job_id)
+        if found is None or not who.can_read(found.kb):
+            raise not_found(f"no job {job_id!r}")
+        return found.to_dict()
+
+    @app.delete("/v1/kbs/{kb}/documents")
+    async def delete_document(kb: str, request: Request, source: str = "") -> dict[str, Any]:
+        who = caller(request)
+        readable(who, kb)
+        writable(who, kb)
+        if not source:
+            raise bad_request("name the document: DELETE /v1/kbs/KB/documents?source=SOURCE (as GET lists it)",
+                              "source")
+        removed = await in_thread(pipeline.remove_document, kb, source)
+        if not removed:
+            raise not_found(f"no document {source!r} in knowledge base {kb!r}")
+        return {"object": "document.deleted", "source": source, "deleted": True}
+
+    @app.delete("/v1/kbs/{kb}")
+    async def drop(kb: str, request: Request) -> dict[str, Any]:
+        who = caller(request)
+        readable(who, kb)
+        writable(who, kb)
+        await in_thread(pipeline.drop_kb, kb)
+        return {"object": "kb.deleted", "name": kb, "deleted": True}
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def unknown(rest: str) -> None:
+        raise not_found(f"no such endpoint: /v1/{rest} (see /v1/docs)", "unknown_url")
+
+    return app
+
+
+def _exists(pipeline: "Pipeline", kb: str) -> bool:
+    from ragqa.errors import InputError
+
+    try:
+        return pipeline.kb_exists(kb)
+    except InputError:  # not even a valid KB name
+        return False
+
+
+def _checked_name(kb: str) -> None:
+    from ragqa.store import check_kb_name
+
+    try:
+        check_kb_name(kb)
+    except Exception as exc:
+        raise api_error(exc) from None
+
+
+async def _json_body(request: Request) -> Any:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_JSON_BYTES:
+        raise ApiError(413, f"the request body is over {MAX_JSON_BYTES // (1024 * 1024)} MB", code="request_too_large")
+    body = await request.body()
+    if len(body) > MAX_JSON_BYTES:
+        raise ApiError(413, f"the request body is over {MAX_JSON_BYTES // (1024 * 1024)} MB", code="request_too_large")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the body is not valid JSON ({exc})") from None
+
+
+async def _receive_files(request: Request, pipeline: "Pipeline") -> list[Any]:
+    """The request's ``file`` parts, streamed into the KB's staging folder (413 past max_file_mb)."""
+    from ragqa.api.uploads import receive_files
+
+    return await receive_files(request, pipeline.uploads, pipeline.settings.max_file_mb)
+
+
+def _final_answer(parts: Iterator[Any]) -> Any:
+    from ragqa.pipeline import Answer
+
+    answer = None
+    for item in parts:
+        if isinstance(item, Answer):
+            answer = item
+    return answer
+
+
+def _sources(answer: Any, label: Any) -> list[dict[str, Any]]:
+    """The sources as ``ragqa ask --json`` gives them, each document named as GET documents lists it."""
+    sources = answer.to_dict()["sources"]
+    for s in sources:
+        s["source"] = label(s["source"])
+    return sources
+
+
+def _usage(answer: Any) -> dict[str, int]:
+    t = answer.timings
+    prompt, completion = int(t.get("prompt_tokens", 0)), int(t.get("completion_tokens", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _finish_reason(answer: Any, max_tokens: int) -> str:
+    return "length" if int(answer.timings.get("completion_tokens", 0)) >= max_tokens else "stop"
+
+
+def _completion(completion_id: str, created: int, model: str, answer: Any, max_tokens: int,
+                label: Any) -> dict[str, Any]:
+    return {
+        "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
+                     "finish_reason": _finish_reason(answer, max_tokens), "logprobs": None}],
+        "usage": _usage(answer),
+        "sources": _sources(answer, label),
+        **({"notes": answer.notes} if answer.notes else {}),
+    }
+
+
+def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any] | None,
+           finish: str | None = None, **extra: Any) -> str:
+    body: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                            "model": model,
+                            "choices": [] if delta is None else [{"index": 0, "delta": delta,
+                                                                  "finish_reason": finish, "logprobs": None}]}
+    body.update(extra)
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+async def _sse(parts: Iterator[Any], ticket: Any, completion_id: str, created: int, model: str,
+               include_usage: bool, max_tokens: int, label: Any) -> AsyncIterator[str]:
+    """The generation as OpenAI chunks; the last chunk before ``[DONE]`` carries ``sources`` (and
+    ``usage``). The generator runs in worker threads, one step at a time; a disconnect cancels this
+    coroutine, and ``finally`` closes the generation (the model stops) and frees the slot."""
+    from ragqa.pipeline import Answer
+
+    def step() -> Any:
+        return next(parts, _DONE)
+
+    try:
+        yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""})
+        answer = None
+        while (item := await anyio.to_thread.run_sync(step)) is not _DONE:
+            if isinstance(item, Answer):
+                answer = item
+            elif item:
+                yield _chunk(completion_id, created, model, {"content": item})
+        if answer is None:
+            raise RuntimeError("the pipeline ended without an answer")
+        extra: dict[str, Any] = {"sources": _sources(answer, label)}
+        if answer.notes:
+            extra["notes"] = answer.notes
+        finish = _finish_reason(answer, max_tokens)
+        if include_usage:
+            yield _chunk(completion_id, created, model, {}, finish)
+            yield _chunk(completion_id, created, model, None, usage=_usage(answer), **extra)
+        else:
+            yield _chunk(completion_id, created, model, {}, finish, **extra)
+        yield "data: [DONE]\n\n"
+    except Exception as exc:  # after the 200 has gone out: an error event, in OpenAI's shape
+        err = api_error(exc)
+        yield f"data: {json.dumps(err.body(), ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(parts.close)  # a half-read generation stops its model call
+        ticket.release()
