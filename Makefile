@@ -16,8 +16,17 @@ ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 endif
 LLAMA_WHEELS := $(HOME)/.cache/ragqa/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+# llama.cpp's own OpenAI-compatible server (continuous batching, --parallel N), built from the
+# llama.cpp sources inside the same llama-cpp-python sdist, with the same CPU flags: the real
+# batching server of the API's tests and bench/bench_serve.py. Built once (~8 min on 2 cores), kept
+# in ~/.cache/ragqa/bin like the wheel; no web UI (it would be downloaded), no curl, no TLS.
+LLAMA_SERVER := $(HOME)/.cache/ragqa/bin/llama-server-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+LLAMA_SERVER_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF \
+  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
+export RAGQA_LLAMA_SERVER := $(LLAMA_SERVER)
 
-.PHONY: setup ocr browser demo test unit integration clean
+.PHONY: setup ocr browser llama-server demo test unit integration clean
 
 $(BIN)/ragqa: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +43,19 @@ $(BIN)/ragqa: pyproject.toml
 	touch $(BIN)/ragqa
 
 setup: $(BIN)/ragqa ocr
+
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): | $(BIN)/ragqa
+	@echo "building llama.cpp's llama-server $(LLAMA_CPP_VERSION) (once, kept in $(dir $(LLAMA_SERVER)))"
+	rm -rf $(LLAMA_SERVER).build && mkdir -p $(LLAMA_SERVER).build
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_SERVER).build "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	tar xzf $(LLAMA_SERVER).build/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_SERVER).build
+	cmake -S $(LLAMA_SERVER).build/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp -B $(LLAMA_SERVER).build/out \
+	  $(LLAMA_SERVER_CMAKE_ARGS) $(LLAMA_CMAKE_ARGS) > $(LLAMA_SERVER).build/cmake.log
+	cmake --build $(LLAMA_SERVER).build/out --target llama-server -j $$(nproc) > $(LLAMA_SERVER).build/build.log
+	cp $(LLAMA_SERVER).build/out/bin/llama-server $(LLAMA_SERVER).tmp && mv $(LLAMA_SERVER).tmp $(LLAMA_SERVER)
+	rm -rf $(LLAMA_SERVER).build
 
 # OCR of scanned PDFs and images runs Debian's Tesseract with its Simplified/Traditional Chinese and
 # English models (system packages: pip has no Tesseract). Installed here when missing and we may
@@ -61,13 +83,13 @@ browser:
 demo: setup
 	$(BIN)/ragqa ask corpora/en/heron_festival.md "When is the Zorblat festival held, and what does it celebrate?"
 
-test: setup browser
+test: setup browser llama-server
 	$(BIN)/python -m pytest -q
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: setup browser
+integration: setup browser llama-server
 	$(BIN)/python -m pytest -q tests/integration
 
 clean:

@@ -49,3 +49,49 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
+
+
+def wait_listening(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Wait until ``url`` answers at all (any HTTP status: a server with keys says 401)."""
+    import urllib.error
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited ({proc.returncode}):\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def start_ragqa_serve(folder: Path, *args: str, env: dict[str, str] | None = None,
+                      timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """`ragqa serve --no-page` on a free port with its own data and cache under ``folder``;
+    -> (process, the API root http://127.0.0.1:PORT/v1). Stop it with ``stop``."""
+    import os
+    import sys
+
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}
+    base.update({"RAGQA_CACHE_DIR": str(folder / "cache"), "RAGQA_DATA_DIR": str(folder / "data"),
+                 "RAGQA_TEMPERATURE": "0", "HF_HUB_OFFLINE": "1"})
+    base.update(env or {})
+    log = folder / f"serve-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ragqa", "serve", "--port", str(port), *args], env=base,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent if sys.platform == "linux" else None)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_listening(url + "/models", proc, log, timeout)
+    except BaseException:
+        stop(proc)
+        raise
+    proc.log_path = log  # type: ignore[attr-defined]
+    return proc, url

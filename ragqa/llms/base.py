@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ragqa.chat_formats import ChatFormat
 from ragqa.config import Settings
@@ -133,6 +133,7 @@ class RagqaLLM(LLM):
     params: dict[str, Any] = {}
     stop_default: list[str] = []
     stats: GenerationStats = Field(default_factory=GenerationStats)
+    _open: list[Any] = PrivateAttr(default_factory=list)  # the backend generations now streaming
 
     @property
     def _llm_type(self) -> str:
@@ -147,9 +148,31 @@ class RagqaLLM(LLM):
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        for text in self.backend.stream(prompt, stop=(stop or []) + self.stop_default, stats=self.stats,
-                                        **{**self.params, **kwargs}):
-            chunk = GenerationChunk(text=text)
-            if run_manager:
-                run_manager.on_llm_new_token(text, chunk=chunk)
-            yield chunk
+        pieces = self.backend.stream(prompt, stop=(stop or []) + self.stop_default, stats=self.stats,
+                                     **{**self.params, **kwargs})
+        self._open.append(pieces)
+        try:
+            for text in pieces:
+                chunk = GenerationChunk(text=text)
+                if run_manager:
+                    run_manager.on_llm_new_token(text, chunk=chunk)
+                yield chunk
+        finally:
+            self._forget(pieces)
+
+    def _forget(self, pieces: Any) -> None:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+        if pieces in self._open:
+            self._open.remove(pieces)
+
+    def close(self) -> None:
+        """Stop any generation of this LLM still streaming (its consumer went away): the backend's
+        stream is closed now, not whenever LangChain's wrappers are collected, so the model (or the
+        model server's request) stops at once."""
+        for pieces in list(self._open):
+            try:
+                self._forget(pieces)
+            except ValueError:  # "generator already executing": its own thread closes it
+                pass

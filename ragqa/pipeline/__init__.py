@@ -457,11 +457,14 @@ class Pipeline:
         t = time.perf_counter()
         result: dict[str, Any] = {}
         inputs = {"question": prepared.question, "history": prepared.history, "documents": prepared.docs}
-        with contextlib.closing(iter(chain.stream(inputs))) as parts:
-            for part in parts:
-                if part.get("answer"):
-                    yield part["answer"]
-                result = part if not result else result + part
+        try:
+            with contextlib.closing(iter(chain.stream(inputs))) as parts:
+                for part in parts:
+                    if part.get("answer"):
+                        yield part["answer"]
+                    result = part if not result else result + part
+        finally:
+            llm.close()  # a consumer that stopped reading stops the model now
         timings["answer_s"] = round(time.perf_counter() - t, 3)
         timings.update(self.timings)
         timings.update(llm.stats.as_dict())
