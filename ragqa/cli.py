@@ -325,6 +325,8 @@ def summarize(
     kb: str | None = typer.Option(None, "--kb", help="Summarize the documents of this knowledge base."),
     out: Path = typer.Option(..., "--out", "-o", help="OUT.jsonl (one JSON object per document) or a folder (Markdown + index.md)."),
     force: bool = typer.Option(False, "--force", help="Redo documents already summarized with the same settings."),
+    parallel: int = typer.Option(1, "--parallel", "-j", min=1, max=64, help="Documents in flight at once (1-64; "
+                                 "for a server backend, which batches them; an in-process model runs one at a time)."),
     config: Path | None = ConfigOpt,
     verbose: bool = VerboseOpt,
     *,
@@ -367,7 +369,12 @@ def summarize(
             else:
                 typer.echo(line, err=True)
 
-        report = pipeline.summarize_batch(paths, out, force=force, on_file=on_file, progress=progress)
+        if parallel > 1 and pipeline.backend_name != "openai":
+            typer.echo(f"note: --parallel {parallel}: the {pipeline.backend_name} model in this process generates one "
+                       "answer at a time; documents still go one after another (a server backend batches them)",
+                       err=True)
+        report = pipeline.summarize_batch(paths, out, force=force, on_file=on_file, progress=progress,
+                                          parallel=parallel)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

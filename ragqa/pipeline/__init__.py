@@ -307,11 +307,12 @@ class Pipeline:
 
     def summarize_batch(
         self, paths: Sequence[str | Path], out: str | Path, *, force: bool = False,
-        on_file: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+        on_file: Callable[[dict[str, Any]], None] | None = None, progress: bool = True, parallel: int = 1,
     ) -> SummaryReport:
-        """Summarize many documents into ``out`` (.jsonl or a folder), resuming where a run stopped
-        (``Summarizer.summarize_batch``)."""
-        return self.summarizer.summarize_batch(paths, out, force=force, on_file=on_file, progress=progress)
+        """Summarize many documents into ``out`` (.jsonl or a folder), resuming where a run stopped;
+        ``parallel`` documents in flight (``Summarizer.summarize_batch``)."""
+        return self.summarizer.summarize_batch(paths, out, force=force, on_file=on_file, progress=progress,
+                                               parallel=parallel)
 
     def language_model(self) -> "LanguageModel":
         """The LLM, loaded once: the backend, it as a LangChain LLM, and its prompt builder."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import Document
 
-from ragqa.errors import InputError, RagqaError
+from ragqa.errors import InputError
 from ragqa.loaders import expand_paths, read_bytes
 from ragqa.pipeline.results import SummaryReport
 from ragqa.progress import file_bar
@@ -88,47 +88,78 @@ class Summarizer:
 
     def summarize_batch(
         self, paths: Sequence[str | Path], out: str | Path, *, force: bool = False,
-        on_file: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+        on_file: Callable[[dict[str, Any]], None] | None = None, progress: bool = True, parallel: int = 1,
     ) -> SummaryReport:
         """Summarize many documents into ``out`` (.jsonl or a folder), resuming where a run stopped.
 
         Each result is recorded the moment it is done. A document that fails is recorded with its
         error and the batch goes on. The model is loaded once, before the first document.
+        ``parallel`` documents are in flight at once (worth it on a server backend, which batches
+        them); records are written one at a time, in the order they finish.
         """
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
         from ragqa.outputs import SummaryStore
 
+        if parallel < 1:
+            raise InputError(f"--parallel must be at least 1 (got {parallel})")
         t0 = time.perf_counter()
         store = SummaryStore.open(out)
         files = expand_paths(expand_globs(paths))
         self._check_models()
         report = SummaryReport()
         bar = file_bar(files, "summarizing", enabled=progress)
-        for path in bar:
-            source = str(path)
-            bar.set_postfix_str(path.name[:30])
-            try:
-                data = read_bytes(path, self.settings.max_file_mb)
-                key = _summary_key(content_hash(data), self.settings)
-                if not force and store.done(source, key):
-                    report.skipped += 1
-                    if on_file:
-                        on_file({"source": source, "status": "skipped"})
-                    continue
-                step = (lambda s: bar.set_postfix_str(f"{path.name[:20]} {s}")) if progress else None
-                record = self.summarize_file(path, on_step=step, data=data)
-                report.summarized += 1
-            except InputError as exc:
-                record = {"source": source, "summary": "", "chain": None, "chunks": 0, "seconds": 0.0,
-                          "status": "failed", "error": str(exc)}
-                report.failed += 1
-            except RagqaError:
-                raise  # a model or output problem: every further document would fail the same way
-            store.put(record)
+
+        def finish(record: dict[str, Any]) -> None:
+            if record["status"] == "skipped":
+                report.skipped += 1
+            else:
+                report.summarized += record["status"] == "ok"
+                report.failed += record["status"] == "failed"
+                store.put(record)
             if on_file:
                 on_file(record)
+
+        if parallel == 1:
+            for path in bar:
+                bar.set_postfix_str(path.name[:30])
+                step = (lambda s, path=path: bar.set_postfix_str(f"{path.name[:20]} {s}")) if progress else None
+                finish(self._one(path, store, force, step))
+        else:
+            with ThreadPoolExecutor(parallel, thread_name_prefix="summarize") as pool:
+                pending: set[Future[dict[str, Any]]] = set()
+                todo = iter(bar)
+                try:
+                    while True:
+                        for path in todo:  # keep `parallel` documents in flight
+                            pending.add(pool.submit(self._one, path, store, force, None))
+                            if len(pending) >= parallel:
+                                break
+                        if not pending:
+                            break
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            finish(future.result())  # a model or output problem stops the batch here
+                except BaseException:
+                    for future in pending:
+                        future.cancel()
+                    raise
         report.seconds = time.perf_counter() - t0
         return report
 
+    def _one(self, path: Path, store: Any, force: bool, step: Callable[[str], None] | None) -> dict[str, Any]:
+        """One document's record: skipped (already summarized), ok or failed (an unreadable file).
+        A RagqaError that is not about the document (the model, the output) is raised."""
+        source = str(path)
+        try:
+            data = read_bytes(path, self.settings.max_file_mb)
+            key = _summary_key(content_hash(data), self.settings)
+            if not force and store.done(source, key):
+                return {"source": source, "status": "skipped"}
+            return self.summarize_file(path, on_step=step, data=data)
+        except InputError as exc:
+            return {"source": source, "summary": "", "chain": None, "chunks": 0, "seconds": 0.0,
+                    "status": "failed", "error": str(exc)}
 
 def _summary_key(file_hash: str, settings: "Settings") -> str:
     """Same bytes + same generation settings -> same summary; anything else is redone.

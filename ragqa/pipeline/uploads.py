@@ -61,12 +61,13 @@ class Uploads:
         return target
 
     def label(self, kb: str, path: str) -> str:
-        """How a user names a KB's document: an upload by its file name, any other file by its path."""
-        p = Path(path)
-        return p.name if p.parent == self.folder(kb) else path
+        """How a user names a KB's document: an upload by its file name, any other file by its path.
+        An upload kept by another replica (a KB on Milvus shared by several servers) counts too."""
+        return Path(path).name if self.is_upload(kb, path) else path
 
     def is_upload(self, kb: str, path: str) -> bool:
-        return Path(path).parent == self.folder(kb)
+        parent = Path(path).parent
+        return parent == self.folder(kb) or (parent.name == kb and parent.parent.name == UPLOADS)
 
     def discard(self, kb: str, path: str) -> None:
         """Delete the kept copy of an upload (a file indexed from elsewhere is never touched)."""

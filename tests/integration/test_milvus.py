@@ -364,3 +364,39 @@ def test_the_token_is_never_printed(docs: Path, tmp_path: Path) -> None:
                           env={**_clean_env(), "MILVUS_TOKEN": env_token}, timeout=60, check=False)
     assert proc.returncode != 0 and "cannot reach Milvus" in proc.stderr
     assert env_token not in proc.stderr + proc.stdout
+
+
+def test_two_serve_replicas_share_knowledge_bases_on_milvus(milvus_uri: str, tmp_path: Path) -> None:
+    """Two `ragqa serve` processes (as behind a load balancer) on one Milvus: a document uploaded
+    through one is answered, and deleted, through the other."""
+    import httpx
+    import openai
+    from netfixtures import start_ragqa_serve
+
+    question = "How much does a Brask ferry ticket cost?"
+    env = {"MILVUS_TOKEN": ""}
+    a, url_a = start_ragqa_serve(tmp_path / "a", "--no-page", "--store", milvus_uri, "--max-new-tokens", "40", env=env)
+    try:
+        b, url_b = start_ragqa_serve(tmp_path / "b", "--no-page", "--store", milvus_uri, "--max-new-tokens", "40",
+                                     env=env)
+        try:
+            job = httpx.post(f"{url_a}/kbs/replicas/documents", timeout=60,
+                             files=[("file", ("ferry.md", DOCS["ferry.md"].encode()))]).json()
+            deadline = time.time() + 300
+            while (status := httpx.get(f"{url_a}/jobs/{job['id']}").json())["status"] not in ("done", "failed"):
+                assert time.time() < deadline, status
+                time.sleep(0.3)
+            assert status["status"] == "done" and status["files"][0]["status"] == "added", status
+            other = openai.OpenAI(base_url=url_b, api_key="x", max_retries=0, timeout=300)
+            assert "replicas" in [m.id for m in other.models.list()]
+            reply = other.chat.completions.create(model="replicas", messages=[{"role": "user", "content": question}])
+            assert reply.model_extra["sources"][0]["source"] == "ferry.md"
+            assert "four coins" in reply.model_extra["sources"][0]["text"]
+            gone = httpx.delete(f"{url_b}/kbs/replicas/documents", params={"source": "ferry.md"}, timeout=60)
+            assert gone.status_code == 200, gone.text
+            assert httpx.get(f"{url_a}/kbs/replicas/documents", timeout=60).json()["data"] == []
+            assert httpx.delete(f"{url_a}/kbs/replicas", timeout=60).status_code == 200
+        finally:
+            stop(b)
+    finally:
+        stop(a)

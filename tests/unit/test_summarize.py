@@ -194,3 +194,27 @@ def test_kill_9_mid_batch_loses_nothing_and_resume_skips_finished(tmp_path: Path
     records = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
     assert len(records) == 12 and all(r["status"] == "ok" for r in records)
     assert "summarized" in rerun.stderr.splitlines()[-1]
+
+
+def test_parallel_keeps_n_documents_in_flight_on_a_server_backend(make_settings, tmp_path: Path) -> None:
+    """--parallel 4 against a stand-in OpenAI server (tests/standin_openai.py, 0.5 s per answer):
+    four summaries are generated at once, every record is written whole, and a rerun skips them all."""
+    from standin_openai import StandIn
+
+    from ragqa.pipeline import Pipeline
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"d{i}.txt").write_text(f"第{i}篇。今天的内容是第{i}件事。", "utf-8")
+    out = tmp_path / "out.jsonl"
+    with StandIn(latency=0.5, answer="一篇 摘要。") as server:
+        settings = make_settings(backend="openai", base_url=server.url, chat_format="chatml")
+        report = Pipeline(settings).summarize_batch([folder], out, progress=False, parallel=4)
+        assert (report.summarized, report.failed) == (8, 0)
+        assert server.peak == 4
+        records = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+        assert sorted(Path(r["source"]).name for r in records) == [f"d{i}.txt" for i in range(8)]
+        assert all(r["status"] == "ok" and r["summary"] == "一篇 摘要。" for r in records)
+        again = Pipeline(settings).summarize_batch([folder], out, progress=False, parallel=4)
+        assert (again.summarized, again.skipped) == (0, 8)
