@@ -215,17 +215,10 @@ class Settings(BaseSettings):
     @staticmethod
     def _check_store(value: str) -> str:
         """'local', or a Milvus URI with a host and a port that parse."""
-        from urllib.parse import urlsplit
-
         value = value.strip()
         if value.lower() == "local":
             return "local"
-        parts = urlsplit(value)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if parts.scheme not in ("http", "https", "tcp", "grpc") or not parts.hostname or port == -1:
+        if not _server_url(value, ("http", "https", "tcp", "grpc")):
             raise ValueError(f"store must be 'local' or a Milvus URI like http://127.0.0.1:19530 (got {value!r})")
         return value.rstrip("/")
 
@@ -240,6 +233,9 @@ class Settings(BaseSettings):
             self.base_url = self.base_url.strip().rstrip("/")
             if not self.base_url.startswith(("http://", "https://")):
                 raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
+            if not _server_url(self.base_url, ("http", "https")):
+                raise ValueError(f"base_url must be a server's address with a host and, if any, a port from 1 to "
+                                 f"65535, like http://127.0.0.1:8000/v1 (got {self.base_url!r})")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if self.backend in ("llama.cpp", "openai"):
@@ -261,6 +257,24 @@ class Settings(BaseSettings):
         if cls._config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._config_file))
         return tuple(sources)
+
+
+def _server_url(value: str, schemes: tuple[str, ...]) -> bool:
+    """A URL a client can connect to: one of ``schemes``, a host without spaces, a port that parses.
+
+    >>> _server_url("http://127.0.0.1:8000/v1", ("http",)), _server_url("http://[::1", ("http",))
+    (True, False)
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:  # "http://[::1" (an unclosed bracket), "http://host:abc"
+        return False
+    host = parts.hostname or ""
+    return (parts.scheme in schemes and bool(host) and not any(c.isspace() or c in "%<>{}|\\^`" for c in host)
+            and (port is None or 1 <= port <= 65535))
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -5,7 +5,8 @@ page), so together they never send the model more than it can take and never ser
 can batch. Admission is decided at once: ``enter()`` either admits (a ticket) or raises
 ``QueueFullError`` (HTTP 429 with ``Retry-After``) when ``slots + queue`` questions are in already.
 An admitted question retrieves its chunks holding no slot; then it waits for a slot, in arrival
-order, from a thread (``wait``) or from asyncio (``wait_async``). ``release`` frees the slot (or
+order (the order they were admitted in, not the order their retrieval finished), from a thread
+(``wait``) or from asyncio (``wait_async``). ``release`` frees the slot (or
 the place of a caller that gave up: a client that disconnected) and grants the next in line.
 
 >>> gate = Gate(slots=1, queue=1)
@@ -23,9 +24,9 @@ True
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from ragqa.errors import RagqaError
@@ -45,8 +46,9 @@ class Ticket:
     """One admitted caller: preparing (not yet asking for a slot), waiting in line, or granted (a
     slot is theirs). Release it exactly once (a ``with`` block does), whatever its state."""
 
-    def __init__(self, gate: "Gate") -> None:
+    def __init__(self, gate: "Gate", seq: int) -> None:
         self.gate = gate
+        self.seq = seq  # admission order: the line is kept in this order
         self.granted = False
         self.queued = False
         self.released = False
@@ -103,7 +105,8 @@ class Gate:
         self._lock = threading.Lock()
         self._admitted = 0  # tickets not released: preparing, waiting or running
         self._running = 0
-        self._waiting: deque[Ticket] = deque()
+        self._waiting: list[Ticket] = []  # by admission order
+        self._admissions = 0
         self._seconds_per_job = 5.0  # a running estimate of a generation's length, for Retry-After
         self.peak_running = 0  # the most generations in flight at once so far (for tests and stats)
 
@@ -117,19 +120,20 @@ class Gate:
                     f"the model is busy: {self._running} generating, {self._admitted - self._running} waiting (the "
                     "most this server takes); retry in a few seconds", retry)
             self._admitted += 1
-            return Ticket(self)
+            self._admissions += 1
+            return Ticket(self, self._admissions)
 
     def _queue_up(self, ticket: Ticket) -> None:
         with self._lock:
             if ticket.queued or ticket.released:
                 return
             ticket.queued = True
-            self._waiting.append(ticket)
+            bisect.insort(self._waiting, ticket, key=lambda t: t.seq)
             self._grant_waiting()
 
     def _grant_waiting(self) -> None:  # under the lock
         while self._waiting and self._running < self.slots:
-            nxt = self._waiting.popleft()
+            nxt = self._waiting.pop(0)
             self._running += 1
             self.peak_running = max(self.peak_running, self._running)
             nxt._grant()

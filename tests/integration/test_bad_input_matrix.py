@@ -74,6 +74,7 @@ def make_corpus(root: Path) -> Path:
     (root / "format-bad-syntax.toml").write_text('user_prefix = "USER: \nassistant_prefix =\n', encoding="utf-8")
     (root / "config-bad.toml").write_text("k = \nmodel = [\n", encoding="utf-8")
     (root / "squad-not.json").write_text('{"data": 5}\n', encoding="utf-8")
+    (root / "keys-no-token.toml").write_text('[[key]]\nread = ["notes"]\n', encoding="utf-8")
     nosupp = root / "no-supported"
     nosupp.mkdir()
     (nosupp / "setup.exe").write_bytes(b"MZ")
@@ -491,6 +492,12 @@ CASES: list[Case] = [
     Case("ask-base-url-unreachable",
          ("ask", "good.md", "q", "--base-url", "http://127.0.0.1:{port}/v1", "--dry-run"), 3,
          "cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1"),
+    Case("ask-base-url-unclosed-bracket", ("ask", "good.md", "q", "--base-url", "http://[::1/v1", "--dry-run"), 2,
+         "base_url must be a server's address"),
+    Case("ask-base-url-port-not-a-number", ("ask", "good.md", "q", "--base-url", "http://127.0.0.1:abc/v1",
+                                            "--dry-run"), 2, "base_url must be a server's address"),
+    Case("ask-base-url-space-in-host", ("ask", "good.md", "q", "--base-url", "http://my server/v1", "--dry-run"), 2,
+         "base_url must be a server's address"),
     Case("ask-store-malformed", ("ask", "--kb", "notes", "q", "--store", "http://:x", "--dry-run"), 2,
          "store must be 'local' or a Milvus URI"),
     Case("ask-store-unreachable", ("ask", "--kb", "notes", "q", "--store", "http://127.0.0.1:{port}", "--dry-run"), 1,
@@ -584,6 +591,17 @@ CASES: list[Case] = [
          setup=hold_port, timeout=SERVE_TIMEOUT_S),
     Case("serve-auth-without-colon", ("serve", "--auth", "alice", "--port", "{port}"), 2,
          "--auth must be USER:PASSWORD", timeout=SERVE_TIMEOUT_S),
+    Case("serve-beyond-localhost-without-keys", ("serve", "--host", "0.0.0.0", "--port", "{port}"), 2,
+         "--host 0.0.0.0 is reachable from the network", timeout=SERVE_TIMEOUT_S),
+    Case("serve-api-keys-missing", ("serve", "--api-keys", "nowhere.toml", "--port", "{port}"), 2,
+         "--api-keys nowhere.toml: no such file", timeout=SERVE_TIMEOUT_S),
+    Case("serve-api-keys-without-token", ("serve", "--api-keys", "keys-no-token.toml", "--port", "{port}"), 2,
+         "give exactly one of token and sha256", timeout=SERVE_TIMEOUT_S),
+    Case("serve-model-server-down", ("serve", "--backend", "openai", "--base-url", "http://127.0.0.1:{port}/v1",
+                                     "--port", "{port}"), 3, "cannot reach the OpenAI-compatible server",
+         timeout=SERVE_TIMEOUT_S),
+    Case("summarize-parallel-zero", ("summarize", "good.md", "--out", "{work}/out.jsonl", "--parallel", "0"), 2,
+         "'--parallel' / '-j'", timeout=SERVE_TIMEOUT_S),
     Case("serve-host-not-resolvable",
          ("serve", "--host", "no-such-host.invalid", "--auth", "a:b", "--port", "{port}"), 2,
          "--host 'no-such-host.invalid': not an address or a host name", check=serve_not_port_in_use,
@@ -718,3 +736,129 @@ def test_bad_input(case: Case, outcomes: dict[str, Outcome]) -> None:
     assert not changed, f"changed or lost by the run: {changed}"
     if outcome.check_error is not None:
         raise outcome.check_error
+
+
+
+# -- the HTTP API: a second table, against one real `ragqa serve` -------------------------------
+#
+# Each row is one request; it must get its status with an OpenAI-shaped JSON error (never a
+# traceback, never HTML), and the server's knowledge base and uploads folder must be as before.
+
+from netfixtures import start_ragqa_serve, stop  # noqa: E402
+
+BIG = 1024 * 1024 + 1  # over the server's --max-file-mb 1
+
+
+@dataclass(frozen=True)
+class ApiCase:
+    id: str
+    method: str
+    path: str
+    status: int
+    fragment: str
+    json: Any = None
+    content: bytes | None = None
+    files: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def chat_body(**changes: Any) -> dict[str, Any]:
+    return {"model": "notes", "messages": [{"role": "user", "content": "When is the festival?"}], **changes}
+
+
+API_CASES = [
+    ApiCase("malformed-json", "POST", "/chat/completions", 400, "not valid JSON", content=b'{"model": ',
+            headers=(("Content-Type", "application/json"),)),
+    ApiCase("not-an-object", "POST", "/chat/completions", 400, "", json=[1, 2]),
+    ApiCase("missing-model", "POST", "/chat/completions", 400, "model", json={"messages": chat_body()["messages"]}),
+    ApiCase("k-zero", "POST", "/chat/completions", 400, "k", json=chat_body(k=0)),
+    ApiCase("temperature-negative", "POST", "/chat/completions", 400, "temperature", json=chat_body(temperature=-1)),
+    ApiCase("max-tokens-zero", "POST", "/chat/completions", 400, "max_tokens", json=chat_body(max_tokens=0)),
+    ApiCase("messages-empty", "POST", "/chat/completions", 400, "messages", json=chat_body(messages=[])),
+    ApiCase("messages-not-a-list", "POST", "/chat/completions", 400, "messages", json=chat_body(messages="hi")),
+    ApiCase("role-unknown", "POST", "/chat/completions", 400, "role",
+            json=chat_body(messages=[{"role": "wizard", "content": "hi"}])),
+    ApiCase("image-part", "POST", "/chat/completions", 400, "text parts only", json=chat_body(messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}])),
+    ApiCase("ends-with-assistant", "POST", "/chat/completions", 400, "last message",
+            json=chat_body(messages=[{"role": "assistant", "content": "hi"}])),
+    ApiCase("unknown-kb", "POST", "/chat/completions", 404, "no knowledge base 'nothing'", json=chat_body(model="nothing")),
+    ApiCase("bad-fusion", "POST", "/chat/completions", 400, "fusion", json=chat_body(fusion="magic")),
+    ApiCase("body-over-8-mb", "POST", "/chat/completions", 413, "over 8 MB",
+            content=b'{"model": "notes", "pad": "' + b"x" * (8 * 1024 * 1024) + b'"}',
+            headers=(("Content-Type", "application/json"),)),
+    ApiCase("upload-file-over-max-file-mb", "POST", "/kbs/notes/documents", 413, "big.txt is over the 1 MB limit",
+            files=(("small.md", b"# A small file\n\nIt is fine."), ("big.txt", b"x" * BIG))),
+    ApiCase("upload-not-multipart", "POST", "/kbs/notes/documents", 400, "multipart/form-data", content=b"hello",
+            headers=(("Content-Type", "text/plain"),)),
+    ApiCase("upload-no-file-part", "POST", "/kbs/notes/documents", 400, "no `file` part", files=()),
+    ApiCase("upload-bad-kb-name", "POST", "/kbs/..hidden/documents", 400, "", files=(("a.md", b"a"),)),
+    ApiCase("delete-without-source", "DELETE", "/kbs/notes/documents", 400, "source"),
+    ApiCase("delete-unknown-document", "DELETE", "/kbs/notes/documents?source=nope.md", 404, "no document"),
+    ApiCase("delete-unknown-kb", "DELETE", "/kbs/nothing", 404, "no knowledge base"),
+    ApiCase("unknown-job", "GET", "/jobs/0000", 404, "no job"),
+    ApiCase("unknown-endpoint", "GET", "/embeddings/nothing", 404, "no such endpoint"),
+    ApiCase("wrong-method", "GET", "/chat/completions", 405, ""),
+]
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory):
+    """`ragqa serve --no-page --max-file-mb 1` with a KB 'notes' holding good.md."""
+    import httpx
+
+    folder = tmp_path_factory.mktemp("bad-api")
+    proc, url = start_ragqa_serve(folder, "--no-page", "--max-file-mb", "1", "--max-new-tokens", "30")
+    reply = httpx.post(f"{url}/kbs/notes/documents", files=[("file", ("good.md", GOOD.encode()))], timeout=60)
+    deadline = time.time() + 120
+    while httpx.get(f"{url}/jobs/{reply.json()['id']}").json()["status"] not in ("done", "failed"):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    yield url, folder / "data"
+    stop(proc)
+
+
+def _api_state(url: str, data: Path) -> Any:
+    import httpx
+
+    docs = httpx.get(f"{url}/kbs/notes/documents", timeout=30).json()
+    uploads = sorted(str(p.relative_to(data)) for p in (data / "uploads").rglob("*") if p.is_file())
+    return docs, uploads
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
+def test_bad_api_request(case: ApiCase, api_server) -> None:
+    import httpx
+
+    url, data = api_server
+    before = _api_state(url, data)
+    files = [("file", f) for f in case.files] if case.files or case.id == "upload-no-file-part" else None
+    if case.id == "upload-no-file-part":
+        files = [("other", ("x.txt", b"x"))]
+    reply = httpx.request(case.method, url + case.path, json=case.json, content=case.content, files=files,
+                          headers=dict(case.headers), timeout=120)
+    assert reply.status_code == case.status, reply.text[:500]
+    assert reply.headers["content-type"].startswith("application/json"), reply.headers
+    body = reply.json()
+    assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"]), body
+    assert "Traceback" not in reply.text and "<html" not in reply.text.lower()
+    assert case.fragment in body["error"]["message"], body
+    assert _api_state(url, data) == before  # nothing half-written: no document, no upload, no staged part
+
+
+def test_an_unsupported_file_fails_alone_in_its_upload(api_server) -> None:
+    import httpx
+
+    url, _ = api_server
+    reply = httpx.post(f"{url}/kbs/mixed/documents", timeout=60, files=[
+        ("file", ("ok.md", b"# Fine\n\nThe ferry runs daily.")), ("file", ("tool.exe", b"MZ\x90\x00")),
+        ("file", ("binary.txt", bytes(range(256)) * 8))])
+    assert reply.status_code == 202
+    deadline = time.time() + 120
+    while (job := httpx.get(f"{url}/jobs/{reply.json()['id']}").json())["status"] not in ("done", "failed"):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    files = {f["name"]: f for f in job["files"]}
+    assert files["ok.md"]["status"] == "added"
+    assert files["tool.exe"]["status"] == "failed" and ".exe" in files["tool.exe"]["error"]
+    assert files["binary.txt"]["status"] == "failed" and "binary" in files["binary.txt"]["error"]

@@ -81,3 +81,14 @@ def test_async_waiters_are_woken_from_another_thread() -> None:
         return ticket.granted
 
     assert asyncio.run(main())
+
+
+def test_the_line_keeps_admission_order_even_when_retrieval_finishes_out_of_order() -> None:
+    gate = Gate(slots=1, queue=3)
+    holder = gate.enter()
+    holder.wait()
+    early, late = gate.enter(), gate.enter()
+    assert not late.wait(0)  # the later question finished retrieving first
+    assert not early.wait(0)
+    holder.release()
+    assert early.granted and not late.granted  # first admitted, first served
