@@ -354,13 +354,14 @@ def summarize(
             paths = pipeline.kb_paths(kb)
 
         def on_file(rec: dict) -> None:
-            name = rec["source"]
+            name = _one_row(rec["source"])
             if rec["status"] == "ok":
                 line = f"ok      {name} ({rec['chain']}, {rec['chunks']} chunk{'s' if rec['chunks'] != 1 else ''}, {rec['seconds']:.1f}s)"
             elif rec["status"] == "skipped":
                 line = f"skipped {name} (already summarized)"
             else:
-                reason = rec["error"] if rec["error"].startswith(name) else f"{name}: {rec['error']}"
+                error = _one_row(rec["error"])
+                reason = error if error.startswith(name) else f"{name}: {error}"
                 line = f"note: failed {reason}"
             if progress:
                 from tqdm import tqdm
@@ -374,7 +375,7 @@ def summarize(
                        "answer at a time; documents still go one after another (a server backend batches them)",
                        err=True)
         report = pipeline.summarize_batch(paths, out, force=force, on_file=on_file, progress=progress,
-                                          parallel=parallel)
+                                          parallel=parallel, missing_ok=kb is not None)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -503,12 +504,9 @@ def serve(
         serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser, page=not no_page)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
-    except OSError as exc:  # the port is taken, the address is not ours
-        import errno
-
-        in_use = exc.errno == errno.EADDRINUSE or "empty port" in str(exc)
-        reason = "the port is in use (choose another with --port)" if in_use else (exc.strerror or str(exc))
-        _fail(f"cannot serve on {host}:{port}: {reason}", 1)
+    except OSError as exc:  # a folder or file the server needs (the address itself is checked in ragqa.web)
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"cannot serve: {exc.strerror or exc}{where}", 1)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
 
@@ -544,9 +542,9 @@ def index_command(
 
     def on_file(path: str, status: str, detail: str) -> None:
         if status == "failed":
-            say(f"note: skipped {detail}")
+            say(f"note: skipped {_one_row(detail)}")
         elif verbose or (not tty and status != "unchanged"):
-            say(f"{status:9} {path}" + (f" ({detail})" if detail and status != "removed" else ""))
+            say(f"{status:9} {_one_row(path)}" + (f" ({detail})" if detail and status != "removed" else ""))
 
     try:
         from ragqa.config import load_settings
@@ -606,10 +604,14 @@ def kb_list(
         return
     rows = [("name", "files", "failed", "chunks", "embedding", "size")]
     rows += [(k.name, str(k.files), str(k.failed), str(k.chunks), k.embedding,
-              _size(k.size_bytes) if k.engine == "local" else "-") for k in kbs]
+              _size(k.size_bytes) if k.engine == "local" else "-") if k.error is None
+             else (k.name, "-", "-", "-", "(damaged)", "-") for k in kbs]
     widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths)).rstrip())
+    for k in kbs:
+        if k.error is not None:
+            typer.echo(f"note: {k.name}: {k.error} (delete it with: ragqa kb drop {k.name} --yes)", err=True)
 
 
 @command(kb_app, "show", settings=KB_SETTINGS)
@@ -702,6 +704,16 @@ def _check_host(host: str) -> None:
                           f"({getattr(exc, 'strerror', None) or exc})") from None
 
 
+def _one_row(text: str) -> str:
+    r"""A file name (or a message naming one) on one line: a newline in a name would split a
+    per-file line in two.
+
+    >>> _one_row("a\nb.txt")
+    'a\\nb.txt'
+    """
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -747,7 +759,30 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     except click.ClickException as exc:
         typer.echo(f"ragqa: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # standard output that cannot be written: a full disk, a closed pipe
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        _unwritable_stdout(exc)
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        _unwritable_stdout(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_OUTPUT_ERRNOS = (5, 28, 32)  # EIO, ENOSPC, EPIPE
+
+
+def _unwritable_stdout(exc: OSError) -> None:
+    """One line on stderr, exit 1, and no second complaint when Python flushes stdout at exit."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.stderr.write(f"ragqa: error: cannot write the output: {exc.strerror or exc}\n")
+    sys.exit(1 if getattr(exc, "errno", None) != 32 else 141)  # 141: a closed pipe, as shells report it
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ragqa.errors import ConfigError
+from ragqa.errors import ConfigError, one_line
 from ragqa.fusion import DEFAULT_FUSION, make_fusion
 from ragqa.paths import default_cache_dir, default_data_dir
 
@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     )
     chunk_size: int = Field(600, ge=50, le=20000, description="Maximum characters per chunk.")
     chunk_overlap: int = Field(100, ge=0, description="Characters shared by neighbouring chunks.")
-    max_file_mb: float = Field(200.0, gt=0, description="Refuse files larger than this (MB).")
+    max_file_mb: float = Field(200.0, gt=0, allow_inf_nan=False, description="Refuse files larger than this (MB).")
     ocr: Literal["auto", "never", "always"] = Field(
         "auto", description="OCR (Tesseract) of scanned pages: auto (PDF pages without a text layer, and "
         "images), always (every PDF page, ignoring its text layer), never.",
@@ -125,10 +125,10 @@ class Settings(BaseSettings):
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU (-1 = all).")
     n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")
     rope_freq_base: float = Field(
-        0.0, ge=0, description="RoPE base frequency; 0 = the model's own. Raise it (NTK) for longer contexts."
+        0.0, ge=0, allow_inf_nan=False, description="RoPE base frequency; 0 = the model's own. Raise it (NTK) for longer contexts."
     )
     rope_freq_scale: float = Field(
-        0.0, ge=0, description="RoPE linear scale; 0 = the model's own."
+        0.0, ge=0, allow_inf_nan=False, description="RoPE linear scale; 0 = the model's own."
     )
 
     # -- transformers backend
@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         0.9, gt=0, le=1, description="Nucleus sampling: from the likeliest tokens whose probabilities add up to top_p; 1 = off."
     )
     repeat_penalty: float = Field(
-        1.1, ge=0, description="Penalty on tokens repeated from the last 64 (as llama.cpp applies it); 1 = none."
+        1.1, ge=0, allow_inf_nan=False, description="Penalty on tokens repeated from the last 64 (as llama.cpp applies it); 1 = none."
     )
     seed: int = Field(42, description="Sampling seed, so the same question gives the same answer.")
 
@@ -282,6 +282,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     path = config_file or os.environ.get("RAGQA_CONFIG")
     if path:
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; give the TOML file itself (e.g. {path}/ragqa.toml)")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -291,7 +293,14 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         raise ConfigError(settings_error(exc)) from None
     except Exception as exc:  # a malformed TOML file
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        try:
+            bom = Path(path).read_bytes().startswith(b"\xef\xbb\xbf") if path else False
+        except OSError:
+            bom = False
+        if bom:
+            raise ConfigError(f"cannot read config file {path}: it starts with a UTF-8 byte-order mark (BOM), which "
+                              "TOML does not allow; save it as UTF-8 without BOM") from None
+        raise ConfigError(f"cannot read config file {path}: {one_line(exc)}") from None
     finally:
         Settings._config_file = None
 

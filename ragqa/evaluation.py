@@ -71,6 +71,7 @@ def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[
     contexts: list[str] = []
     seen: dict[str, int] = {}
     items: list[QAItem] = []
+    blank = 0  # contexts with no text: nothing to retrieve, so their questions are left out (noted)
     for i, article in enumerate(articles):
         paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
         if not isinstance(paragraphs, list):
@@ -80,6 +81,9 @@ def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[
             if not (isinstance(para, dict) and isinstance(para.get("context"), str) and isinstance(para.get("qas"), list)):
                 raise not_squad(where, 'an object with a "context" text and a "qas" list')
             context = para["context"]
+            if not context.strip():
+                blank += 1
+                continue
             if context not in seen:
                 if max_contexts is not None and len(contexts) >= max_contexts:
                     continue
@@ -97,6 +101,9 @@ def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[
                 texts = [t for t in texts if t.strip()]
                 if question.strip() and texts:
                     items.append(QAItem(str(qa.get("id", len(items))), question.strip(), cid, texts))
+    if blank:
+        log.warning("%s: %d paragraph%s with an empty context left out, with their questions", path, blank,
+                    "s" if blank != 1 else "")
     if not items:
         raise InputError(f"{path}: no answerable questions found")
     return contexts, items
@@ -105,7 +112,8 @@ def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[
 def _read_text(path: Path, encoding: str, expected: str) -> str:
     """A data file's text, or an InputError naming the file (and, if it is not UTF-8, what was expected)."""
     try:
-        return path.read_text(encoding)
+        text = path.read_text(encoding)
+        return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark (Windows editors write one) is no content
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except UnicodeDecodeError:

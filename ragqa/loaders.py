@@ -49,20 +49,21 @@ _BOMS = (
 )
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+def expand_paths(paths: Iterable[str | Path], *, missing_ok: bool = False) -> list[Path]:
     """Files named directly, plus the supported files inside named folders (sorted, recursive).
 
     A file named directly must exist and have a supported type; inside a folder, other files are
-    skipped with a log line, so a folder of mixed files just works.
+    skipped with a log line, so a folder of mixed files just works, and a subfolder that cannot
+    be read (no permission, a name too long) is skipped with a note. ``missing_ok`` passes a
+    missing file through (its own read then fails with the reason: a KB's file deleted from disk).
     """
     out: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
+        if not _utf8_name(path):
+            raise InputError(f"{_shown(path)}: the name is not valid UTF-8 (rename the file or folder)")
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not _hidden(p, path)
-            )
+            found = _walk(path)
             if not found:
                 raise InputError(f"{path}: no supported files in this folder ({_suffix_list()})")
             out.extend(found)
@@ -71,6 +72,8 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
             out.append(path)
         elif path.exists():
             raise InputError(f"{path}: not a regular file")
+        elif missing_ok:
+            out.append(path)
         else:
             raise InputError(f"{path}: no such file or folder")
     # de-duplicate by real location, keep the path as the user wrote it (it is what sources show)
@@ -80,8 +83,46 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _walk(root: Path) -> list[Path]:
+    """The supported, visible files under ``root``, sorted. The walk's own errors are notes (a
+    subfolder without permission) or, for ``root`` itself, one InputError."""
+    found: list[Path] = []
+    problems: list[OSError] = []
+    for folder, dirs, files in os.walk(root, onerror=problems.append):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            p = Path(folder) / name
+            if name.startswith(".") or p.suffix.lower() not in SUPPORTED_SUFFIXES:
+                continue
+            if not _utf8_name(p):
+                log.warning("skipped %s: its name is not valid UTF-8 (rename it)", _shown(p))
+                continue
+            try:
+                if p.is_file():
+                    found.append(p)
+            except OSError as exc:  # a name longer than the OS allows, a broken mount
+                problems.append(exc)
+    for exc in problems:
+        where = exc.filename or root
+        if Path(where) == root:
+            raise InputError(f"{root}: cannot read this folder ({exc.strerror or exc})")
+        log.warning("skipped %s: cannot read it (%s)", where, exc.strerror or exc)
+    return sorted(found)
+
+
+def _utf8_name(path: Path) -> bool:
+    """A name the knowledge base, the JSON output and a terminal can hold (bytes that are not UTF-8
+    come into Python as surrogate escapes)."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _shown(path: Path) -> str:
+    """A path whose name is not UTF-8, printable: the odd bytes as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _suffix_list() -> str:
@@ -428,14 +469,20 @@ def _json_text(data: bytes, path: Path, suffix: str) -> str:
     (``"\\u9f99"`` -> ``"龙"``), one record per line for JSON Lines. Invalid JSON is refused with
     the place it breaks."""
     text = decode_text(data, path)
+    n = 0
     try:
         if suffix == ".jsonl":
             lines = []
             for n, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     lines.append(json.dumps(json.loads(line), ensure_ascii=False))
-            return "\n".join(lines)
-        return json.dumps(json.loads(text), ensure_ascii=False, indent=1)
+            out = "\n".join(lines)
+        else:
+            out = json.dumps(json.loads(text), ensure_ascii=False, indent=1)
+        # a lone surrogate escape ("\ud800") is valid JSON but no character: shown as U+FFFD
+        return out.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    except RecursionError:
+        raise InputError(f"{path}: the JSON is nested too deeply to read") from None
     except json.JSONDecodeError as exc:
         where = f"line {n}" if suffix == ".jsonl" else f"line {exc.lineno} column {exc.colno}"
         raise InputError(f"{path}: not valid {'JSON Lines' if suffix == '.jsonl' else 'JSON'} "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "summaries.json"
 INDEX = "index.md"
-LOCK_TIMEOUT_S = 120.0  # a write takes milliseconds; this long means a stuck process holds the lock
+LOCK_TIMEOUT_S = 120.0
+MAX_STEM_BYTES = 200  # of a summary's .md name: room for "-NN.md" within any file system's 255 bytes  # a write takes milliseconds; this long means a stuck process holds the lock
 
 
 def _is_record(value: Any) -> bool:
@@ -97,6 +99,13 @@ class SummaryStore:
         """Record one document: under the lock, merge it into the output on disk and write that."""
         try:
             self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            # a lock file that cannot be made at all is not "another process": say so at once
+            # (filelock would retry until the timeout, then blame a holder that does not exist)
+            os.close(os.open(self.lock_path, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError as exc:
+            raise RagqaError(f"cannot write {self.out}: cannot create its lock file {self.lock_path} "
+                             f"({exc.strerror or exc})") from None
+        try:
             with FileLock(self.lock_path, timeout=LOCK_TIMEOUT_S):
                 records = self.read()
                 self.flush(record, records)
@@ -176,6 +185,8 @@ class MarkdownStore(SummaryStore):
         if record.get("file"):
             return record["file"]
         stem = re.sub(r"[^\w.-]+", "_", Path(record["source"]).stem, flags=re.UNICODE).strip("._") or "document"
+        while len(stem.encode("utf-8")) > MAX_STEM_BYTES:  # file systems take 255 bytes a name
+            stem = stem[:-1]
         taken = {r["file"].lower() for r in records.values() if r.get("file")} | {INDEX}
         name, n = f"{stem}.md", 1
         while name.lower() in taken or (self.out / name).exists():
@@ -196,7 +207,8 @@ class MarkdownStore(SummaryStore):
         write_atomic(self.out / MANIFEST, json.dumps(list(records.values()), ensure_ascii=False, indent=1))
         rows = ["# Summaries", "", "| document | status | chain | summary |", "|---|---|---|---|"]
         for r in records.values():
-            link = f"[{Path(r['source']).name}]({r['file']})" if r.get("file") and r.get("status") == "ok" else Path(r["source"]).name
             first = (r.get("summary") or r.get("error") or "").replace("\n", " ").replace("|", "\\|")
+            name = Path(r["source"]).name.replace("\n", " ").replace("|", "\\|")  # a newline in a name breaks the table
+            link = f"[{name}]({r['file']})" if r.get("file") and r.get("status") == "ok" else name
             rows.append(f"| {link} | {r['status']} | {r.get('chain') or ''} | {first[:120]} |")
         write_atomic(self.out / INDEX, "\n".join(rows) + "\n")

@@ -88,6 +88,17 @@ def write_atomic(path: str | Path, data: str | bytes, *, make_parents: bool = Tr
         fh.write(data)
 
 
+def kb_path(path: str | Path) -> str:
+    """The name a knowledge base keeps a file under: absolute, ``~`` expanded, ``..`` folded, but
+    symlinks *not* resolved, so a file reached through a link is under the folder it was found in
+    (``--sync`` and ``kb remove FOLDER`` then see it there, and a deleted link is a deleted file).
+
+    >>> kb_path("/docs/a/../b.md")
+    '/docs/b.md'
+    """
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 def is_under(path: Path, root: Path) -> bool:
     """``path`` is ``root`` or inside it (by their names; neither is resolved here)."""
     return path == root or root in path.parents

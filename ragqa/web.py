@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, InputError, RagqaError
-from ragqa.loaders import SUPPORTED_SUFFIXES
-from ragqa.paths import write_atomic
+from ragqa.paths import kb_path, write_atomic
 from ragqa.pipeline import Answer, Pipeline
 from ragqa.store import DEFAULT_KB, check_kb_name
 
@@ -42,7 +41,6 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SNIPPET_CHARS = 400
 MODEL_QUEUE = "model"  # questions and summaries: as many at once as the pipeline's gate has slots
 KB_QUEUE = "kb"  # uploads and deletes: one at a time (each KB has one writer anyway); never behind the model
-FILE_TYPES = sorted(SUPPORTED_SUFFIXES)
 SUMMARIES = "web-summaries"  # <cache_dir>/web-summaries: the Summarize tab's downloads
 
 # UI text in both languages; Gradio picks the browser's language (or the one set in the page's
@@ -279,7 +277,7 @@ class Handlers:
             if status == "failed":
                 lines[label] = f"✗ **{label}**: {_strip_path(detail, path)}"
                 continue
-            record = records.get(str(Path(path).resolve()))
+            record = records.get(kb_path(path))
             n = record.chunks if record is not None else 0
             if status == "unchanged":
                 lines[label] = f"✓ **{label}**: (unchanged)"
@@ -523,7 +521,9 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
                         kb_new = gr.Textbox(show_label=False, placeholder=t("kb_new_ph"), lines=1, max_lines=1,
                                             elem_id="kb-new", scale=3)
                         kb_create = gr.Button(t("kb_create"), elem_id="kb-create", size="sm", scale=1)
-                files = gr.File(label=t("files"), file_count="multiple", file_types=FILE_TYPES,
+                # no file_types and a generous size cap at the framework: Gradio's own checks refuse a
+                # whole multi-file upload for one bad file; ragqa checks each file and the others go on
+                files = gr.File(label=t("files"), file_count="multiple",
                                 elem_id="files")
                 status = gr.Markdown(elem_id="index-status", label=t("status"))
                 docs = gr.Dataframe(headers=DOC_HEADERS, datatype=["str", "number", "str"], value=[],
@@ -650,10 +650,15 @@ def serve(
         # with the API's questions, so the page never serialises what the backend can batch
         blocks.queue(default_concurrency_limit=1, max_size=pipeline.gate.slots + pipeline.gate.queue)
         downloads = Path(settings.cache_dir) / SUMMARIES
-        downloads.mkdir(parents=True, exist_ok=True)
+        try:
+            downloads.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RagqaError(f"cannot use the cache folder {settings.cache_dir}: {exc.strerror or exc}") from None
         api = gr.mount_gradio_app(
             api, blocks, path="/", auth=credentials, show_error=True, ssr_mode=False,
-            max_file_size=int(settings.max_file_mb * 1024 * 1024),  # the loaders' limit, in bytes
+            # the framework's cap only stops absurd uploads; ragqa refuses a file over max_file_mb itself,
+            # with a ✗ line for that file while the others of the upload go on
+            max_file_size=int(max(4 * settings.max_file_mb, settings.max_file_mb + 64) * 1024 * 1024),
             allowed_paths=[str(downloads)],  # the summaries offered for download; never the uploads
             i18n=blocks.ragqa_i18n, theme=_theme(gr), footer_links=["api", "settings"],
         )
@@ -676,9 +681,13 @@ def _run_uvicorn(uvicorn: Any, app: Any, host: str, port: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))  # bound here, so a busy port is one clear error before uvicorn starts
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        import errno
+
+        reason = ("the port is in use (choose another with --port)" if exc.errno == errno.EADDRINUSE
+                  else exc.strerror or str(exc))
+        raise RagqaError(f"cannot serve on {host}:{port}: {reason}") from None
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])

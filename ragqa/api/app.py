@@ -150,8 +150,8 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
         who = caller(request)
         stats = await in_thread(pipeline.list_kbs)
         return {"object": "list", "data": [
-            {"name": s.name, "files": s.files, "failed": s.failed, "chunks": s.chunks, "embedding": s.embedding}
-            for s in stats if who.can_read(s.name)]}
+            {"name": s.name, "files": s.files, "failed": s.failed, "chunks": s.chunks, "embedding": s.embedding,
+             **({"error": s.error} if s.error else {})} for s in stats if who.can_read(s.name)]}
 
     @app.get("/v1/kbs/{kb}/documents")
     async def documents(kb: str, request: Request) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from ragqa.config import Settings
 from ragqa.errors import InputError
 from ragqa.loaders import expand_paths
 from ragqa.models import resolve_embedding
-from ragqa.paths import is_under
+from ragqa.paths import is_under, kb_path
 from ragqa.pipeline.indexing import EMBED_BATCH, Indexer
 from ragqa.pipeline.results import Answer, IndexReport, Source, SummaryReport
 from ragqa.pipeline.uploads import Uploads
@@ -251,7 +251,7 @@ class Pipeline:
         from ragqa.store import open_kb
 
         texts = {p for p in paths if p.startswith(TEXT_PREFIX)}
-        roots = [Path(p).expanduser().resolve() for p in paths if p not in texts]
+        roots = [Path(kb_path(p)) for p in paths if p not in texts]
         self.forget_kb(name)
         kb = open_kb(self.settings, name)
         try:
@@ -306,13 +306,11 @@ class Pipeline:
             return self.summarizer.summarize_file(path, on_step=on_step, data=data)
 
     def summarize_batch(
-        self, paths: Sequence[str | Path], out: str | Path, *, force: bool = False,
-        on_file: Callable[[dict[str, Any]], None] | None = None, progress: bool = True, parallel: int = 1,
+        self, paths: Sequence[str | Path], out: str | Path, *, force: bool = False, **options: Any,
     ) -> SummaryReport:
-        """Summarize many documents into ``out`` (.jsonl or a folder), resuming where a run stopped;
-        ``parallel`` documents in flight (``Summarizer.summarize_batch``)."""
-        return self.summarizer.summarize_batch(paths, out, force=force, on_file=on_file, progress=progress,
-                                               parallel=parallel)
+        """Summarize many documents into ``out`` (.jsonl or a folder), resuming where a run stopped
+        (options: ``Summarizer.summarize_batch``: on_file, progress, parallel, missing_ok)."""
+        return self.summarizer.summarize_batch(paths, out, force=force, **options)
 
     def language_model(self) -> "LanguageModel":
         """The LLM, loaded once: the backend, it as a LangChain LLM, and its prompt builder."""

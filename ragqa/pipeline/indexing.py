@@ -7,6 +7,7 @@ pipeline, on first need, so a run where every file is unchanged loads none.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from langchain_core.documents import Document
 
 from ragqa.errors import InputError, NoReadableDocumentsError
 from ragqa.loaders import check_supported, expand_paths, load_file, loader_id, read_bytes
-from ragqa.paths import is_under
+from ragqa.paths import is_under, kb_path
 from ragqa.pipeline.results import IndexReport
 from ragqa.progress import PageProgress, file_bar, progress_bar, stderr_is_tty
 from ragqa.store import FileRecord, KBView, KnowledgeBase, SyncReport, content_hash
@@ -56,7 +57,7 @@ class Indexer:
         t = time.perf_counter()
         given = list(paths)
         files = expand_paths(given) if files is None else files
-        named = {Path(p).expanduser().resolve() for p in given if not Path(p).expanduser().is_dir()}
+        named = {kb_path(p) for p in given if not Path(p).expanduser().is_dir()}
         report = SyncReport()
         show = stderr_is_tty() if progress is None else progress
         with kb.writing(on_wait=on_wait):
@@ -68,7 +69,7 @@ class Indexer:
                     # OCR's page lines also go to a log (a long scan must show it moves) unless told not to
                     status, record = self.sync_file(kb, path, existing, progress is not False, on_page)
                 except InputError as exc:
-                    if strict and path.resolve() in named:
+                    if strict and kb_path(path) in named:
                         raise
                     report.failed.append(str(exc))
                     if on_file:
@@ -83,10 +84,11 @@ class Indexer:
                 if on_file:
                     on_file(str(path), status, f"{record.chunks} chunks")
             if sync:
-                roots = [Path(p).expanduser().resolve() for p in given if Path(p).expanduser().is_dir()]
-                on_disk = {str(p.resolve()) for p in files}
+                # gone = no longer on disk; not "missed by the folder walk" (a hidden file named directly
+                # when it was indexed is still there, and stays)
+                roots = [Path(kb_path(p)) for p in given if Path(p).expanduser().is_dir()]
                 gone = [r.path for r in existing.values()
-                        if r.path not in on_disk and any(is_under(Path(r.path), root) for root in roots)]
+                        if any(is_under(Path(r.path), root) for root in roots) and not os.path.lexists(r.path)]
                 report.removed = kb.remove_files(gone)
                 for path in gone:
                     if on_file:
@@ -98,7 +100,7 @@ class Indexer:
                   on_page: Callable[[str, int, int], None] | None = None) -> tuple[str, FileRecord]:
         """One file into the KB; -> (added | updated | unchanged, its record). InputError if unreadable."""
         check_supported(path)
-        real = str(path.resolve())
+        real = kb_path(path)
         old = existing.get(real)
         parser = loader_id(path, self.settings.ocr, self.settings.ocr_languages)
         try:

@@ -17,6 +17,7 @@ from langchain_core.documents import Document
 
 from ragqa.errors import InputError
 from ragqa.loaders import expand_paths, read_bytes
+from ragqa.paths import is_under, kb_path
 from ragqa.pipeline.results import SummaryReport
 from ragqa.progress import file_bar
 from ragqa.splitting import ChineseTextSplitter
@@ -89,13 +90,16 @@ class Summarizer:
     def summarize_batch(
         self, paths: Sequence[str | Path], out: str | Path, *, force: bool = False,
         on_file: Callable[[dict[str, Any]], None] | None = None, progress: bool = True, parallel: int = 1,
+        missing_ok: bool = False,
     ) -> SummaryReport:
         """Summarize many documents into ``out`` (.jsonl or a folder), resuming where a run stopped.
 
         Each result is recorded the moment it is done. A document that fails is recorded with its
         error and the batch goes on. The model is loaded once, before the first document.
         ``parallel`` documents are in flight at once (worth it on a server backend, which batches
-        them); records are written one at a time, in the order they finish.
+        them); records are written one at a time, in the order they finish. ``missing_ok``: a file
+        gone from disk (a KB's) is a failed record, not the end of the batch. Files of the output
+        itself (``out`` inside a summarized folder) are never summarized.
         """
         from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -105,7 +109,7 @@ class Summarizer:
             raise InputError(f"--parallel must be at least 1 (got {parallel})")
         t0 = time.perf_counter()
         store = SummaryStore.open(out)
-        files = expand_paths(expand_globs(paths))
+        files = [f for f in expand_paths(expand_globs(paths), missing_ok=missing_ok) if not _is_output(f, Path(out))]
         self._check_models()
         report = SummaryReport()
         bar = file_bar(files, "summarizing", enabled=progress)
@@ -160,6 +164,12 @@ class Summarizer:
         except InputError as exc:
             return {"source": source, "summary": "", "chain": None, "chunks": 0, "seconds": 0.0,
                     "status": "failed", "error": str(exc)}
+
+def _is_output(path: Path, out: Path) -> bool:
+    """A file of the batch's own output (``--out`` inside the folder being summarized): never an input."""
+    target, name = Path(kb_path(out)), Path(kb_path(path))
+    return name == target or (out.suffix.lower() != ".jsonl" and is_under(name, target))
+
 
 def _summary_key(file_hash: str, settings: "Settings") -> str:
     """Same bytes + same generation settings -> same summary; anything else is redone.

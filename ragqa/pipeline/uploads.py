@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragqa.errors import RagqaError
-from ragqa.paths import atomic_file
+from ragqa.paths import atomic_file, kb_path
 
 if TYPE_CHECKING:
     from ragqa.config import Settings
@@ -29,7 +29,7 @@ class Uploads:
         self.root = Path(settings.data_dir) / UPLOADS
 
     def folder(self, kb: str) -> Path:
-        return (self.root / kb).resolve()
+        return Path(kb_path(self.root / kb))  # the name its files are kept under in the KB
 
     def staging_dir(self) -> Path:
         folder = self.root / STAGING

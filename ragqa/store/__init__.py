@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ragqa.errors import InputError, RagqaError
 from ragqa.store.base import (
     DEFAULT_KB,
+    DamagedKBError,
     TEXT_PARSER,
     TEXT_PREFIX,
     FileRecord,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from ragqa.config import Settings
 
 __all__ = [
-    "DEFAULT_KB", "TEXT_PARSER", "TEXT_PREFIX", "ChunkIndex", "FileIndex", "FileRecord", "KBStats", "KBView", "KnowledgeBase", "Manifest",
+    "DEFAULT_KB", "DamagedKBError", "TEXT_PARSER", "TEXT_PREFIX", "ChunkIndex", "FileIndex", "FileRecord", "KBStats", "KBView", "KnowledgeBase", "Manifest",
     "SyncReport", "check_kb_name", "content_hash", "drop_kb", "kb_exists", "kb_names", "list_kbs", "open_kb",
     "open_cache_kb",
 ]
@@ -81,9 +82,8 @@ def open_cache_kb(settings: "Settings", manifest: Manifest, purpose: str = "file
         raise RagqaError(f"cannot use the cache folder {settings.cache_dir}: {exc.strerror or exc}") from None
     try:
         return LocalKB(folder, name, manifest, create=True)
-    except RagqaError as exc:
-        if "is damaged" not in str(exc) and "not a ragqa knowledge base" not in str(exc):
-            raise
+    except DamagedKBError:
+        pass
     # a cache, not the user's data: a damaged one is set aside and made anew (its files re-indexed)
     import logging
     import time
@@ -121,7 +121,12 @@ def list_kbs(settings: "Settings") -> list[KBStats]:
     """Every KB of the configured engine, by name, with its counts and size."""
     out = []
     for name in kb_names(settings):
-        kb = open_kb(settings, name)
+        try:
+            kb = open_kb(settings, name)
+        except RagqaError as exc:  # a damaged KB is listed as such and never hides the others
+            where = str(local_root(settings) / name) if is_local(settings) else settings.store
+            out.append(KBStats(name, "local" if is_local(settings) else "milvus", 0, 0, 0, "", 0, where, error=str(exc)))
+            continue
         try:
             out.append(kb.stats())
         finally:
@@ -130,7 +135,13 @@ def list_kbs(settings: "Settings") -> list[KBStats]:
 
 
 def drop_kb(settings: "Settings", name: str) -> None:
+    """Delete a KB. A local one is deleted without being opened, so a damaged one can be dropped."""
     if not kb_exists(settings, name):
         raise InputError(f"no knowledge base named {name!r} (see: ragqa kb list)")
+    if is_local(settings):
+        from ragqa.store.local import drop_folder
+
+        drop_folder(local_root(settings) / check_kb_name(name))
+        return
     kb = open_kb(settings, name)
     kb.drop()

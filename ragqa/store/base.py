@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import Document
 
-from ragqa.errors import ConfigError, InputError, MissingDependencyError
+from ragqa.errors import ConfigError, InputError, MissingDependencyError, RagqaError
 from ragqa.paths import write_atomic
 
 if TYPE_CHECKING:
@@ -42,6 +42,11 @@ def faiss_module() -> Any:
     except ImportError:
         raise MissingDependencyError("faiss-cpu") from None
     return faiss
+
+
+class DamagedKBError(RagqaError):
+    """A knowledge base whose database cannot be read (damaged, or not ragqa's): it can be listed
+    as damaged and dropped, never opened."""
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
@@ -167,9 +172,10 @@ class KBStats:
     embedding: str
     size_bytes: int
     location: str
+    error: str | None = None  # a KB that cannot be opened (damaged): why; it can still be dropped
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "error" or v is not None}
 
 
 @dataclass

@@ -41,7 +41,7 @@ from langchain_core.documents import Document
 from ragqa.errors import InputError, RagqaError
 from ragqa.paths import atomic_path
 from ragqa.store.base import (
-    FileRecord, KBStats, KnowledgeBase, Manifest,
+    DamagedKBError, FileRecord, KBStats, KnowledgeBase, Manifest,
     batches, chunk_document, chunk_meta, unit_rows,
 )
 from ragqa.store.keywords import KeywordIndex
@@ -97,7 +97,7 @@ def _storage_error(exc: BaseException, where: Path) -> RagqaError:
     if "full" in text or getattr(exc, "errno", None) == 28:
         return RagqaError(f"cannot write the knowledge base in {where}: the disk is full (nothing was half-written)")
     if "not a database" in text or "malformed" in text:
-        return RagqaError(f"the knowledge base in {where} is damaged ({text}); drop and rebuild it")
+        return DamagedKBError(f"the knowledge base in {where} is damaged ({text}); drop and rebuild it")
     return RagqaError(f"cannot use the knowledge base folder {where}: {text}")
 
 
@@ -124,10 +124,14 @@ class LocalKB(KnowledgeBase):
             self.db = self._connect(db)
             fmt = self._meta("format")
             stored = self._meta("manifest")
+            if fmt == str(FORMAT) and stored and self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
         except sqlite3.DatabaseError as exc:
             raise _storage_error(exc, self.folder) from None
         if fmt != str(FORMAT) or not stored:
-            raise RagqaError(f"{self.folder} is not a ragqa knowledge base of this version (format {fmt})")
+            self.db.close()
+            raise DamagedKBError(f"the knowledge base in {self.folder} is damaged or not ragqa's (no format {FORMAT} "
+                             f"record); drop and rebuild it")
         self.manifest = Manifest.from_json(stored)
         if manifest.embedding:
             self.manifest.check(manifest, name)
@@ -150,10 +154,13 @@ class LocalKB(KnowledgeBase):
         with FileLock(str(self._lock_path)):
             if db.is_file():
                 return
+            for stale in self.folder.glob(f".{db.name}.*"):  # a creation that died half-way (a full disk)
+                stale.unlink(missing_ok=True)
+            # made in rollback-journal mode and closed before the rename, so it is one whole file then
+            # (a WAL beside the temporary name would be lost); WAL is switched on when it is opened
             with atomic_path(db) as tmp:  # the KB exists whole or not at all
                 con = self._connect(tmp)
                 try:
-                    con.execute("PRAGMA journal_mode=WAL")
                     con.executescript(_SCHEMA)
                     con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
                         ("format", str(FORMAT)), ("manifest", manifest.to_json()), ("generation", "0"),
@@ -438,11 +445,8 @@ class LocalKB(KnowledgeBase):
                        self.manifest.embedding, size, str(self.folder))
 
     def drop(self) -> None:
-        from filelock import FileLock
-
-        with FileLock(str(self._lock_path)):
-            self.close()
-            shutil.rmtree(self.folder, ignore_errors=True)
+        self.close()
+        drop_folder(self.folder)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -450,6 +454,22 @@ class LocalKB(KnowledgeBase):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def drop_folder(folder: Path) -> None:
+    """Delete a KB's folder under its write lock (a writer in another process finishes first),
+    whatever state its database is in."""
+    from filelock import FileLock
+
+    lock = folder / "write.lock"
+    try:
+        with FileLock(str(lock)):
+            for child in folder.iterdir():
+                if child != lock:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    except OSError as exc:
+        raise _storage_error(exc, folder) from None
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _record(row: Sequence[Any]) -> FileRecord:

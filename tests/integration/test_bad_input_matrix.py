@@ -75,6 +75,8 @@ def make_corpus(root: Path) -> Path:
     (root / "config-bad.toml").write_text("k = \nmodel = [\n", encoding="utf-8")
     (root / "squad-not.json").write_text('{"data": 5}\n', encoding="utf-8")
     (root / "keys-no-token.toml").write_text('[[key]]\nread = ["notes"]\n', encoding="utf-8")
+    (root / "lone.json").write_text('{"note": "\\ud800 alone", "festival": "March"}', encoding="utf-8")
+    (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
     nosupp = root / "no-supported"
     nosupp.mkdir()
     (nosupp / "setup.exe").write_bytes(b"MZ")
@@ -319,6 +321,62 @@ def corrupt_cache_db(ctx: Ctx) -> None:
     db.write_bytes(b"this is not a database\n" * 200)
 
 
+def damage_kb(kind: str) -> Callable[[Ctx], None]:
+    """A KB 'broken' beside the healthy ones whose database is random bytes, truncated or empty, or
+    one left by a creation that died on a full disk (a small file and an orphaned temporary WAL)."""
+    def setup(ctx: Ctx) -> None:
+        folder = ctx.data / "kb" / "broken"
+        folder.mkdir(parents=True)
+        good = (ctx.data / "kb" / "notes" / "kb.sqlite").read_bytes()
+        data = {"random": os.urandom(8192), "truncated": good[:1500], "empty": b"",
+                "full-disk": good[:4096]}[kind]
+        (folder / "kb.sqlite").write_bytes(data)
+        if kind == "full-disk":
+            (folder / ".kb.sqlite.x1y2.tmp-wal").write_bytes(b"\0" * 4096)
+
+    return setup
+
+
+def lists_the_others(ctx: Ctx, run: Run) -> None:
+    names = [line.split()[0] for line in run.stdout.splitlines()[1:] if line.strip()]
+    assert names == ["broken", "empty", "notes"], run.stdout
+    assert "(damaged)" in run.stdout and "ragqa kb drop broken --yes" in run.stderr, run.describe()
+
+
+def dropped(ctx: Ctx, run: Run) -> None:
+    assert not (ctx.data / "kb" / "broken").exists(), list((ctx.data / "kb").iterdir())
+    assert (ctx.data / "kb" / "notes" / "kb.sqlite").is_file()  # the others untouched
+
+
+def odd_names(ctx: Ctx) -> None:
+    """A folder with a good file, a name that is not UTF-8 and a name with a newline in it."""
+    folder = ctx.work / "odd"
+    folder.mkdir()
+    (folder / "good.md").write_text(GOOD, encoding="utf-8")
+    Path(os.fsdecode(bytes(folder) + b"/caf\xe9.md")).write_text(GOOD, encoding="utf-8")
+    (folder / "two\nlines.md").write_text("The ferry runs on Sundays.\n", encoding="utf-8")
+
+
+def odd_indexed(ctx: Ctx, run: Run) -> None:
+    assert "added     {}".format(ctx.work / "odd" / "two\\nlines.md") in run.stderr, run.describe()
+    names = sorted(Path(d["path"]).name for d in kb_documents(ctx, "odd"))
+    assert names == ["good.md", "two\nlines.md"], names
+
+
+def summarized_once(ctx: Ctx) -> None:
+    """sumdocs copied into the work folder and summarized into a folder inside it, once."""
+    shutil.copytree(ctx.corpus / "sumdocs", ctx.work / "sd")
+    first = ctx.ragqa("summarize", "{work}/sd", "--out", "{work}/sd/summaries", "--max-new-tokens", "8",
+                      "--n-ctx", "1024")
+    assert first.returncode == 0, first.describe()
+
+
+def only_the_documents(ctx: Ctx, run: Run) -> None:
+    manifest = json.loads((ctx.work / "sd" / "summaries" / "summaries.json").read_text("utf-8"))
+    assert sorted(Path(r["source"]).name for r in manifest) == sorted(p.name for p in (ctx.corpus / "sumdocs").iterdir())
+    assert f"summarized 0, skipped {SUM_FILES}, failed 0" in run.stderr, run.describe()
+
+
 def corrupt_keyword_index(ctx: Ctx) -> None:
     """A derived index (tantivy's meta.json) of KB 'notes' is garbage; SQLite, the truth, is intact."""
     (ctx.data / "kb" / "notes" / "keywords" / "meta.json").write_text("garbage\n", encoding="utf-8")
@@ -498,6 +556,13 @@ CASES: list[Case] = [
                                             "--dry-run"), 2, "base_url must be a server's address"),
     Case("ask-base-url-space-in-host", ("ask", "good.md", "q", "--base-url", "http://my server/v1", "--dry-run"), 2,
          "base_url must be a server's address"),
+    Case("ask-json-lone-surrogate", ("ask", "lone.json", "When is the festival?", "--dry-run", "--json"), 0, "",
+         goes_on=True),
+    Case("ask-json-nested-too-deeply", ("ask", "deep.json", "q", "--dry-run"), 2, "deep.json: the JSON is nested too deeply"),
+    Case("ask-max-file-mb-infinite", ("ask", "good.md", "q", "--max-file-mb", "inf", "--dry-run"), 2,
+         "max_file_mb: Input should be a finite number"),
+    Case("ask-config-is-a-folder", ("ask", "good.md", "q", "--config", "no-supported", "--dry-run"), 2,
+         "config file no-supported is a folder"),
     Case("ask-store-malformed", ("ask", "--kb", "notes", "q", "--store", "http://:x", "--dry-run"), 2,
          "store must be 'local' or a Milvus URI"),
     Case("ask-store-unreachable", ("ask", "--kb", "notes", "q", "--store", "http://127.0.0.1:{port}", "--dry-run"), 1,
@@ -524,6 +589,8 @@ CASES: list[Case] = [
     Case("index-folder-with-unreadable-files", ("index", "mixed", "--kb", "mixed"), 1,
          "skipped mixed/c.txt: looks like a binary file, not text", goes_on=True, lines=INDEX_LINES,
          check=mixed_indexed),
+    Case("index-folder-with-odd-names", ("index", "{work}/odd", "--kb", "odd"), 0, "caf\\xe9.md: its name is not valid UTF-8",
+         goes_on=True, lines=INDEX_LINES, setup=odd_names, check=odd_indexed),
     Case("index-office-folder-with-bad-files", ("index", "office", "--kb", "office"), 1,
          "skipped office/damaged.xlsx: cannot read this .xlsx file", goes_on=True, lines=INDEX_LINES,
          check=office_indexed),
@@ -549,6 +616,13 @@ CASES: list[Case] = [
          kbs=True, keep=("{data}",)),
     Case("kb-remove-unknown-kb", ("kb", "remove", "nothing", "good.md"), 2, "no knowledge base named 'nothing'",
          kbs=True, keep=("{data}",)),
+    *[Case(f"kb-list-with-a-{kind}-kb", ("kb", "list"), 0, "broken", goes_on=True, kbs=True, setup=damage_kb(kind),
+           check=lists_the_others, keep=("{data}/kb/notes/kb.sqlite",)) for kind in ("random", "truncated", "empty")],
+    *[Case(f"kb-drop-a-{kind}-kb", ("kb", "drop", "broken", "--yes"), 0, "", goes_on=True, kbs=True,
+           setup=damage_kb(kind), lines=("dropped broken",), check=dropped, keep=("{data}/kb/notes/kb.sqlite",))
+      for kind in ("random", "truncated", "empty", "full-disk")],
+    Case("index-into-a-damaged-kb", ("index", "good.md", "--kb", "broken"), 1, "is damaged", kbs=True,
+         setup=damage_kb("random"), keep=("{data}/kb/broken/kb.sqlite",)),
     Case("kb-drop-unknown", ("kb", "drop", "nothing", "--yes"), 2, "no knowledge base named 'nothing'",
          kbs=True, keep=("{data}",)),
     Case("kb-drop-without-yes-no-tty", ("kb", "drop", "notes"), 2,
@@ -577,6 +651,9 @@ CASES: list[Case] = [
     Case("summarize-only-unreadable-files", ("summarize", "unreadable", "--out", "{work}/out.jsonl"), 1,
          "unreadable/c.txt: looks like a binary file, not text", goes_on=True, lines=SUMMARIZE_LINES,
          check=unreadable_recorded),
+    Case("summarize-out-inside-the-summarized-folder",
+         ("summarize", "{work}/sd", "--out", "{work}/sd/summaries", "--max-new-tokens", "8", "--n-ctx", "1024"), 0, "",
+         goes_on=True, lines=SUMMARIZE_LINES, setup=summarized_once, check=only_the_documents, generates=True, slow=True),
     Case("summarize-kill-9-then-rerun", SUMMARIZE_BATCH, 0, "", goes_on=True, lines=SUMMARIZE_LINES,
          setup=kill_mid_batch, check=resumed_batch, generates=True, slow=True),
     # -- eval
