@@ -224,3 +224,36 @@ def test_outputs_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "x.md").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 256 KB tmpfs (root only: elsewhere the test is skipped with the reason), unmounted after."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a small tmpfs, and mounting one needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_during_creation_leaves_nothing_that_blocks(make_pipeline, tiny_disk: Path) -> None:
+    filler = tiny_disk / "filler"
+    free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 12 * 1024))  # a few KB left: enough to start a database, not to finish it
+    p = make_pipeline(data_dir=tiny_disk / "data")
+    with pytest.raises(RagqaError) as full:
+        p.open_kb("k", create=True)
+    assert "full" in str(full.value) or "No space" in str(full.value), full.value
+    assert [s.name for s in p.list_kbs() if s.error is None] == []  # listing works, nothing half-made listed
+    leftovers = [f for f in (tiny_disk / "data" / "kb" / "k").glob("*")] if (tiny_disk / "data" / "kb" / "k").exists() else []
+    assert not [f for f in leftovers if f.name == "kb.sqlite"], leftovers
+    filler.unlink()
+    kb = p.open_kb("k", create=True)  # with room again, it is made as if nothing happened
+    assert kb.files() == []
+    kb.close()
