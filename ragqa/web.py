@@ -640,28 +640,33 @@ def serve(
     if host not in LOCAL_HOSTS and page and credentials is None:
         log.warning("serving the page on %s without --auth: anyone who can reach this port can read and change "
                     "the knowledge bases through it", host)
-    pipeline = Pipeline(settings)
-    pipeline.check_models()  # a bad model path fails now, not at the first question
-    api = build_api(pipeline, keys, IngestJobs(pipeline))
-    if page:
-        gr = _gradio()
-        blocks = build_app(pipeline)
-        # the page's model events run as many at once as the gate lets through; the gate orders them
-        # with the API's questions, so the page never serialises what the backend can batch
-        blocks.queue(default_concurrency_limit=1, max_size=pipeline.gate.slots + pipeline.gate.queue)
-        downloads = Path(settings.cache_dir) / SUMMARIES
-        try:
-            downloads.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RagqaError(f"cannot use the cache folder {settings.cache_dir}: {exc.strerror or exc}") from None
-        api = gr.mount_gradio_app(
-            api, blocks, path="/", auth=credentials, show_error=True, ssr_mode=False,
-            # the framework's cap only stops absurd uploads; ragqa refuses a file over max_file_mb itself,
-            # with a ✗ line for that file while the others of the upload go on
-            max_file_size=int(max(4 * settings.max_file_mb, settings.max_file_mb + 64) * 1024 * 1024),
-            allowed_paths=[str(downloads)],  # the summaries offered for download; never the uploads
-            i18n=blocks.ragqa_i18n, theme=_theme(gr), footer_links=["api", "settings"],
-        )
+    sock = _bind(host, port)  # a busy port fails first, before the models are checked
+    try:
+        pipeline = Pipeline(settings)
+        pipeline.check_models()  # a bad model path fails now, not at the first question
+        api = build_api(pipeline, keys, IngestJobs(pipeline))
+        if page:
+            gr = _gradio()
+            blocks = build_app(pipeline)
+            # the page's model events run as many at once as the gate lets through; the gate orders them
+            # with the API's questions, so the page never serialises what the backend can batch
+            blocks.queue(default_concurrency_limit=1, max_size=pipeline.gate.slots + pipeline.gate.queue)
+            downloads = Path(settings.cache_dir) / SUMMARIES
+            try:
+                downloads.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RagqaError(f"cannot use the cache folder {settings.cache_dir}: {exc.strerror or exc}") from None
+            api = gr.mount_gradio_app(
+                api, blocks, path="/", auth=credentials, show_error=True, ssr_mode=False,
+                # the framework's cap only stops absurd uploads; ragqa refuses a file over max_file_mb itself,
+                # with a ✗ line for that file while the others of the upload go on
+                max_file_size=int(max(4 * settings.max_file_mb, settings.max_file_mb + 64) * 1024 * 1024),
+                allowed_paths=[str(downloads)],  # the summaries offered for download; never the uploads
+                i18n=blocks.ragqa_i18n, theme=_theme(gr), footer_links=["api", "settings"],
+            )
+    except BaseException:
+        sock.close()
+        raise
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     log.warning("serving %s/v1 (API)%s", url, f" and {url}/ (page)" if page else "")
     if open_browser and page:
@@ -669,11 +674,12 @@ def serve(
         import webbrowser
 
         threading.Timer(1.5, webbrowser.open, args=(url,)).start()
-    _run_uvicorn(uvicorn, api, host, port)
+    config = uvicorn.Config(api, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
-def _run_uvicorn(uvicorn: Any, app: Any, host: str, port: int) -> None:
-    """uvicorn in the foreground; a port that cannot be bound is an OSError for the CLI to word."""
+def _bind(host: str, port: int) -> Any:
+    """The listening socket, bound before anything is announced: a busy port is one clear line."""
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -688,9 +694,7 @@ def _run_uvicorn(uvicorn: Any, app: Any, host: str, port: int) -> None:
         reason = ("the port is in use (choose another with --port)" if exc.errno == errno.EADDRINUSE
                   else exc.strerror or str(exc))
         raise RagqaError(f"cannot serve on {host}:{port}: {reason}") from None
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    return sock
 
 
 def _theme(gr: Any) -> Any:

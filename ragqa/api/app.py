@@ -201,8 +201,15 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
         return {"object": "kb.deleted", "name": kb, "deleted": True}
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-    async def unknown(rest: str) -> None:
-        raise not_found(f"no such endpoint: /v1/{rest} (see /v1/docs)", "unknown_url")
+    async def unknown(rest: str, request: Request) -> None:
+        path = f"/v1/{rest}"
+        allowed = sorted({m for r in app.routes if getattr(r, "path", None) != "/v1/{rest:path}"
+                          and getattr(r, "path_regex", None) is not None and r.path_regex.match(path)
+                          for m in getattr(r, "methods", None) or ()} - {"HEAD"})
+        if allowed:
+            raise ApiError(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}",
+                           code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
+        raise not_found(f"no such endpoint: {path} (see /v1/docs)", "unknown_url")
 
     return app
 
