@@ -169,7 +169,10 @@ def connect(settings: "Settings") -> Any:
         uri = "http://" + uri[len("grpc://"):]
     token = settings.store_token.get_secret_value() if settings.store_token else ""
     try:
-        return pymilvus.MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT_S)
+        # dedicated: a channel of its own. pymilvus otherwise shares one channel between the clients of
+        # a URI, and a client closed in one thread (a finished KB listing in the server) tore down the
+        # channel another thread was using: gRPC aborted the whole process ("epoll_wait: Bad file descriptor")
+        return pymilvus.MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT_S, dedicated=True)
     except _errors_of(pymilvus) as exc:
         raise _error(exc, display_uri(settings.store), connecting=True) from None
 

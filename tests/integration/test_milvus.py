@@ -387,6 +387,11 @@ def test_two_serve_replicas_share_knowledge_bases_on_milvus(milvus_uri: str, tmp
                 assert time.time() < deadline, status
                 time.sleep(0.3)
             assert status["status"] == "done" and status["files"][0]["status"] == "added", status
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(16) as pool:  # many requests on Milvus at once (they once crashed gRPC)
+                statuses = list(pool.map(lambda _: httpx.get(f"{url_b}/models", timeout=120).status_code, range(32)))
+            assert statuses == [200] * 32 and b.poll() is None
             other = openai.OpenAI(base_url=url_b, api_key="x", max_retries=0, timeout=300)
             assert "replicas" in [m.id for m in other.models.list()]
             reply = other.chat.completions.create(model="replicas", messages=[{"role": "user", "content": question}])
