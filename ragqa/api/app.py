@@ -89,14 +89,14 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
             raise ApiError(401, "unknown API key", "authentication_error", "invalid_api_key")
         return key
 
-    def readable(who: Any, kb: str) -> None:
+    async def readable(who: Any, kb: str) -> None:
         """404 for a KB that does not exist or that this key may not read (its existence is not told)."""
-        if not who.can_read(kb) or not _exists(pipeline, kb):
+        if not who.can_read(kb) or not await in_thread(_exists, pipeline, kb):  # Milvus: a network call
             raise not_found(f"no knowledge base {kb!r} (GET /v1/models lists the ones you can use)", "model_not_found")
 
-    def writable(who: Any, kb: str) -> None:
+    async def writable(who: Any, kb: str) -> None:
         if not who.can_write(kb):
-            if who.can_read(kb) and _exists(pipeline, kb):
+            if who.can_read(kb) and await in_thread(_exists, pipeline, kb):
                 raise ApiError(403, f"this API key may not change knowledge base {kb!r}", "permission_error",
                                "write_not_allowed")
             raise ApiError(403, f"this API key may not create or change knowledge base {kb!r}",
@@ -117,7 +117,7 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
     async def chat(request: Request) -> Any:
         who = caller(request)
         req: ChatRequest = parse(ChatRequest, await _json_body(request))
-        readable(who, req.model)
+        await readable(who, req.model)
         question, history, system = req.conversation()
         overrides = req.overrides()
         if system is not None:
@@ -156,7 +156,7 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
     @app.get("/v1/kbs/{kb}/documents")
     async def documents(kb: str, request: Request) -> dict[str, Any]:
         who = caller(request)
-        readable(who, kb)
+        await readable(who, kb)
         _, _, files = await in_thread(pipeline.kb_details, kb)
         return {"object": "list", "data": [
             {"source": pipeline.uploads.label(kb, f.path), "chunks": f.chunks,
@@ -166,7 +166,7 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
     async def upload(kb: str, request: Request) -> Any:
         who = caller(request)
         _checked_name(kb)
-        writable(who, kb)
+        await writable(who, kb)
         staged = await _receive_files(request, pipeline)
         job = jobs.submit(kb, staged)
         return JSONResponse({"id": job.id, "object": "ingest.job", "status": job.status}, status_code=202)
@@ -182,8 +182,8 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
     @app.delete("/v1/kbs/{kb}/documents")
     async def delete_document(kb: str, request: Request, source: str = "") -> dict[str, Any]:
         who = caller(request)
-        readable(who, kb)
-        writable(who, kb)
+        await readable(who, kb)
+        await writable(who, kb)
         if not source:
             raise bad_request("name the document: DELETE /v1/kbs/KB/documents?source=SOURCE (as GET lists it)",
                               "source")
@@ -195,8 +195,8 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
     @app.delete("/v1/kbs/{kb}")
     async def drop(kb: str, request: Request) -> dict[str, Any]:
         who = caller(request)
-        readable(who, kb)
-        writable(who, kb)
+        await readable(who, kb)
+        await writable(who, kb)
         await in_thread(pipeline.drop_kb, kb)
         return {"object": "kb.deleted", "name": kb, "deleted": True}
 
