@@ -1,15 +1,19 @@
 """The web page: a thin Gradio shell over ``Pipeline`` and the knowledge bases (KBs).
 
 The page works on one KB at a time (picked or created at the top). Uploads are copied into
-``<data_dir>/uploads/<kb>/`` (Gradio's temp files vanish; these stay) and indexed with
-``Pipeline.index_paths``, so the page and ``ragqa index``/``ragqa ask --kb`` share the same KBs.
-Questions go through ``Pipeline.ask_stream(kb=...)``, summaries through ``Pipeline.summarize_file``.
-The models load on the first request, not at start; building the page only lists the KBs' names.
+``<data_dir>/uploads/<kb>/`` (Gradio's temp files vanish; these stay; ``pipeline.uploads``) and
+indexed with ``Pipeline.ingest`` (a writer handle of its own), so the page, the HTTP API and
+``ragqa index``/``ragqa ask --kb`` share the same KBs. Questions go through
+``Pipeline.ask_stream(kb=...)``, summaries through ``Pipeline.summarize_file``. The models load on
+the first request, not at start; building the page only lists the KBs' names.
 
-Every event that runs a model or writes a KB shares one queue slot (``concurrency_id="model"``,
-limit 1): llama.cpp contexts are not thread-safe, so two browsers asking at once are answered in
-turn. Another process (the CLI) may write the same KB meanwhile: the KB's write lock orders the
-writers, and searches re-read what changed, so the page sees the CLI's files without a restart.
+Questions and summaries run as many at once as the pipeline's gate has slots (one for an
+in-process llama.cpp or transformers model, which is not thread-safe; more for a model server),
+in the same line as the API's; uploads and deletes have a queue of their own. Another process
+(the CLI) may write the same KB meanwhile: the KB's write lock orders the writers, and searches
+re-read what changed, so the page sees the CLI's files without a restart.
+
+``serve`` puts the page (``/``) and the HTTP API (``/v1``, ``ragqa.api``) on one FastAPI app under uvicorn.
 """
 
 from __future__ import annotations
