@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,8 +27,9 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    """Wait until ``url`` answers 200; fail with the server's log if it exits or never answers."""
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120, *, any_status: bool = False) -> None:
+    """Wait until ``url`` answers 200 (``any_status``: answers at all, e.g. 401 from a server with
+    keys); fail with the server's log if it exits or never answers."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -36,9 +38,13 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120)
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
+        except urllib.error.HTTPError:
+            if any_status:
+                return
+            time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
+    raise AssertionError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -49,24 +55,6 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
-
-
-def wait_listening(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    """Wait until ``url`` answers at all (any HTTP status: a server with keys says 401)."""
-    import urllib.error
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def start_ragqa_serve(folder: Path, *args: str, env: dict[str, str] | None = None,
@@ -89,7 +77,7 @@ def start_ragqa_serve(folder: Path, *args: str, env: dict[str, str] | None = Non
                                 preexec_fn=die_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        wait_listening(url + "/models", proc, log, timeout)
+        wait_http(url + "/models", proc, log, timeout, any_status=True)
     except BaseException:
         stop(proc)
         raise
