@@ -133,13 +133,18 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
         label = functools.partial(pipeline.uploads.label, req.model)
         created = int(time.time())
         if not req.stream:
+            relay = _Relay(pipeline.generate(prepared))
             try:
-                answer = await in_thread(_final_answer, pipeline.generate(prepared))
+                answer = await _collect(relay, request)
             finally:
+                await relay.aclose()
                 ticket.release()
+            if answer is None:  # the client has gone; nobody reads this
+                return JSONResponse({"error": {"message": "the client disconnected", "type": "cancelled",
+                                               "code": "client_disconnected"}}, status_code=499)
             return _completion(completion_id, created, req.model, answer, prepared.settings.max_new_tokens, label)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _sse(pipeline.generate(prepared), ticket, completion_id, created, req.model, include_usage,
+        events = _sse(_Relay(pipeline.generate(prepared)), ticket, completion_id, created, req.model, include_usage,
                       prepared.settings.max_new_tokens, label)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -252,16 +257,6 @@ async def _receive_files(request: Request, pipeline: "Pipeline") -> list[Any]:
     return await receive_files(request, pipeline.uploads, pipeline.settings.max_file_mb)
 
 
-def _final_answer(parts: Iterator[Any]) -> Any:
-    from ragqa.pipeline import Answer
-
-    answer = None
-    for item in parts:
-        if isinstance(item, Answer):
-            answer = item
-    return answer
-
-
 def _sources(answer: Any, label: Any) -> list[dict[str, Any]]:
     """The sources as ``ragqa ask --json`` gives them, each document named as GET documents lists it."""
     sources = answer.to_dict()["sources"]
@@ -302,24 +297,131 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any] |
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-async def _sse(parts: Iterator[Any], ticket: Any, completion_id: str, created: int, model: str,
-               include_usage: bool, max_tokens: int, label: Any) -> AsyncIterator[str]:
-    """The generation as OpenAI chunks; the last chunk before ``[DONE]`` carries ``sources`` (and
-    ``usage``). The generator runs in worker threads, one step at a time; a disconnect cancels this
-    coroutine, and ``finally`` closes the generation (the model stops) and frees the slot."""
+class _Relay:
+    """A generation run by one worker thread of its own, its items handed to the event loop.
+
+    One thread per generation, not one hop per token: the loop gets each token as soon as it is
+    made and sends whatever has piled up in one write. ``aclose`` (from ``finally``) asks the
+    thread to stop after the item it is waiting for and waits, off the loop, until the
+    generation is closed: its model call is stopped before the slot is freed.
+    """
+
+    def __init__(self, parts: Iterator[Any]) -> None:
+        import asyncio
+        import threading
+
+        self._parts = parts
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._stop = threading.Event()
+        self._finished = asyncio.Event()
+        self._thread = threading.Thread(target=self._pump, name="ragqa-generation", daemon=True)
+        self._started = False
+
+    def _hand(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            self._stop.set()
+
+    def _pump(self) -> None:
+        try:
+            for item in self._parts:
+                self._hand(item)
+                if self._stop.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - raised on the loop's side
+            self._hand(_Failed(exc))
+        finally:
+            try:
+                self._parts.close()
+            finally:
+                self._hand(_DONE)
+                try:
+                    self._loop.call_soon_threadsafe(self._finished.set)
+                except RuntimeError:
+                    pass
+
+    async def batches(self, poll: float | None = None) -> AsyncIterator[list[Any]]:
+        """Every item ready now (at least one) per step; ends after the last. With ``poll``, an
+        empty step each ``poll`` seconds that nothing came."""
+        import asyncio
+
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        while True:
+            if poll is None:
+                items = [await self._queue.get()]
+            else:  # one getter kept across the empty steps: no item is lost to a timeout
+                getter = asyncio.ensure_future(self._queue.get())
+                try:
+                    while not (await asyncio.wait({getter}, timeout=poll))[0]:
+                        yield []
+                finally:
+                    getter.cancel()
+                items = [getter.result()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            for i, item in enumerate(items):
+                if item is _DONE:
+                    if i:
+                        yield items[:i]
+                    return
+                if isinstance(item, _Failed):
+                    if i:
+                        yield items[:i]
+                    raise item.exc
+            yield items
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if not self._started:  # never run: nothing to wait for
+            self._parts.close()
+            return
+        with anyio.CancelScope(shield=True):
+            await self._finished.wait()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def _collect(relay: _Relay, request: Request) -> Any:
+    """The final Answer of a non-streamed generation; None when the client left first (it stops)."""
     from ragqa.pipeline import Answer
 
-    def step() -> Any:
-        return next(parts, _DONE)
+    answer = None
+    checked = time.monotonic()
+    async for items in relay.batches(poll=0.5):
+        if time.monotonic() - checked >= 0.5:  # tokens may flow faster than the poll: check by the clock
+            checked = time.monotonic()
+            if await request.is_disconnected():
+                return None
+        answer = next((x for x in reversed(items) if isinstance(x, Answer)), answer)
+    return answer
+
+
+async def _sse(relay: _Relay, ticket: Any, completion_id: str, created: int, model: str,
+               include_usage: bool, max_tokens: int, label: Any) -> AsyncIterator[str]:
+    """The generation as OpenAI chunks; the last chunk before ``[DONE]`` carries ``sources`` (and
+    ``usage``). A disconnect cancels this coroutine, and ``finally`` stops the generation (the
+    model call ends) and frees the slot."""
+    from ragqa.pipeline import Answer
 
     try:
         yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""})
         answer = None
-        while (item := await anyio.to_thread.run_sync(step)) is not _DONE:
-            if isinstance(item, Answer):
-                answer = item
-            elif item:
-                yield _chunk(completion_id, created, model, {"content": item})
+        async for items in relay.batches():
+            out = []
+            for item in items:
+                if isinstance(item, Answer):
+                    answer = item
+                elif item:
+                    out.append(_chunk(completion_id, created, model, {"content": item}))
+            if out:
+                yield "".join(out)
         if answer is None:
             raise RuntimeError("the pipeline ended without an answer")
         extra: dict[str, Any] = {"sources": _sources(answer, label)}
@@ -337,6 +439,5 @@ async def _sse(parts: Iterator[Any], ticket: Any, completion_id: str, created: i
         yield f"data: {json.dumps(err.body(), ensure_ascii=False)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(parts.close)  # a half-read generation stops its model call
+        await relay.aclose()
         ticket.release()

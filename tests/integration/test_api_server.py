@@ -153,8 +153,8 @@ def standin_kb(tmp_path: Path):
     """-> start(latency, *serve args) -> (StandIn, ragqa URL); ragqa on the openai backend."""
     started: list[Any] = []
 
-    def start(latency: float, *args: str) -> tuple[StandIn, str]:
-        server = StandIn(latency=latency, tokens=20).__enter__()
+    def start(latency: float, *args: str, answer: str = "stand-in answer") -> tuple[StandIn, str]:
+        server = StandIn(latency=latency, tokens=20, answer=answer).__enter__()
         proc, url = start_ragqa_serve(tmp_path / f"srv{len(started)}", "--no-page", "--backend", "openai",
                                       "--base-url", server.url, "--chat-format", "chatml", *args)
         started.append((server, proc))
@@ -216,6 +216,21 @@ def test_past_the_queue_is_429_and_a_disconnect_frees_its_slot(standin_kb) -> No
         t.join(60)
     assert answers == ["stand-in answer"] * 2
     assert server.peak == 1  # never more than max_concurrency at the server
+
+
+def test_a_non_streamed_question_whose_client_leaves_stops_too(standin_kb) -> None:
+    # every piece carries text: the generation stops at the next token after the client leaves
+    server, url = standin_kb(4.0, "--max-concurrency", "1", answer=" ".join(["word"] * 20))
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s of a 4 s answer
+        httpx.post(f"{url}/chat/completions", timeout=httpx.Timeout(60, read=1.0), json={
+            "model": "festival", "messages": [{"role": "user", "content": QUESTION}]})
+    deadline = time.time() + 10
+    while (server.aborted < 1 or server.in_flight) and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.aborted == 1 and server.completed == 0  # its generation stopped at the model server
+    answers: list[Any] = []
+    ask(url, answers)
+    assert answers == [" ".join(["word"] * 20)]  # and its one slot is free
 
 
 def test_a_model_server_that_fails_is_an_error_not_a_hang(standin_kb) -> None:
