@@ -14,10 +14,13 @@
    first served (the share of request pairs that finish in the order they were sent); then
    N = 32 against `--max-queue 8`, where the requests past 1 + 8 are turned away with 429.
 
-    make llama-server && .venv/bin/python bench/bench_serve.py [--clients 1,4,16,32] [--questions 4] [--markdown]
+    make llama-server && .venv/bin/python bench/bench_serve.py [--clients 1,4,16,32] [--questions 4]
+        [--rounds 3] [--pin] [--markdown]
 
 Everything runs on this machine (127.0.0.1); the two servers share its cores, as they would on a
-small box. Nothing here asserts on timings.
+small box, or with ``--pin`` llama-server keeps the first core to itself (one thread) and ragqa and
+the clients run on the rest. ``--rounds`` repeats each N (ragqa and raw back to back each round)
+and pools them. Nothing here asserts on timings.
 """
 
 from __future__ import annotations
@@ -115,7 +118,21 @@ def closed_loop(n: int, per_client: int, make_body: Any, url: str) -> dict[str, 
     wall = time.perf_counter() - t0
     return {"clients": n, "questions": len(latency), "errors": len(errors), "error_kinds": sorted(set(errors)),
             "per_minute": 60 * len(latency) / wall, "p50_s": pct(latency, 0.5), "p95_s": pct(latency, 0.95),
-            "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95), "wall_s": wall}
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95), "wall_s": wall,
+            "ttft": ttft, "latency": latency, "error_list": errors}
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one N and side as one: questions over total wall time, percentiles over all answers."""
+    ttft = [x for r in runs for x in r["ttft"]]
+    latency = [x for r in runs for x in r["latency"]]
+    errors = [x for r in runs for x in r["error_list"]]
+    wall = sum(r["wall_s"] for r in runs)
+    return {"clients": runs[0]["clients"], "questions": len(latency), "errors": len(errors),
+            "error_kinds": sorted(set(errors)), "per_minute": 60 * len(latency) / wall,
+            "p50_s": pct(latency, 0.5), "p95_s": pct(latency, 0.95), "ttft_p50_s": pct(ttft, 0.5),
+            "ttft_p95_s": pct(ttft, 0.95), "wall_s": wall,
+            "round_ratios": []}
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -193,7 +210,10 @@ def table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]], markdown
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="1,4,16,32")
-    ap.add_argument("--questions", type=int, default=4, help="questions per client per N")
+    ap.add_argument("--questions", type=int, default=4, help="questions per client per N and round")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds per N, ragqa and raw back to back in each (which goes first alternates): "
+                         "the figures pool all rounds, so a noisy minute on a shared machine weighs less")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--parallel", type=int, default=4, help="llama-server slots")
     ap.add_argument("--llama-server", default=os.environ.get("RAGQA_LLAMA_SERVER"))
@@ -201,6 +221,10 @@ def main() -> None:
                     "bench/requirements.txt) or a .gguf path")
     ap.add_argument("--skip-inprocess", action="store_true")
     ap.add_argument("--serve-args", default="", help="more `ragqa serve` flags, e.g. '--max-concurrency 32'")
+    ap.add_argument("--pin", action="store_true",
+                    help="llama-server on the first core (one thread), ragqa and the clients on the others: the "
+                         "engine keeps its own core, as on a team server where ragqa runs beside it")
+    ap.add_argument("--llama-args", default="", help="more llama-server flags, e.g. '--threads-http 40'")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     from ragqa.models import resolve_llm_path
@@ -219,11 +243,15 @@ def main() -> None:
         model = resolve_llm_path(args.model)
     port = free_port()
     llama_log = tmp / "llama-server.log"
-    threads = str(max(1, (os.cpu_count() or 2)))
+    cores = sorted(os.sched_getaffinity(0))
+    engine_cores, own_cores = (cores[:1], cores[1:]) if args.pin and len(cores) > 1 else (cores, cores)
+    threads = str(len(engine_cores))
     with open(llama_log, "w") as out:
         llama = subprocess.Popen([str(exe), "-m", str(model), "--host", "127.0.0.1",
                                   "--port", str(port), "--parallel", str(args.parallel), "-c", str(2048 * args.parallel),
-                                  "--threads", threads, "--no-webui"], stdout=out, stderr=subprocess.STDOUT)
+                                  "--threads", threads, "--no-webui", *args.llama_args.split()], stdout=out, stderr=subprocess.STDOUT,
+                                 preexec_fn=lambda: os.sched_setaffinity(0, engine_cores))
+    os.sched_setaffinity(0, own_cores)  # this process (the clients) and the ragqa serve it starts
     llama_url = f"http://127.0.0.1:{port}/v1"
     results: dict[str, Any] = {"ragqa": [], "raw": []}
     try:
@@ -252,14 +280,21 @@ def main() -> None:
 
             closed_loop(args.parallel, 2, ragqa_body, f"{url}/chat/completions")  # every slot warm, both paths
             closed_loop(args.parallel, 2, raw_body, f"{llama_url}/completions")
-            for k, n in enumerate(counts):
+            k = 0
+            for n in counts:
+                runs: dict[str, list[dict[str, Any]]] = {"ragqa": [], "raw": []}
                 sides = [("ragqa", ragqa_body, f"{url}/chat/completions"), ("raw", raw_body, f"{llama_url}/completions")]
-                for side, body, target in (sides if k % 2 == 0 else sides[::-1]):  # which goes first alternates
-                    row = closed_loop(n, args.questions, body, target)
-                    if side == "ragqa":
-                        row["rss_mb"] = rss_mb(proc.pid)
-                    results[side].append(row)
-                    print(f"{side} N={n}: {row['per_minute']:.0f}/min, errors {row['errors']}", file=sys.stderr)
+                for _ in range(args.rounds):
+                    for side, body, target in (sides if k % 2 == 0 else sides[::-1]):  # which goes first alternates
+                        runs[side].append(closed_loop(n, args.questions, body, target))
+                    k += 1
+                    print(f"N={n}: ragqa {runs['ragqa'][-1]['per_minute']:.0f}/min, raw {runs['raw'][-1]['per_minute']:.0f}"
+                          f"/min (errors {runs['ragqa'][-1]['errors']}/{runs['raw'][-1]['errors']})", file=sys.stderr)
+                row = pooled(runs["ragqa"])
+                row["rss_mb"] = rss_mb(proc.pid)
+                results["ragqa"].append(row)
+                results["raw"].append(pooled(runs["raw"]))
+                row["round_ratios"] = [a["per_minute"] / b["per_minute"] for a, b in zip(runs["ragqa"], runs["raw"])]
             results["ragqa_peak_rss_mb"] = rss_mb(proc.pid, "VmHWM")
             results["retrieve_s"] = retrieve_s
         finally:
@@ -274,15 +309,19 @@ def main() -> None:
                      "p95 s ragqa": r["p95_s"], "p95 s raw": w["p95_s"], "TTFT p95 ragqa": r["ttft_p95_s"],
                      "TTFT p95 raw": w["ttft_p95_s"],
                      "TTFT/(raw+retr)": r["ttft_p95_s"] / (w["ttft_p95_s"] + results["retrieve_s"]),
-                     "errors": f"{r['errors']}/{w['errors']}", "RSS MB": r["rss_mb"]})
+                     "errors": f"{r['errors']}/{w['errors']}", "RSS MB": r["rss_mb"],
+                     "rounds": " ".join(f"{x:.2f}" for x in r["round_ratios"])})
     cols = [("N", "N", "d"), ("q/min ragqa", "q/min ragqa", ".0f"), ("q/min raw", "q/min raw", ".0f"),
             ("ratio", "ragqa/raw", ".2f"), ("p50 s ragqa", "p50 s", ".2f"), ("p50 s raw", "p50 s raw", ".2f"),
             ("p95 s ragqa", "p95 s", ".2f"), ("p95 s raw", "p95 s raw", ".2f"),
             ("TTFT p95 ragqa", "TTFT p95", ".2f"), ("TTFT p95 raw", "TTFT p95 raw", ".2f"),
             ("TTFT/(raw+retr)", "TTFT / (raw + retrieval)", ".2f"), ("errors", "errors ragqa/raw", "s"),
-            ("RSS MB", "ragqa RSS MB", ".0f")]
+            ("RSS MB", "ragqa RSS MB", ".0f"), ("rounds", "ratio per round", "s")]
+    placement = (f"llama-server pinned to core {engine_cores[0]} (1 thread), ragqa + clients on {own_cores}"
+                 if args.pin and len(cores) > 1 else f"all on {len(cores)} shared cores, llama-server {threads} threads")
     print(f"\nragqa serve -> llama-server --parallel {args.parallel} ({Path(model).name}, {args.max_tokens} new tokens, "
-          f"{args.questions} questions per client; median retrieval {results['retrieve_s'] * 1000:.0f} ms; "
+          f"{placement}, "
+          f"{args.questions} questions per client x {args.rounds} rounds; median retrieval {results['retrieve_s'] * 1000:.0f} ms; "
           f"ragqa peak RSS {results['ragqa_peak_rss_mb']:.0f} MB)")
     print(table(rows, cols, args.markdown))
 
