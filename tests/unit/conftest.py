@@ -39,7 +39,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 class CountingEmbeddings:
-    """DeterministicFakeEmbedding that counts how many texts it was asked to embed."""
+    """DeterministicFakeEmbedding that counts how many texts it was asked to embed.
+
+    The probe texts a new KB's fingerprint is taken from (ragqa.store.base.PROBE_TEXTS) are not
+    counted: the counts are of the user's chunks.
+    """
 
     def __init__(self, size: int = EMBED_DIM) -> None:
         self.inner = DeterministicFakeEmbedding(size=size)
@@ -48,8 +52,11 @@ class CountingEmbeddings:
         self.query_calls = 0
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        self.document_calls += 1
-        self.documents_embedded += len(texts)
+        from ragqa.store.base import PROBE_TEXTS
+
+        if list(texts) != list(PROBE_TEXTS):
+            self.document_calls += 1
+            self.documents_embedded += len(texts)
         return self.inner.embed_documents(texts)
 
     def embed_query(self, text: str) -> list[float]:

@@ -140,13 +140,16 @@ def test_same_bytes_under_another_type_are_parsed_again(make_pipeline, docs) -> 
     assert "<p>" not in chunk.page_content and "熊猫吃竹子" in chunk.page_content
 
 
-def test_kb_remembers_its_embeddings_and_splitter(make_pipeline, docs) -> None:
+def test_kb_remembers_its_embeddings_and_splitter(make_pipeline, counting_embeddings_cls, docs) -> None:
     p = make_pipeline(chunk_size=300, chunk_overlap=50)
     p.index_paths(kb_of(p, "notes"), [docs])
     with pytest.raises(ConfigError, match=r"'notes' was built with .*300/50.*ragqa kb drop notes"):
         make_pipeline(chunk_size=600).open_kb("notes")
+    # another model (its vectors of the probe texts differ: here, another dimension) is refused
+    other = make_pipeline(chunk_size=300, chunk_overlap=50, embedding_model="all-MiniLM-L6-v2",
+                          embeddings=counting_embeddings_cls(size=8))
     with pytest.raises(ConfigError, match="built with embeddings"):
-        make_pipeline(chunk_size=300, chunk_overlap=50, embedding_model="all-MiniLM-L6-v2").open_kb("notes")
+        other.open_kb("notes")
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".hidden", "", "-x", "a" * 80])
@@ -234,7 +237,9 @@ def _kill_script(tmp: Path, files: list[Path], die_at: int, where: str = "embed"
 
         class Dying(CountingEmbeddings):
             def embed_documents(self, texts):
-                if self.document_calls + 1 == {die_at} and {where!r} == "embed":
+                from ragqa.store.base import PROBE_TEXTS
+                probe = list(texts) == list(PROBE_TEXTS)
+                if not probe and self.document_calls + 1 == {die_at} and {where!r} == "embed":
                     os._exit(9)
                 return super().embed_documents(texts)
 
