@@ -114,7 +114,13 @@ class ServerEmbeddings(Embeddings):
         explicit = "embedding_model" in settings.model_fields_set
         if explicit:
             return settings.embedding_model
-        body = self._call("GET", "/models")
+        try:
+            body = self._call("GET", "/models")
+        except ModelError as exc:
+            if "answered 404" not in str(exc) and "answered 405" not in str(exc):
+                raise
+            raise ConfigError(f"the embedding server at {self.url} does not list its models (GET /models: "
+                              "not found); name the model with --embedding-model") from None
         ids = [m.get("id") for m in body.get("data", []) if isinstance(m, dict) and m.get("id")] \
             if isinstance(body, dict) else []
         if len(ids) != 1:

@@ -37,6 +37,7 @@ class EmbedStandIn:
         self.models = ["e5-small"] if models is None else models
         self.dim, self.latency = dim, latency
         self.faults: list[str] = []
+        self.list_models = True  # False: GET /v1/models is 404, as on servers that do not list them
         self.requests: list[dict[str, Any]] = []
         self.in_flight = self.peak = 0
         self._lock = threading.Lock()
@@ -73,7 +74,7 @@ class EmbedStandIn:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/") == "/v1/models":
+                if self.path.rstrip("/") == "/v1/models" and standin.list_models:
                     self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in standin.models]})
                 else:
                     self._json(404, {"error": {"message": "not found"}})

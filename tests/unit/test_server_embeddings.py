@@ -183,3 +183,15 @@ def test_a_kb_remembers_its_models_fingerprint_and_opens_for_the_same_vectors(tm
     wrong_dim = Manifest("x", stored.splitter, probe=lambda: [v[:8] for v in stored.fingerprint])
     with pytest.raises(ConfigError):
         stored.check(wrong_dim, "kb")
+
+
+def test_a_server_that_does_not_list_its_models_needs_one_named(tmp_path: Path) -> None:
+    with EmbedStandIn(models=None) as s:
+        s.models = []
+        s.list_models = False
+        with pytest.raises(ConfigError) as err:
+            pipeline(tmp_path, s.url).embedding_spec
+        assert "does not list its models" in str(err.value) and "--embedding-model" in str(err.value)
+        p = pipeline(tmp_path, s.url, embedding_model="intfloat/multilingual-e5-small")
+        p.embeddings.embed_query("长江")
+        assert s.requests[-1]["input"] == ["query: 长江"]
