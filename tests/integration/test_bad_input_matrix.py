@@ -594,7 +594,7 @@ CASES: list[Case] = [
                                                  "http://127.0.0.1:{port}/v1"), 3,
          "the embedding server at http://127.0.0.1:{port}/v1 cannot be reached", kbs=True, keep=("{data}",)),
     Case("ask-embedding-batch-size-zero", ("ask", "good.md", "q", "--dry-run", "--embedding-batch-size", "0"), 2,
-         "Invalid value for '--embedding-batch-size'"),
+         "embedding_batch_size: Input should be greater than or equal to 1"),
     Case("index-missing-path", ("index", "nowhere", "--kb", "k1"), 2, "nowhere: no such file or folder",
          check=no_kb_created),
     Case("index-folder-with-unreadable-files", ("index", "mixed", "--kb", "mixed"), 1,
