@@ -108,6 +108,8 @@ class ServerEmbeddings(Embeddings):
         self.notes: list[str] = []
         if self.style.told == "settings: none":
             self.notes.append(f"embedding model {self.model!r}: told to send questions and passages as they are")
+        for note in self.notes:
+            log.warning("%s", note)  # the CLI prints it as a note: line
 
     # -- the server
     def _only_model(self, settings: "Settings") -> str:
