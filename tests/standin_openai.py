@@ -22,8 +22,10 @@ MODEL = "standin"
 
 
 class StandIn:
-    def __init__(self, latency: float = 1.0, tokens: int = 10, answer: str = "stand-in answer") -> None:
+    def __init__(self, latency: float = 1.0, tokens: int = 10, answer: str = "stand-in answer",
+                 prefill: float = 0.0) -> None:
         self.latency, self.tokens, self.answer = latency, tokens, answer
+        self.prefill = prefill  # seconds of silence after the headers, before the first token (a long prompt)
         self.in_flight = 0
         self.peak = 0
         self.completed = 0
@@ -111,6 +113,8 @@ class StandIn:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
+                self.wfile.flush()
+                time.sleep(standin.prefill)
                 words = standin.answer.split(" ")
                 pieces = [(w if i == 0 else " " + w) for i, w in enumerate(words)]
                 pieces += [""] * max(0, standin.tokens - len(pieces))

@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ragqa.api.errors import ApiError, api_error, bad_request, not_found
 from ragqa.api.keys import KeyRing, OpenAccess
 from ragqa.api.schemas import ChatRequest, parse
+from ragqa.cancel import CancelToken, cancellable
 
 if TYPE_CHECKING:
     from ragqa.pipeline import Pipeline
@@ -301,9 +302,10 @@ class _Relay:
     """A generation run by one worker thread of its own, its items handed to the event loop.
 
     One thread per generation, not one hop per token: the loop gets each token as soon as it is
-    made and sends whatever has piled up in one write. ``aclose`` (from ``finally``) asks the
-    thread to stop after the item it is waiting for and waits, off the loop, until the
-    generation is closed: its model call is stopped before the slot is freed.
+    made and sends whatever has piled up in one write. ``aclose`` (from ``finally``) cancels the
+    model call in progress (``ragqa.cancel``: the openai backend shuts its socket, so even a long
+    prefill stops at once) and waits, off the loop, until the generation is closed: its model
+    call is stopped before the slot is freed.
     """
 
     def __init__(self, parts: Iterator[Any]) -> None:
@@ -314,6 +316,7 @@ class _Relay:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._stop = threading.Event()
+        self._cancel = CancelToken()
         self._finished = asyncio.Event()
         self._thread = threading.Thread(target=self._pump, name="ragqa-generation", daemon=True)
         self._started = False
@@ -326,10 +329,11 @@ class _Relay:
 
     def _pump(self) -> None:
         try:
-            for item in self._parts:
-                self._hand(item)
-                if self._stop.is_set():
-                    break
+            with cancellable(self._cancel):  # the model call registers how to abort itself
+                for item in self._parts:
+                    self._hand(item)
+                    if self._stop.is_set():
+                        break
         except BaseException as exc:  # noqa: BLE001 - raised on the loop's side
             self._hand(_Failed(exc))
         finally:
@@ -376,6 +380,7 @@ class _Relay:
 
     async def aclose(self) -> None:
         self._stop.set()
+        self._cancel.cancel()  # a model call still reading (a long prefill) stops now, not at its next token
         if not self._started:  # never run: nothing to wait for
             self._parts.close()
             return

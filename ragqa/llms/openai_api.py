@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ragqa.cancel import on_cancel
 from ragqa.chat_formats import AUTO, ChatFormat, get_chat_format
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, MissingDependencyError, ModelError, one_line
@@ -150,6 +152,8 @@ class OpenAIBackend:
                 stop=stops[: self.MAX_API_STOPS] or None, seed=int(params.get("seed", self.settings.seed)), extra_body=extra,
             )
 
+            undo = on_cancel(functools.partial(_shut, response))
+
             def pieces() -> Iterator[str]:
                 nonlocal first, last
                 for chunk in response:
@@ -160,7 +164,10 @@ class OpenAIBackend:
                         stats.completion_tokens += 1  # servers stream one token per chunk
                         yield text
 
-            yield from StopCutter(stops).cut(pieces())
+            try:
+                yield from StopCutter(stops).cut(pieces())
+            finally:
+                undo()
         except Exception as exc:
             if isinstance(exc, ModelError) or not _is_openai_error(exc):
                 raise
@@ -192,6 +199,17 @@ class OpenAIBackend:
         if self._key:
             message = message.replace(self._key, "***")
         return ModelError(message)
+
+
+def _shut(response: Any) -> None:
+    """Shut the streamed response's socket from another thread: a read blocked in it (the server
+    still reading a long prompt) wakes at once, and the server sees the request closed."""
+    import socket
+
+    stream = getattr(getattr(response, "response", None), "extensions", {}).get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _is_openai_error(exc: BaseException) -> bool:

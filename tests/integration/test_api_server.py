@@ -153,8 +153,8 @@ def standin_kb(tmp_path: Path):
     """-> start(latency, *serve args) -> (StandIn, ragqa URL); ragqa on the openai backend."""
     started: list[Any] = []
 
-    def start(latency: float, *args: str, answer: str = "stand-in answer") -> tuple[StandIn, str]:
-        server = StandIn(latency=latency, tokens=20, answer=answer).__enter__()
+    def start(latency: float, *args: str, answer: str = "stand-in answer", prefill: float = 0.0) -> tuple[StandIn, str]:
+        server = StandIn(latency=latency, tokens=20, answer=answer, prefill=prefill).__enter__()
         proc, url = start_ragqa_serve(tmp_path / f"srv{len(started)}", "--no-page", "--backend", "openai",
                                       "--base-url", server.url, "--chat-format", "chatml", *args)
         started.append((server, proc))
@@ -231,6 +231,21 @@ def test_a_non_streamed_question_whose_client_leaves_stops_too(standin_kb) -> No
     answers: list[Any] = []
     ask(url, answers)
     assert answers == [" ".join(["word"] * 20)]  # and its one slot is free
+
+
+def test_a_client_that_leaves_during_a_long_prefill_frees_its_slot_at_once(standin_kb) -> None:
+    # the model server reads the prompt for 8 s before its first token; the client leaves after 1 s
+    server, url = standin_kb(0.5, "--max-concurrency", "1", prefill=8.0)
+    t0 = time.time()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/chat/completions", timeout=httpx.Timeout(60, read=1.0), json={
+            "model": "festival", "messages": [{"role": "user", "content": QUESTION}]})
+    server.prefill = 0.0
+    answers: list[Any] = []
+    ask(url, answers)
+    assert answers == ["stand-in answer"]
+    assert time.time() - t0 < 6  # the slot was free long before the first question's prefill ended
+    assert len(server.requests) == 2 and server.completed == 1
 
 
 def test_a_model_server_that_fails_is_an_error_not_a_hang(standin_kb) -> None:
