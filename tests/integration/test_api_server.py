@@ -307,3 +307,40 @@ def test_questions_through_llama_server_with_four_slots(tmp_path: Path) -> None:
             stop(proc)
     finally:
         stop(llama)
+
+
+@pytest.mark.skipif(LLAMA_SERVER is None, reason="llama.cpp's llama-server is not built (make llama-server)")
+def test_a_cancel_during_llama_servers_prefill_returns_at_once(tmp_path: Path) -> None:
+    """The relay's cancel on the real server: a 5,000-token prompt takes ~20 s to read here; a
+    cancel after 1 s ends the call at once, and llama-server logs the task cancelled."""
+    from ragqa.cancel import CancelToken, cancellable
+    from ragqa.config import load_settings
+    from ragqa.errors import ModelError
+    from ragqa.llms.openai_api import OpenAIBackend
+
+    port = free_port()
+    log = tmp_path / "llama-server.log"
+    with open(log, "w") as out:
+        llama = subprocess.Popen(
+            [str(LLAMA_SERVER), "-m", str(resolve_llm_path("smollm2")), "--host", "127.0.0.1", "--port", str(port),
+             "-c", "8192", "--threads", "2", "--no-webui"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", llama, log)
+        backend = OpenAIBackend(load_settings(None, backend="openai", base_url=f"http://127.0.0.1:{port}/v1",
+                                              n_ctx=8192, max_new_tokens=16))
+        token = CancelToken()
+        timer = threading.Timer(1.0, token.cancel)
+        t0 = time.perf_counter()
+        timer.start()
+        with pytest.raises(ModelError), cancellable(token):
+            list(backend.stream("The quick brown fox jumps over the lazy dog. " * 600, max_tokens=16))
+        assert time.perf_counter() - t0 < 4
+        deadline = time.time() + 30
+        while "cancel task" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.2)
+        assert "cancel task" in log.read_text()
+        assert "".join(backend.stream("Hello", max_tokens=2))  # the server goes on answering
+    finally:
+        stop(llama)
