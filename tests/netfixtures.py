@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -83,3 +87,41 @@ def start_ragqa_serve(folder: Path, *args: str, env: dict[str, str] | None = Non
         raise
     proc.log_path = log  # type: ignore[attr-defined]
     return proc, url
+
+
+class LocalServer:
+    """An HTTP server on 127.0.0.1 in a daemon thread, for the stand-in servers (``with`` starts and
+    stops it); a subclass calls ``_listen(handler_class)`` and gets ``url`` (its /v1 root)."""
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1, quiet, with ``_json(status, body, headers)``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)

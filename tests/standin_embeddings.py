@@ -20,8 +20,10 @@ import socket
 import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from netfixtures import JsonHandler, LocalServer
 
 
 def vector(text: str, dim: int) -> list[float]:
@@ -32,7 +34,7 @@ def vector(text: str, dim: int) -> list[float]:
     return [x / norm for x in v]
 
 
-class EmbedStandIn:
+class EmbedStandIn(LocalServer):
     def __init__(self, models: list[str] | None = None, dim: int = 16, latency: float = 0.0) -> None:
         self.models = ["e5-small"] if models is None else models
         self.dim, self.latency = dim, latency
@@ -41,38 +43,12 @@ class EmbedStandIn:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = self.peak = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "EmbedStandIn":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._listen(self._handler())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models" and standin.list_models:
                     self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in standin.models]})

@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from netfixtures import JsonHandler, LocalServer
 
 MODEL = "standin"
 
 
-class StandIn:
+class StandIn(LocalServer):
     def __init__(self, latency: float = 1.0, tokens: int = 10, answer: str = "stand-in answer",
                  prefill: float = 0.0) -> None:
         self.latency, self.tokens, self.answer = latency, tokens, answer
@@ -33,18 +35,7 @@ class StandIn:
         self.requests: list[dict[str, Any]] = []
         self.fail_next: int | None = None  # an HTTP status for the next completion request, then normal
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "StandIn":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._listen(self._handler())
 
     def wait_idle(self, timeout: float = 10) -> bool:
         deadline = time.time() + timeout
@@ -57,20 +48,7 @@ class StandIn:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _json(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
                     self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
