@@ -246,11 +246,20 @@ def build_stuff_prompt(
     def make(chunks: Sequence[Document]) -> str:
         return pb.render(fill_prompt("qa_stuff", lang, context=format_context(chunks), question=question))
 
-    kept: list[Document] = []
-    for doc in docs:
-        if not pb.fits(make([*kept, doc])):
-            break
-        kept.append(doc)
+    # the most top-ranked chunks that fit: all of them (one count, the usual case), else a binary
+    # search over how many (a prompt only grows with each chunk): a few counts, not one per chunk
+    # (each is a /tokenize round trip on a server backend)
+    if docs and pb.fits(make(docs)):
+        n = len(docs)
+    else:
+        n, hi = 0, len(docs) - 1
+        while n < hi:
+            mid = (n + hi + 1) // 2
+            if pb.fits(make(docs[:mid])):
+                n = mid
+            else:
+                hi = mid - 1
+    kept: list[Document] = list(docs[:n])
     notes = []
     if kept:
         if len(kept) < len(docs):

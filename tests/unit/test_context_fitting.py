@@ -56,6 +56,23 @@ def test_budget_for_two_keeps_the_two_best_in_rank_order_and_says_so() -> None:
     assert "2 of 4" in notes[0] and "dropped" in notes[0]
 
 
+def test_chunks_are_fitted_with_few_token_counts() -> None:
+    """Each count is a /tokenize round trip on a server backend: one when everything fits, a binary
+    search (not one per chunk) when not, with the same chunks kept."""
+    counted: list[str] = []
+
+    def counting(text: str) -> int:
+        counted.append(text)
+        return half_chars(text)
+
+    build_stuff_prompt(QUESTION, DOCS, builder(10_000, counting))
+    assert len(counted) == 1
+    counted.clear()
+    budget = half_chars(stuff_prompt(DOCS[:2]))
+    _, used, _ = build_stuff_prompt(QUESTION, DOCS, builder(budget, counting))
+    assert used == DOCS[:2] and len(counted) <= 3  # all 4, then 2 of 3, then 3 of 3 at most
+
+
 def test_budget_below_the_best_chunk_cuts_it_and_says_so() -> None:
     empty = half_chars(stuff_prompt([Document(page_content="")]))
     budget = empty + 5  # room for about ten characters of the best chunk
