@@ -444,8 +444,24 @@ class Pipeline:
         t = time.perf_counter()
         docs = retriever.invoke(retrieval_query(question, history))
         timings["retrieve_s"] = round(time.perf_counter() - t, 3)
+        if self.backend_name == "openai":
+            self._count_ahead(question, history, settings, docs)
         return Prepared(question, list(history), settings, docs, timings,
                         [f"skipped {reason}" for reason in report.skipped])
+
+    def _count_ahead(self, question: str, history: Sequence[Any], settings: Settings, docs: list[Document]) -> None:
+        """Fit the first prompt now, before the question waits for a generation slot: on a server
+        backend each token count is a /tokenize round trip, and the server answers those on the
+        HTTP threads its streams hold, so counted inside the slot they wait behind other answers
+        while the slot stays idle. The counts are cached; ``generate`` finds them there."""
+        from ragqa.chains import first_prompt
+        from ragqa.errors import RagqaError
+
+        try:
+            pb, _ = self.prompt_builder(self.backend(), settings).with_history(history)
+            first_prompt(question, docs, pb, settings.chain)
+        except RagqaError:
+            pass  # the same error comes back in generate, where it is reported
 
     def _dry_run(self, prepared: "Prepared") -> Answer:
         """The exact first prompt the model would get, with the tokenizer only (no weights)."""

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from ragqa.config import Settings
+from langchain_core.embeddings import DeterministicFakeEmbedding
+
+from ragqa.config import Settings, load_settings
 from ragqa.errors import ConfigError, ModelError
 from ragqa.llms import OpenAIBackend, load_backend
 from ragqa.words import estimate_tokens
@@ -231,3 +233,26 @@ def test_the_key_comes_from_the_environment(stub, monkeypatch) -> None:
     state.api_key = "sk-env"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
     assert backend_for(url).model == "tiny"
+
+
+def test_a_questions_tokens_are_counted_before_it_waits_for_a_slot(stub, tmp_path) -> None:
+    """A server answers /tokenize on the threads its streams hold: counted inside the generation
+    slot, a count would wait behind other answers while the slot idles. prepare() counts; generate()
+    finds the counts cached and sends only the completion."""
+    from ragqa.pipeline import Pipeline
+
+    url, state = stub
+    doc = tmp_path / "festival.md"
+    doc.write_text("The heron festival is held in March. " * 20, encoding="utf-8")
+    p = Pipeline(load_settings(None, backend="openai", base_url=url, chat_format="chatml",
+                               data_dir=tmp_path / "d", cache_dir=tmp_path / "c"))
+    p._embeddings = DeterministicFakeEmbedding(size=8)
+    p.ingest("kb", [doc])
+    state.requests.clear()
+    prepared = p.prepare("When is the festival?", kb="kb")
+    counted = [what for what, _, _ in state.requests if "tokenize" in what]
+    assert counted  # the prompt's tokens, counted here
+    state.requests.clear()
+    answer = [x for x in p.generate(prepared) if not isinstance(x, str)][0]
+    assert answer.answer == "The festival is in March."
+    assert [what for what, _, _ in state.requests] == ["POST /v1/completions"]
