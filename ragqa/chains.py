@@ -142,17 +142,26 @@ class PromptBuilder:
     def fits(self, prompt: Prompt) -> bool:
         return self.count_tokens(prompt) <= self.budget
 
-    def fit_text(self, make_prompt: Callable[[str], Prompt], text: str) -> tuple[Prompt, str]:
-        """Longest prefix of ``text`` whose prompt fits (binary search); -> (prompt, prefix)."""
-        if self.fits(prompt := make_prompt(text)):
-            return prompt, text
-        lo, hi = 0, len(text)
+    def most_that_fit(self, make_prompt: Callable[[int], Prompt], n: int) -> int:
+        """The largest k <= n whose prompt ``make_prompt(k)`` fits (k chunks, k characters): all n
+        with one count, else a binary search (a prompt only grows with k), never a count per k (on
+        a server backend each count is a /tokenize round trip). 0 when none does."""
+        if n == 0 or self.fits(make_prompt(n)):
+            return n
+        lo, hi = 0, n - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.fits(make_prompt(text[:mid])):
+            if self.fits(make_prompt(mid)):
                 lo = mid
             else:
                 hi = mid - 1
+        return lo
+
+    def fit_text(self, make_prompt: Callable[[str], Prompt], text: str) -> tuple[Prompt, str]:
+        """Longest prefix of ``text`` whose prompt fits; -> (prompt, prefix)."""
+        if self.fits(prompt := make_prompt(text)):
+            return prompt, text
+        lo = self.most_that_fit(lambda k: make_prompt(text[:k]), len(text) - 1) if text else 0
         if lo == 0:
             raise InputError(
                 f"the question and instructions alone need more than the {self.budget}-token budget "
@@ -246,20 +255,7 @@ def build_stuff_prompt(
     def make(chunks: Sequence[Document]) -> str:
         return pb.render(fill_prompt("qa_stuff", lang, context=format_context(chunks), question=question))
 
-    # the most top-ranked chunks that fit: all of them (one count, the usual case), else a binary
-    # search over how many (a prompt only grows with each chunk): a few counts, not one per chunk
-    # (each is a /tokenize round trip on a server backend)
-    if docs and pb.fits(make(docs)):
-        n = len(docs)
-    else:
-        n, hi = 0, len(docs) - 1
-        while n < hi:
-            mid = (n + hi + 1) // 2
-            if pb.fits(make(docs[:mid])):
-                n = mid
-            else:
-                hi = mid - 1
-    kept: list[Document] = list(docs[:n])
+    kept: list[Document] = list(docs[:pb.most_that_fit(lambda k: make(docs[:k]), len(docs))])  # top-ranked first
     notes = []
     if kept:
         if len(kept) < len(docs):

@@ -315,8 +315,7 @@ class _Relay:
         self._parts = parts
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._stop = threading.Event()
-        self._cancel = CancelToken()
+        self._cancel = CancelToken()  # aclose: the thread stops after its item, the model call at once
         self._finished = asyncio.Event()
         self._thread = threading.Thread(target=self._pump, name="ragqa-generation", daemon=True)
         self._started = False
@@ -325,14 +324,14 @@ class _Relay:
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the loop is gone (shutdown): nobody is listening
-            self._stop.set()
+            self._cancel.cancel()
 
     def _pump(self) -> None:
         try:
             with cancellable(self._cancel):  # the model call registers how to abort itself
                 for item in self._parts:
                     self._hand(item)
-                    if self._stop.is_set():
+                    if self._cancel.cancelled:
                         break
         except BaseException as exc:  # noqa: BLE001 - raised on the loop's side
             self._hand(_Failed(exc))
@@ -379,7 +378,6 @@ class _Relay:
             yield items
 
     async def aclose(self) -> None:
-        self._stop.set()
         self._cancel.cancel()  # a model call still reading (a long prefill) stops now, not at its next token
         if not self._started:  # never run: nothing to wait for
             self._parts.close()
