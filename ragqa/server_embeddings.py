@@ -119,7 +119,7 @@ class ServerEmbeddings(Embeddings):
         try:
             body = self._call("GET", "/models")
         except ModelError as exc:
-            if "answered 404" not in str(exc) and "answered 405" not in str(exc):
+            if getattr(exc, "status", None) not in (404, 405):
                 raise
             raise ConfigError(f"the embedding server at {self.url} does not list its models (GET /models: "
                               "not found); name the model with --embedding-model") from None
@@ -145,7 +145,7 @@ class ServerEmbeddings(Embeddings):
                     log.info("embedding server answered %s; retrying in %.1f s", reply.status_code, wait)
                 else:
                     if reply.status_code >= 400:
-                        raise self._error(f"answered {reply.status_code}: {_message(reply)}")
+                        raise self._error(f"answered {reply.status_code}: {_message(reply)}", reply.status_code)
                     try:
                         return reply.json()
                     except ValueError:
@@ -159,9 +159,11 @@ class ServerEmbeddings(Embeddings):
             delay *= 2
         raise self._error("kept answering busy")  # not reached: the last attempt returns or raises
 
-    def _error(self, what: str) -> ModelError:
+    def _error(self, what: str, status: int | None = None) -> ModelError:
         message = f"the embedding server at {self.url} {what}"
-        return ModelError(message.replace(self._key, "***") if self._key else message)
+        err = ModelError(message.replace(self._key, "***") if self._key else message)
+        err.status = status  # type: ignore[attr-defined] - the HTTP status it answered, if any
+        return err
 
     def _embed_batch(self, inputs: list[str], kind: str) -> list[list[float]]:
         body: dict[str, Any] = {"model": self.model, "input": inputs, "encoding_format": "float"}

@@ -64,27 +64,25 @@ class Pipeline:
         """The embedding model the settings name, resolved (a name, a folder, a hub id); with
         ``embedding_base_url``, the server's model (asking the server which, when not named)."""
         if self.settings.embedding_base_url:
-            from ragqa.server_embeddings import ServerEmbeddings
-
-            with self._load_lock:
-                if self._embeddings is None:
-                    self._embeddings = ServerEmbeddings(self.settings)  # reaches the server: fails now, in one line
-            model = self._embeddings.model
+            model = self.embeddings.model  # reaches the server: a wrong URL or model fails now, in one line
             return EmbeddingSpec(model, self.settings.embedding_base_url, False, f"server:{model}", "server")
         return resolve_embedding(self.settings.embedding_model)
 
     # -- models, loaded on first use
     @property
     def embeddings(self) -> Any:
-        if self._embeddings is None and self.settings.embedding_base_url:
-            self.embedding_spec  # noqa: B018 - makes the server's embeddings
         if self._embeddings is None:
             with self._load_lock:
                 if self._embeddings is None:
-                    from ragqa.embeddings import make_embeddings
-
                     t = time.perf_counter()
-                    self._embeddings = make_embeddings(self.embedding_spec)  # progress: see Indexer.embed_chunks
+                    if self.settings.embedding_base_url:
+                        from ragqa.server_embeddings import ServerEmbeddings
+
+                        self._embeddings = ServerEmbeddings(self.settings)
+                    else:
+                        from ragqa.embeddings import make_embeddings
+
+                        self._embeddings = make_embeddings(self.embedding_spec)  # progress: see Indexer.embed_chunks
                     self.timings["embedding_load_s"] = round(time.perf_counter() - t, 3)
         return self._embeddings
 

@@ -188,16 +188,20 @@ class Manifest:
         )
 
     def _same_vectors(self, other: "Manifest") -> bool:
-        if not self.fingerprint or other.probe is None or self.splitter != other.splitter:
+        if not self.fingerprint or other.probe is None:
             return False
         return fingerprints_match(self.fingerprint, other.probe())
 
-    def take_fingerprint(self) -> bool:
-        """Fill in the fingerprint from the run's own model when there is none; -> whether it changed."""
-        if self.fingerprint or self.probe is None:
-            return False
-        self.fingerprint = self.probe()
-        return True
+    def record_vectors(self, dimension: int) -> bool:
+        """Vectors of ``dimension`` are about to be written: the first set the KB's dimension, and a
+        KB without a fingerprint gets one from the run's own model (a KB from before fingerprints
+        at its next write); -> whether the manifest changed (the engine saves it then)."""
+        changed = False
+        if not self.dimension:
+            self.dimension, changed = dimension, True
+        if not self.fingerprint and self.probe is not None:
+            self.fingerprint, changed = self.probe(), True
+        return changed
 
     def to_json(self) -> str:
         d: dict[str, Any] = {"embedding": self.embedding, "splitter": self.splitter, "dimension": self.dimension}

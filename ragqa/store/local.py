@@ -332,14 +332,10 @@ class LocalKB(KnowledgeBase):
     def _check_dimension(self, dimension: int) -> None:
         if not dimension:
             return
-        if not self.manifest.dimension:
-            self.manifest.dimension = dimension
-            self.manifest.take_fingerprint()
-            self._set_meta("manifest", self.manifest.to_json())
-        elif dimension != self.manifest.dimension:
+        if self.manifest.dimension and dimension != self.manifest.dimension:
             raise RagqaError(f"vectors have {dimension} dimensions but knowledge base {self.name!r} has "
                              f"{self.manifest.dimension}")
-        elif self.manifest.take_fingerprint():  # a KB from before fingerprints, written by its own model
+        if self.manifest.record_vectors(dimension):
             self._set_meta("manifest", self.manifest.to_json())
 
     # -- derived indexes

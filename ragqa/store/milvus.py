@@ -477,11 +477,7 @@ class MilvusKB(KnowledgeBase):
         first = int(self._meta.get("next_chunk", 1))
         self._meta["next_chunk"] = first + n
         self._meta["dirty"] = [fid]
-        if dimension and not self.manifest.dimension:
-            self.manifest.dimension = dimension
-            self.manifest.take_fingerprint()
-            self._meta["manifest"] = json.loads(self.manifest.to_json())
-        elif dimension and self.manifest.take_fingerprint():  # a KB from before fingerprints, its own model
+        if dimension and self.manifest.record_vectors(dimension):
             self._meta["manifest"] = json.loads(self.manifest.to_json())
         self._write_meta()
         return fid, first
