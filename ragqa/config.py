@@ -258,18 +258,12 @@ class Settings(BaseSettings):
         if quantized and self.device == "cpu":
             raise ValueError(f"{quantized} needs a CUDA GPU (bitsandbytes); drop it or set device to cuda")
         if self.base_url is not None:
-            self.base_url = self.base_url.strip().rstrip("/")
-            if not self.base_url.startswith(("http://", "https://")):
-                raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
-            if not _server_url(self.base_url, ("http", "https")):
-                raise ValueError(f"base_url must be a server's address with a host and, if any, a port from 1 to "
-                                 f"65535, like http://127.0.0.1:8000/v1 (got {self.base_url!r})")
+            if not self.base_url.strip().startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url.strip()!r})")
+            self.base_url = _api_root("base_url", self.base_url, "http://127.0.0.1:8000/v1")
         if self.embedding_base_url is not None:
-            self.embedding_base_url = self.embedding_base_url.strip().rstrip("/")
-            if not self.embedding_base_url.startswith(("http://", "https://")) or not _server_url(
-                    self.embedding_base_url, ("http", "https")):
-                raise ValueError(f"embedding_base_url must be a server's address with a host and, if any, a port "
-                                 f"from 1 to 65535, like http://127.0.0.1:8080/v1 (got {self.embedding_base_url!r})")
+            self.embedding_base_url = _api_root("embedding_base_url", self.embedding_base_url,
+                                                "http://127.0.0.1:8080/v1")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if self.backend in ("llama.cpp", "openai"):
@@ -309,6 +303,15 @@ def _server_url(value: str, schemes: tuple[str, ...]) -> bool:
     host = parts.hostname or ""
     return (parts.scheme in schemes and bool(host) and not any(c.isspace() or c in "%<>{}|\\^`" for c in host)
             and (port is None or 1 <= port <= 65535))
+
+
+def _api_root(name: str, value: str, example: str) -> str:
+    """An OpenAI-compatible server's API root, without a trailing slash; ValueError naming ``name``."""
+    value = value.strip().rstrip("/")
+    if not _server_url(value, ("http", "https")):
+        raise ValueError(f"{name} must be a server's address with a host and, if any, a port from 1 to 65535, "
+                         f"like {example} (got {value!r})")
+    return value
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
