@@ -237,6 +237,9 @@ EMBEDDING_SERVER = ("embedding_base_url", "embedding_query_prefix", "embedding_p
 ConfigOpt = typer.Option(None, "--config", help="TOML file of settings (keys as RAGQA_* without the prefix).")
 KbOpt = typer.Option(None, "--kb", help="Knowledge base name (see ragqa kb list).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr.")
+DocOpt = typer.Option(None, "--doc", metavar="PATTERN", help="With --kb: only the documents matching PATTERN "
+                      "(a name, a folder, a path, or a glob such as '*2024*' or 'contracts/*.pdf'; repeatable; "
+                      "see ragqa kb show NAME).")
 
 
 @command(app, settings=(
@@ -249,6 +252,7 @@ VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log progress details t
 def ask(
     args: list[str] = typer.Argument(..., metavar="[PATH...] QUESTION", help="Files or folders, then the question (with --kb: the question only)."),
     kb: str | None = KbOpt,
+    docs: list[str] | None = DocOpt,
     config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact prompt; load no LLM weights."),
@@ -261,8 +265,11 @@ def ask(
 
     Examples: ragqa ask notes.txt reports/ "合同的有效期是多久？"
               ragqa ask --kb contracts "合同的有效期是多久？"
+              ragqa ask --kb contracts --doc '*2024*' "2024 年的合同对交付有什么规定？"
     """
     _setup_logging(verbose)
+    if docs and kb is None:
+        _fail("--doc picks documents of a knowledge base: use it with --kb NAME", 2)
     if kb is None and len(args) < 2:
         _fail("give at least one PATH and then the QUESTION (ragqa ask FILE \"question\"), or --kb NAME", 2)
     if kb is not None and len(args) != 1:
@@ -282,7 +289,8 @@ def ask(
             sys.stdout.write(text)
             sys.stdout.flush()
 
-        answer = pipeline.ask(paths, question, on_token=on_token if streamed else None, dry_run=dry_run, kb=kb)
+        answer = pipeline.ask(paths, question, on_token=on_token if streamed else None, dry_run=dry_run, kb=kb,
+                              documents=docs)
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -327,6 +335,7 @@ def _print_timings(t: dict[str, Any]) -> None:
 def summarize(
     paths: list[str] | None = typer.Argument(None, metavar="[PATH...]", help="Files, folders or glob patterns (or --kb)."),
     kb: str | None = typer.Option(None, "--kb", help="Summarize the documents of this knowledge base."),
+    docs: list[str] | None = DocOpt,
     out: Path = typer.Option(..., "--out", "-o", help="OUT.jsonl (one JSON object per document) or a folder (Markdown + index.md)."),
     force: bool = typer.Option(False, "--force", help="Redo documents already summarized with the same settings."),
     parallel: int = typer.Option(1, "--parallel", "-j", min=1, max=64, help="Documents in flight at once (1-64; "
@@ -342,11 +351,13 @@ def summarize(
     settings, so an interrupted batch resumes. Exit code 1 if any document failed.
 
     Examples: ragqa summarize reports/ "notes/*.txt" --out summaries.jsonl
-              ragqa summarize --kb contracts --out contract-summaries/
+              ragqa summarize --kb contracts --doc '*2024*' --out contract-summaries/
     """
     _setup_logging(verbose)
     if bool(paths) == bool(kb):
         _fail("give the documents as PATH... or as --kb NAME (one of the two)", 2)
+    if docs and kb is None:
+        _fail("--doc picks documents of a knowledge base: use it with --kb NAME", 2)
     try:
         from ragqa.config import load_settings
         from ragqa.pipeline import Pipeline
@@ -355,7 +366,7 @@ def summarize(
         pipeline = Pipeline(settings)
         progress = sys.stderr.isatty()
         if kb is not None:
-            paths = pipeline.kb_paths(kb)
+            paths = pipeline.kb_paths(kb, docs)
 
         def on_file(rec: dict) -> None:
             name = _one_row(rec["source"])

@@ -34,6 +34,7 @@ from ragqa.store import (
     content_hash,
 )
 from ragqa.store.base import unit_rows
+from ragqa.store.scope import select_documents
 from ragqa.words import tokenize
 
 if TYPE_CHECKING:
@@ -120,8 +121,18 @@ class RagqaVectorStore(VectorStore):
         where = self._position()
         return [_copy(self.index.chunks[where[i]]) for i in ids if i in where]
 
-    def _hits(self, vector: Sequence[float], k: int, filter: Any = None) -> list[tuple[int, Document, float]]:
+    def scoped(self, documents: Sequence[str] | None) -> Any:
+        """The index searched for ``documents`` (``--doc`` patterns): only a knowledge base's
+        store (``KnowledgeBaseStore``) has documents to pick; here it is the whole index."""
+        if documents:
+            raise InputError("documents= picks documents of a knowledge base (KnowledgeBaseStore); "
+                             "in this in-memory store use filter= on the chunks' metadata")
+        return self.index
+
+    def _hits(self, vector: Sequence[float], k: int, filter: Any = None,
+              documents: Sequence[str] | None = None) -> list[tuple[int, Document, float]]:
         """[(chunk position, a copy of the chunk, cosine)] best first, of the chunks ``filter`` keeps."""
+        self.scoped(documents)
         keep = _metadata_filter(filter)
         if keep is None:
             return [(i, _copy(self.index.chunks[i]), s) for i, s in self.index.search_ids(vector, k)]
@@ -134,19 +145,20 @@ class RagqaVectorStore(VectorStore):
     # -- the same on every ragqa store
     def similarity_search_with_score(
         self, query: str, k: int = 4, *, filter: Callable[[Document], bool] | dict[str, Any] | None = None,
-        **kwargs: Any,
+        documents: Sequence[str] | None = None, **kwargs: Any,
     ) -> list[tuple[Document, float]]:
-        """[(document, cosine)] best first; ``filter`` is a metadata dict to match or a predicate."""
-        return [(d, s) for _, d, s in self._hits(self.embedding.embed_query(query), k, filter)]
+        """[(document, cosine)] best first; ``filter`` is a metadata dict to match or a predicate;
+        ``documents`` (a knowledge base's store): ``--doc`` patterns, searched inside the engine."""
+        return [(d, s) for _, d, s in self._hits(self.embedding.embed_query(query), k, filter, documents)]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
     def similarity_search_by_vector(
         self, embedding: list[float], k: int = 4, *, filter: Callable[[Document], bool] | dict[str, Any] | None = None,
-        **kwargs: Any,
+        documents: Sequence[str] | None = None, **kwargs: Any,
     ) -> list[Document]:
-        return [d for _, d, _ in self._hits(embedding, k, filter)]
+        return [d for _, d, _ in self._hits(embedding, k, filter, documents)]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return lambda cosine: min(1.0, max(0.0, cosine))  # opposite directions are simply irrelevant
@@ -160,12 +172,13 @@ class RagqaVectorStore(VectorStore):
 
     def max_marginal_relevance_search_by_vector(
         self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, *,
-        filter: Callable[[Document], bool] | dict[str, Any] | None = None, **kwargs: Any,
+        filter: Callable[[Document], bool] | dict[str, Any] | None = None,
+        documents: Sequence[str] | None = None, **kwargs: Any,
     ) -> list[Document]:
         import numpy as np
         from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
-        hits = self._hits(embedding, max(fetch_k, k), filter)
+        hits = self._hits(embedding, max(fetch_k, k), filter, documents)
         if not hits:
             return []
         chosen = maximal_marginal_relevance(
@@ -185,22 +198,25 @@ class RagqaVectorStore(VectorStore):
     fusion: str = DEFAULT_FUSION  # what as_hybrid_retriever fuses with (KnowledgeBaseStore.open: the settings')
 
     def as_hybrid_retriever(self, k: int = 4, *, candidates: int = DEFAULT_CANDIDATES,
-                            fusion: str | None = None) -> HybridRetriever:
+                            fusion: str | None = None, documents: Sequence[str] | None = None) -> HybridRetriever:
         """ragqa's hybrid retrieval (vector + BM25 fused) over this store, as ``ask`` does it.
 
         ``fusion``: a spec such as ``"zscore:w=0.6"`` or ``"rrf"`` (README "Retrieval"); default the
         store's ``fusion`` (for ``KnowledgeBaseStore.open``: the settings' ``fusion``). Results carry
         ``metadata["score"]`` (the fusion score), ``vector_score`` and ``bm25_score``.
+        ``documents`` (a knowledge base's store): only the documents these ``--doc`` patterns match.
         """
         spec = make_fusion(fusion or self.fusion).spec  # a bad spec fails here, not at the first query
-        return HybridRetriever(index=self.index, embeddings=self.embedding, k=k, candidates=candidates, fusion=spec)
+        return HybridRetriever(index=self.scoped(documents), embeddings=self.embedding, k=k, candidates=candidates,
+                               fusion=spec)
 
-    def as_bm25_retriever(self, k: int = 4) -> BM25Retriever:
+    def as_bm25_retriever(self, k: int = 4, *, documents: Sequence[str] | None = None) -> BM25Retriever:
         """ragqa's keyword retrieval (BM25 over jieba words) over this store; needs no embedding model.
 
-        Results carry ``metadata["score"]`` (BM25); a chunk sharing no word with the query is never returned.
+        Results carry ``metadata["score"]`` (BM25); a chunk sharing no word with the query is never
+        returned. ``documents``: as for ``as_hybrid_retriever``.
         """
-        return BM25Retriever(index=self.index, k=k)
+        return BM25Retriever(index=self.scoped(documents), k=k)
 
 
 _KB_KEYS = ("source", "score", "chunk_id")  # the KB sets these on every chunk it returns
@@ -359,14 +375,30 @@ class KnowledgeBaseStore(RagqaVectorStore):
         return [d for d in self.kb.get_chunks(numbers)
                 if d.metadata.get("source", "") in records and not d.metadata["source"].startswith(TEXT_PREFIX)]
 
-    def _hits(self, vector: Sequence[float], k: int, filter: Any = None) -> list[tuple[int, Document, float]]:
+    def scoped(self, documents: Sequence[str] | None) -> "_StoreView":
+        """This store's view narrowed to the documents ``documents`` (``--doc`` patterns,
+        ``ragqa.store.scope``) match: a file filter the engine applies inside its search."""
+        if not documents:
+            return self.index
+        ids = select_documents(self.kb.files(), documents, self.kb.name)
+        if self.index.file_ids is not None:
+            inside = set(self.index.file_ids)
+            ids = [i for i in ids if i in inside]
+            if not ids:
+                raise InputError(f"documents {list(documents)!r}: none of the documents they match is in this "
+                                 "store's view")
+        return _StoreView(self.kb, ids, self.index.sources)
+
+    def _hits(self, vector: Sequence[float], k: int, filter: Any = None,
+              documents: Sequence[str] | None = None) -> list[tuple[int, Document, float]]:
         """[(chunk id, chunk, cosine)] best first; with ``filter``, fetched in widening rounds
         (4k, 16k, ...) until k chunks pass it or the KB has no more."""
         keep = _metadata_filter(filter)
+        index = self.scoped(documents)
         n = k if keep is None else max(4 * k, 20)
         while True:
-            hits = self.index.search_ids(vector, n)
-            docs = chunks_by_id(self.index, [i for i, _ in hits])
+            hits = index.search_ids(vector, n)
+            docs = chunks_by_id(index, [i for i, _ in hits])
             out = [(i, docs[i], s) for i, s in hits if i in docs and (keep is None or keep(docs[i]))]
             if keep is None or len(out) >= k or len(hits) < n:
                 return out[:k]

@@ -68,6 +68,7 @@ UI_TEXT: dict[str, dict[str, str]] = {
         "chat": "Conversation",
         "question": "Question",
         "question_ph": "Ask about the documents of this knowledge base, then press Enter",
+        "scope": "Ask only these documents (none picked = all)",
         "send": "Ask",
         "clear": "Clear chat",
         "sources": "Sources",
@@ -99,6 +100,7 @@ UI_TEXT: dict[str, dict[str, str]] = {
         "chat": "对话",
         "question": "问题",
         "question_ph": "就本知识库中的文档提问，按回车发送",
+        "scope": "只就这些文档提问（不选 = 全部）",
         "send": "提问",
         "clear": "清空对话",
         "sources": "出处",
@@ -121,6 +123,7 @@ MSG = {
     "no_files": "Upload a document to this knowledge base first. 请先向这个知识库上传文档。",
     "no_question": "Type a question. 请输入问题。",
     "no_doc": "Pick a document first. 请先选择文档。",
+    "scope_gone": "No longer in this knowledge base: {names}. Pick the documents again. 这些文档已不在知识库中，请重新选择。",
 }
 DOC_HEADERS = ["document 文档", "chunks 片段", "status 状态"]
 
@@ -338,14 +341,16 @@ class Handlers:
     def ask(
         self, kb_name: str | None, question: str, history: list[dict[str, Any]] | None,
         chain: str | None = None, k: float | None = None, retriever: str | None = None,
-        fusion: str | None = None,
+        fusion: str | None = None, scope: Sequence[str] | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], str, list[dict[str, Any]], str]]:
-        """Stream (chat, sources markdown, sources data, question box) as the answer grows."""
+        """Stream (chat, sources markdown, sources data, question box) as the answer grows.
+        ``scope``: the labels of the documents to ask (none: all of the KB's)."""
         question = (question or "").strip()
         name = _checked(kb_name)
         if not question:
             raise _page_error(InputError(MSG["no_question"]))
         self._require_documents(name)
+        documents = self._scope_patterns(name, scope) if scope else None
         earlier = list(history or [])
         chat = earlier + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         yield list(chat), "", [], ""
@@ -355,7 +360,7 @@ class Handlers:
             for item in self.pipeline.ask_stream(
                 [], question, kb=name, history=earlier,
                 chain=chain or None, k=int(k) if k else None, retriever=retriever or None,
-                fusion=fusion or None,
+                fusion=fusion or None, documents=documents,
             ):
                 if isinstance(item, Answer):
                     answer = item
@@ -369,6 +374,16 @@ class Handlers:
         chat[-1] = {"role": "assistant", "content": answer.answer or text.strip()}
         answer.notes = [_strip_folder(n, self.uploads_dir(name)) for n in answer.notes]
         yield chat, sources_markdown(answer), sources_data(answer), ""
+
+    def _scope_patterns(self, name: str, labels: Sequence[str]) -> list[str]:
+        """The picked documents (by label) as patterns that match each one's path exactly."""
+        import glob
+
+        paths = {d.label: d.path for d in self.page(name).docs if d.status == "ok"}
+        gone = [label for label in labels if label not in paths]
+        if gone:
+            raise _page_error(InputError(MSG["scope_gone"].format(names=", ".join(gone))))
+        return [glob.escape(paths[label]) for label in dict.fromkeys(labels)]
 
     def _require_documents(self, name: str) -> "KnowledgeBase":
         try:
@@ -556,6 +571,7 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
                     chat = gr.Chatbot(label=t("chat"), elem_id="chat", height=420, feedback_options=None)
                     question = gr.Textbox(label=t("question"), placeholder=t("question_ph"), lines=1,
                                           max_lines=4, elem_id="question", submit_btn=True)
+                    scope = gr.Dropdown([], value=[], multiselect=True, label=t("scope"), elem_id="scope")
                     clear = gr.Button(t("clear"), elem_id="clear", variant="secondary", size="sm")
                     with gr.Accordion(t("sources"), open=True):
                         sources = gr.Markdown(elem_id="sources")
@@ -569,12 +585,14 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
                         summaries = gr.Markdown(elem_id="summaries")
                     download = gr.File(label=t("download"), elem_id="download", interactive=False)
 
-        shown = [kb_info, docs, picked, doc_pick]  # what depends on the KB's documents
+        shown = [kb_info, docs, picked, doc_pick, scope]  # what depends on the KB's documents
 
-        def view(name: str | None) -> tuple[Any, ...]:
+        def view(name: str | None, keep_scope: Sequence[str] = ()) -> tuple[Any, ...]:
             page = h.page(name)
-            return (page.info, page.rows(), gr.Dropdown(choices=page.labels(ok_only=True), value=[]),
-                    gr.Dropdown(choices=page.labels(), value=None))
+            readable = page.labels(ok_only=True)
+            return (page.info, page.rows(), gr.Dropdown(choices=readable, value=[]),
+                    gr.Dropdown(choices=page.labels(), value=None),
+                    gr.Dropdown(choices=readable, value=[label for label in keep_scope if label in readable]))
 
         def on_load(name):
             return gr.Dropdown(choices=sorted({name or start, *h.kb_names()})), *view(name)
@@ -586,12 +604,12 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
             name = h.create_kb(name)
             return gr.Dropdown(choices=sorted({name, *h.kb_names()}), value=name), ""
 
-        def on_upload(name, uploaded, progress: Any = gr.Progress()):
+        def on_upload(name, uploaded, in_scope, progress: Any = gr.Progress()):
             text = h.index(name, uploaded, progress)
-            return text, *view(name), None
+            return text, *view(name, in_scope or ()), None
 
-        def on_delete(name, label):
-            return h.delete(name, label), *view(name)
+        def on_delete(name, label, in_scope):
+            return h.delete(name, label), *view(name, in_scope or ())
 
         def on_select(evt):
             row = evt.row_value or []
@@ -599,8 +617,8 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
 
         on_select.__annotations__["evt"] = gr.SelectData  # how Gradio knows to pass the clicked row
 
-        def on_ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec):
-            yield from h.ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec)
+        def on_ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec, in_scope=None):
+            yield from h.ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec, in_scope)
 
         def on_summarize(name, labels, progress: Any = gr.Progress()):
             return h.summarize(name, labels, progress)
@@ -609,12 +627,12 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
         kb_pick.change(on_switch, kb_pick, [*shown, chat, sources, sources_json, status], api_name="documents")
         kb_create.click(on_create, kb_new, [kb_pick, kb_new], api_name="create_kb")
         kb_new.submit(on_create, kb_new, [kb_pick, kb_new], api_visibility="private")
-        files.upload(on_upload, [kb_pick, files], [status, *shown, files], api_name="index",
+        files.upload(on_upload, [kb_pick, files, scope], [status, *shown, files], api_name="index",
                      concurrency_id=KB_QUEUE, concurrency_limit=1)
         docs.select(on_select, None, doc_pick, api_visibility="private")
-        delete.click(on_delete, [kb_pick, doc_pick], [status, *shown], api_name="delete",
+        delete.click(on_delete, [kb_pick, doc_pick, scope], [status, *shown], api_name="delete",
                      concurrency_id=KB_QUEUE, concurrency_limit=1)
-        question.submit(on_ask, [kb_pick, question, chat, chain, k, retriever, fusion],
+        question.submit(on_ask, [kb_pick, question, chat, chain, k, retriever, fusion, scope],
                         [chat, sources, sources_json, question], api_name="ask", concurrency_id=MODEL_QUEUE,
                         concurrency_limit=pipeline.gate.slots)
         clear.click(lambda: ([], "", []), None, [chat, sources, sources_json], api_visibility="private")

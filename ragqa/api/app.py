@@ -125,7 +125,8 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
             overrides["system_prompt"] = system
         ticket = pipeline.gate.enter()  # 429 now when the queue is full
         try:
-            prepared = await in_thread(pipeline.prepare, question, kb=req.model, history=history, **overrides)
+            prepared = await in_thread(pipeline.prepare, question, kb=req.model, history=history,
+                                       documents=req.documents, **overrides)
             await ticket.wait_async()
         except BaseException:
             ticket.release()

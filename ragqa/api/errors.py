@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from ragqa.errors import ConfigError, InputError, MissingDependencyError, ModelError, RagqaError, one_line
+from ragqa.store.scope import DocumentScopeError
 from ragqa.gate import QueueFullError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ def api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, QueueFullError):
         return ApiError(429, str(exc), "rate_limit_error", "rate_limit_exceeded",
                         headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, DocumentScopeError):
+        return bad_request(one_line(exc), "documents", "document_not_found")
     if isinstance(exc, (InputError, ConfigError)):
         return bad_request(one_line(exc))
     if isinstance(exc, ModelError):

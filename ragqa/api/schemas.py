@@ -9,7 +9,7 @@ ignored, as OpenAI-compatible servers do; a value ragqa cannot honour is refused
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -65,6 +65,9 @@ class ChatRequest(BaseModel):
     retriever: Literal["vector", "bm25", "hybrid"] | None = None
     fusion: str | None = None
     chain: Literal["stuff", "refine"] | None = None
+    # only the KB's documents these patterns match (a name, a folder, a glob: README "Scoped questions")
+    documents: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(None, min_length=1,
+                                                                                         max_length=100)
 
     @field_validator("messages")
     @classmethod

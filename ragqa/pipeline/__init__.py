@@ -30,6 +30,7 @@ from ragqa.pipeline.uploads import Uploads
 from ragqa.pipeline.summaries import SUMMARY_SETTINGS, SUMMARY_SETTINGS_IF_SET, Summarizer, _summary_key, expand_globs
 from ragqa.splitting import ChineseTextSplitter
 from ragqa.store import TEXT_PARSER, TEXT_PREFIX, FileRecord, KBStats, KBView, KnowledgeBase, Manifest, SyncReport
+from ragqa.store.scope import select_documents
 
 if TYPE_CHECKING:
     from ragqa.gate import Gate
@@ -191,28 +192,42 @@ class Pipeline:
         if kb is not None:
             kb.close()
 
-    def kb_index(self, name: str) -> tuple[KBView, IndexReport]:
-        """A knowledge base to search (opened once per pipeline); refused when it has no chunks."""
+    def kb_index(self, name: str, documents: Sequence[str] | None = None) -> tuple[KBView, IndexReport]:
+        """A knowledge base to search (opened once per pipeline); refused when it has no chunks.
+        ``documents`` (``--doc`` patterns, ``ragqa.store.scope``) limits the search to the
+        documents they match; a pattern matching none is an InputError."""
         t = time.perf_counter()
         kb = self.kb(name)
         n = kb.count()
         if not n:
             raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")
-        files = sum(1 for r in kb.files() if r.status == "ok") if kb.engine == "local" else 0
+        file_ids = None
+        if documents:
+            records = kb.files()
+            file_ids = select_documents(records, documents, name)
+            picked = set(file_ids)
+            files = len(file_ids)
+            n = sum(r.chunks for r in records if r.id in picked)
+        else:
+            files = sum(1 for r in kb.files() if r.status == "ok") if kb.engine == "local" else 0
         report = IndexReport(files=files, cached=files, chunks=n, seconds=time.perf_counter() - t)
-        return kb.view(None), report
+        return kb.view(file_ids), report
 
-    def kb_paths(self, name: str) -> list[str]:
-        """The files of a knowledge base (what ``summarize --kb`` summarizes)."""
+    def kb_paths(self, name: str, documents: Sequence[str] | None = None) -> list[str]:
+        """The files of a knowledge base (what ``summarize --kb`` summarizes); with ``documents``
+        (``--doc`` patterns) those they match."""
         kb = self.open_kb(name)
         try:
             # files only: texts added through the LangChain store have no file to summarize
-            paths = [r.path for r in kb.files() if r.status == "ok" and r.parser != TEXT_PARSER]
+            records = [r for r in kb.files() if r.status == "ok" and r.parser != TEXT_PARSER]
+            if documents and records:
+                picked = set(select_documents(records, documents, name))
+                records = [r for r in records if r.id in picked]
         finally:
             kb.close()
-        if not paths:
+        if not records:
             raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")
-        return paths
+        return [r.path for r in records]
 
     def retriever(self, index: Any, settings: Settings | None = None) -> Any:
         from ragqa.retrieval import make_retriever
@@ -412,10 +427,12 @@ class Pipeline:
 
     def prepare(
         self, question: str, *, paths: Sequence[str | Path] = (), kb: str | None = None,
-        history: Sequence[Any] = (), skip_unreadable: bool = False, **overrides: Any,
+        history: Sequence[Any] = (), skip_unreadable: bool = False, documents: Sequence[str] | None = None,
+        **overrides: Any,
     ) -> "Prepared":
         """Everything before the model: the question checked, the documents indexed (``paths``) or
-        opened (``kb``), the chunks retrieved. Needs no generation slot."""
+        opened (``kb``; ``documents``: only those these ``--doc`` patterns match), the chunks
+        retrieved. Needs no generation slot."""
         from ragqa.chains import retrieval_query
 
         question = (question or "").strip()
@@ -425,11 +442,14 @@ class Pipeline:
             raise InputError("give either PATH... or --kb NAME, not both (add files to a KB with: ragqa index PATH --kb NAME)")
         if not paths and kb is None:
             raise InputError("no documents given")
+        if documents and kb is None:
+            raise InputError("--doc picks documents of a knowledge base: use it with --kb NAME "
+                             "(with PATH... name just the files you mean)")
         settings = self._settings_for(overrides)
         self.check_models()
         self.timings = {}
         if kb is not None:
-            index, report = self.kb_index(kb)
+            index, report = self.kb_index(kb, documents)
         else:
             index, report = self.build_index(paths, skip_unreadable=skip_unreadable)
         timings: dict[str, Any] = {
