@@ -34,7 +34,6 @@ from ragqa.store import (
     content_hash,
 )
 from ragqa.store.base import unit_rows
-from ragqa.store.scope import select_documents
 from ragqa.words import tokenize
 
 if TYPE_CHECKING:
@@ -380,7 +379,7 @@ class KnowledgeBaseStore(RagqaVectorStore):
         ``ragqa.store.scope``) match: a file filter the engine applies inside its search."""
         if not documents:
             return self.index
-        ids = select_documents(self.kb.files(), documents, self.kb.name)
+        ids = self.kb.scope_ids(documents)
         if self.index.file_ids is not None:
             inside = set(self.index.file_ids)
             ids = [i for i in ids if i in inside]

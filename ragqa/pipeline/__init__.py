@@ -203,13 +203,12 @@ class Pipeline:
             raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")
         file_ids = None
         if documents:
-            records = kb.files()
-            file_ids = select_documents(records, documents, name)
+            readable = kb.documents()
+            file_ids = kb.scope_ids(documents)
             picked = set(file_ids)
-            files = len(file_ids)
-            n = sum(r.chunks for r in records if r.id in picked)
+            files, n = len(file_ids), sum(chunks for i, _, chunks in readable if i in picked)
         else:
-            files = sum(1 for r in kb.files() if r.status == "ok") if kb.engine == "local" else 0
+            files = len(kb.documents()) if kb.engine == "local" else 0
         report = IndexReport(files=files, cached=files, chunks=n, seconds=time.perf_counter() - t)
         return kb.view(file_ids), report
 
@@ -221,7 +220,7 @@ class Pipeline:
             # files only: texts added through the LangChain store have no file to summarize
             records = [r for r in kb.files() if r.status == "ok" and r.parser != TEXT_PARSER]
             if documents and records:
-                picked = set(select_documents(records, documents, name))
+                picked = set(select_documents([(r.id, r.path) for r in records], documents, name))
                 records = [r for r in records if r.id in picked]
         finally:
             kb.close()

@@ -330,6 +330,17 @@ class KnowledgeBase(ABC):
     def close(self) -> None:  # noqa: B027  (engines with connections override it)
         pass
 
+    def documents(self) -> list[tuple[int, str, int]]:
+        """(id, path, chunks) of every readable file: what ``--doc`` patterns are matched against."""
+        return [(int(r.id), r.path, r.chunks) for r in self.files() if r.status == "ok" and r.id is not None]
+
+    def scope_ids(self, patterns: Sequence[str]) -> list[int]:
+        """The ids of the readable files ``--doc`` patterns match (``ragqa.store.scope``);
+        an error naming a pattern that matches none."""
+        from ragqa.store.scope import select_documents
+
+        return select_documents(self.documents(), patterns, self.name)
+
     def view(self, file_ids: Sequence[int] | None) -> "KBView":
         return KBView(self, file_ids)
 

@@ -101,6 +101,9 @@ def _storage_error(exc: BaseException, where: Path) -> RagqaError:
     return RagqaError(f"cannot use the knowledge base folder {where}: {text}")
 
 
+WIDE_SCOPE = 0.2  # a scope with this share of the chunks or more is searched as _wide_scope_bm25 says
+
+
 class LocalKB(KnowledgeBase):
     """A KB in a folder on this machine (see the module docstring)."""
 
@@ -136,6 +139,8 @@ class LocalKB(KnowledgeBase):
         if manifest.embedding:
             self.manifest.check(manifest, name)
         self._vectors = VectorIndex(self.folder / "vectors", self.db)
+        self._chunk_files: tuple[int, Any] | None = None  # (generation, file id per chunk id): _scope_mask
+        self._scopes: tuple[int, dict[Any, Any]] | None = None  # (generation, _scope_cache())
         self._keywords = KeywordIndex(self.folder / "keywords", self.db)
         self._writing = False
         self._repair_if_free()
@@ -212,6 +217,30 @@ class LocalKB(KnowledgeBase):
             "SELECT id, path, size, mtime_ns, hash, parser, status, error, chunks, updated FROM files ORDER BY path"
         ).fetchall()
         return [_record(r) for r in rows]
+
+    def documents(self) -> list[tuple[int, str, int]]:
+        return list(self._scope_cache()["documents"])
+
+    def scope_ids(self, patterns: Sequence[str]) -> list[int]:
+        cache = self._scope_cache()
+        key = ("ids", tuple(patterns))
+        if key not in cache:
+            cache[key] = super().scope_ids(patterns)
+        return list(cache[key])
+
+    def _scope_cache(self) -> dict[Any, Any]:
+        """What scoped searches reuse until the truth changes (a page or a server scopes many
+        questions the same way): the readable files, the ids patterns picked, the chunk masks."""
+        gen = self.generation()
+        if self._scopes is None or self._scopes[0] != gen:
+            rows = self.db.execute("SELECT id, path, chunks FROM files WHERE status = 'ok'").fetchall()
+            self._scopes = (gen, {"documents": tuple((int(i), p, int(n)) for i, p, n in rows)})
+        cache = self._scopes[1]
+        if len(cache) > 64:  # many different scopes: start over rather than grow
+            cache.clear()
+            cache["documents"] = tuple((int(i), p, int(n)) for i, p, n in
+                                       self.db.execute("SELECT id, path, chunks FROM files WHERE status = 'ok'"))
+        return cache
 
     def find_by_hash(self, file_hash: str, parser: str) -> FileRecord | None:
         row = self.db.execute(
@@ -373,14 +402,33 @@ class LocalKB(KnowledgeBase):
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
-    def _chunk_ids_of(self, file_ids: Sequence[int]) -> "np.ndarray":
+    def _scope_mask(self, file_ids: Sequence[int]) -> "np.ndarray":
+        """A bool per chunk id (index = id): the chunk belongs to one of ``file_ids``.
+
+        The chunk -> file map is read once per generation of the truth (one scan of the chunks'
+        ids), so every scoped search after the first costs a numpy lookup, not a query."""
         import numpy as np
 
-        ids: list[int] = []
-        for part in batches(list(file_ids), 900):
-            q = f"SELECT id FROM chunks WHERE file_id IN ({','.join('?' * len(part))})"
-            ids.extend(r[0] for r in self.db.execute(q, part))
-        return np.asarray(sorted(ids), dtype="int64")
+        key = ("mask", tuple(int(f) for f in file_ids))
+        cache = self._scope_cache()
+        if key in cache:
+            return cache[key]
+        gen = self.generation()
+        if self._chunk_files is None or self._chunk_files[0] != gen:
+            rows = self.db.execute("SELECT id, file_id FROM chunks").fetchall()
+            ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
+            owners = np.fromiter((r[1] for r in rows), dtype="int64", count=len(rows))
+            top = int(ids.max()) + 1 if len(ids) else 0
+            chunk_file = np.full(top, -1, dtype="int64")
+            chunk_file[ids] = owners
+            self._chunk_files = (gen, chunk_file)
+        chunk_file = self._chunk_files[1]
+        wanted = np.asarray([int(f) for f in file_ids], dtype="int64")
+        size = int(max(chunk_file.max(initial=-1), wanted.max(initial=-1))) + 2
+        file_mask = np.zeros(size, dtype=bool)  # the last slot stands for "no chunk here" (-1)
+        file_mask[wanted[wanted >= 0]] = True
+        cache[key] = mask = file_mask[chunk_file]
+        return mask
 
     def search_batch_ids(self, query_vectors: Sequence[Sequence[float]], k: int,
                          file_ids: Sequence[int] | None = None) -> list[list[tuple[int, float]]]:
@@ -393,7 +441,7 @@ class LocalKB(KnowledgeBase):
         if dim and (q.ndim != 2 or q.shape[1] != dim):
             raise RagqaError(f"query vectors have {q.shape[-1]} dimensions but knowledge base {self.name!r} "
                              f"has {dim} (was it built with another embedding model?)")
-        allowed = self._chunk_ids_of(file_ids) if file_ids is not None else None
+        allowed = self._scope_mask(file_ids) if file_ids is not None else None
         return self._vectors.search(unit_rows(q), k, allowed)
 
     def bm25_search(self, query: str, k: int, file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
@@ -402,11 +450,27 @@ class LocalKB(KnowledgeBase):
         words = list(dict.fromkeys(tokenize(query)))
         if not words or k <= 0:
             return []
-        hits = self._keywords.search(words, k, file_ids)
+        hits = self._wide_scope_bm25(words, k, file_ids) if file_ids is not None else None
+        if hits is None:
+            hits = self._keywords.search(words, k, file_ids)
         if not hits:
             return hits
         live = self._existing([i for i, _ in hits])  # a stale keyword index may name deleted chunks
         return [(i, s) for i, s in hits if i in live][:k]
+
+    def _wide_scope_bm25(self, words: list[str], k: int, file_ids: Sequence[int]) -> list[tuple[int, float]] | None:
+        """A scope holding a large share of the chunks: the unscoped ranking's head, kept where it is
+        in scope, is exactly the scoped top k (a chunk's BM25 score does not depend on the scope),
+        and cheaper than tantivy intersecting with a set of a thousand file ids. None: not wide,
+        or the head held too few; the caller filters inside tantivy."""
+        mask = self._scope_mask(file_ids)
+        share = float(mask.mean()) if len(mask) else 0.0
+        if share < WIDE_SCOPE:
+            return None
+        n = min(1000, int(1.5 * k / share) + 4)
+        head = self._keywords.search(words, n, None)  # n + 16 hits at most
+        kept = [(i, s) for i, s in head if i < len(mask) and mask[i]]
+        return kept if len(kept) >= k + 4 or len(head) < n else None
 
     def _existing(self, ids: Sequence[int]) -> set[int]:
         out: set[int] = set()

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ragqa.errors import InputError
 from ragqa.paths import kb_path
-from ragqa.store.base import FileRecord
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -100,18 +100,19 @@ def _class_end(text: str, start: int) -> int:
     return end if end > 0 and "/" not in text[start:end] else -1
 
 
-def select_documents(records: Iterable[FileRecord], patterns: Sequence[str], kb_name: str) -> list[int]:
-    """The ids of the readable documents any of ``patterns`` matches, in id order.
+def select_documents(documents: Iterable[tuple[Any, ...]], patterns: Sequence[str], kb_name: str) -> list[int]:
+    """The ids of the ``documents`` ((id, path, ...) of a KB's readable files:
+    ``KnowledgeBase.documents``) any of ``patterns`` matches, ascending.
 
-    A pattern that matches no document is an InputError naming it and how to list the KB's
+    A pattern that matches no document is an error naming it and how to list the KB's
     documents: a scope that silently matched nothing would answer from nothing."""
     regexes = [(p, pattern_regex(p)) for p in patterns]
-    ok = [r for r in records if r.status == "ok" and r.id is not None]
+    documents = list(documents)
     picked: set[int] = set()
     for pattern, rx in regexes:
-        found = {int(r.id) for r in ok if rx.search(r.path)}  # type: ignore[arg-type]
+        found = {d[0] for d in documents if rx.search(d[1])}
         if not found:
             raise DocumentScopeError(f"no document of knowledge base {kb_name!r} matches {pattern!r} "
-                             f"(list its documents with: ragqa kb show {kb_name})")
+                                     f"(list its documents with: ragqa kb show {kb_name})")
         picked |= found
     return sorted(picked)

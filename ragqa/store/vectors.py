@@ -29,6 +29,8 @@ HNSW_MIN = 50_000  # chunks from which the base index is HNSW (a flat scan of 10
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
+HNSW_EF_SEARCH_MAX = 1024  # a scoped HNSW search explores up to this much
+SCOPE_SCAN_MAX = 5_000  # chunks in a scope up to which it is scanned exactly instead (~1 ms at 384-d)
 COMPACT_MIN = 5_000  # delta or dead chunks tolerated before the base is rebuilt, at least
 COMPACT_RATIO = 0.1  # ... or this share of the base
 
@@ -44,6 +46,7 @@ class VectorIndex:
         self._kind = "none"
         self._delta: tuple[Any, Any] | None = None  # (ids, vectors), loaded on first search
         self._dead: Any = None
+        self._stored: tuple[Any, Any] | None = None  # the base's vectors and ids, for scoped scans
         self._generation: str | None = None  # of the truth when the delta was read
         self._load_base()
 
@@ -66,6 +69,7 @@ class VectorIndex:
             log.warning("vector index %s does not match its state; ignoring it", path)
             return
         self._base, self._max_id, self._kind = base, int(state["max_id"]), str(state.get("kind", "flat"))
+        self._stored = None
 
     def _load_delta(self) -> tuple[Any, Any]:
         import numpy as np
@@ -97,37 +101,56 @@ class VectorIndex:
                 self._load_base()  # another process rebuilt the base (its old dead ids are gone)
 
     def search(self, q: "np.ndarray", k: int, allowed: "np.ndarray | None") -> list[list[tuple[int, float]]]:
+        """The top ``k`` (id, cosine) of each query row; ``allowed``: a bool per chunk id (a scope),
+        only those chunks. A scope of a few chunks is scanned exactly (from the base's own vectors);
+        a wide one is searched with a bitmap selector, HNSW's effort raised by 1 / sqrt(share)."""
         import numpy as np
 
         self._refresh()
         results: list[list[tuple[int, float]]] = [[] for _ in range(len(q))]
+        if allowed is not None:
+            allowed = np.concatenate([allowed, np.zeros(max(0, self._max_id + 1 - len(allowed)), dtype=bool)])
         if self._base is not None and self._base.ntotal:
             faiss = faiss_module()
             faiss.omp_set_num_threads(1 if len(q) == 1 else max(1, os.cpu_count() or 1))
-            keep: list[Any] = []  # the selectors must outlive the search call
-            if allowed is not None:
-                keep.append(faiss.IDSelectorBatch(allowed[allowed <= self._max_id]))
-                sel = keep[-1]
-            else:
-                dead = self._dead_ids()
-                sel = None
-                if len(dead):
-                    keep.append(faiss.IDSelectorBatch(dead))
-                    keep.append(faiss.IDSelectorNot(keep[-1]))
-                    sel = keep[-1]
-            if self._kind == "hnsw":
-                params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, 2 * k))
-                if sel is not None:
-                    params.sel = sel
-            else:
-                params = faiss.SearchParameters(sel=sel) if sel is not None else None
             n = min(k, self._base.ntotal)
-            scores, ids = self._base.search(q, n, params=params)
-            for row, (srow, irow) in enumerate(zip(scores, ids)):
-                results[row] = [(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0]
+            in_base = allowed[: self._max_id + 1] if allowed is not None else None
+            share = float(in_base.mean()) if in_base is not None and len(in_base) else 1.0
+            if in_base is not None and int(in_base.sum()) <= SCOPE_SCAN_MAX:
+                results = self._scan(q, k, np.flatnonzero(in_base))
+            else:
+                keep: list[Any] = []  # the selectors must outlive the search call
+                sel = None
+                if in_base is not None:
+                    bits = np.packbits(in_base, bitorder="little")
+                    keep.append(bits)
+                    keep.append(faiss.IDSelectorBitmap(len(in_base), faiss.swig_ptr(bits)))
+                    sel = keep[-1]
+                else:
+                    dead = self._dead_ids()
+                    if len(dead):
+                        keep.append(faiss.IDSelectorBatch(dead))
+                        keep.append(faiss.IDSelectorNot(keep[-1]))
+                        sel = keep[-1]
+                if self._kind == "hnsw":
+                    effort = max(HNSW_EF_SEARCH, 2 * k)
+                    # a narrower scope meets fewer of its chunks on the graph: look further (1 / sqrt(share))
+                    params = faiss.SearchParametersHNSW(efSearch=min(HNSW_EF_SEARCH_MAX,
+                                                                     int(effort / max(share, 1e-6) ** 0.5)))
+                    if sel is not None:
+                        params.sel = sel
+                else:
+                    params = faiss.SearchParameters(sel=sel) if sel is not None else None
+                scores, ids = self._base.search(q, n, params=params)
+                for row, (srow, irow) in enumerate(zip(scores, ids)):
+                    results[row] = [(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0]
         delta_ids, delta_vectors = self._load_delta()
         if delta_vectors is not None:
-            mask = np.isin(delta_ids, allowed) if allowed is not None else None
+            mask = None
+            if allowed is not None:  # a chunk written after the scope was read is not in it
+                mask = np.zeros(len(delta_ids), dtype=bool)
+                inside = delta_ids < len(allowed)
+                mask[inside] = allowed[delta_ids[inside]]
             ids, vecs = (delta_ids[mask], delta_vectors[mask]) if mask is not None else (delta_ids, delta_vectors)
             if len(ids):
                 scores = q @ vecs.T
@@ -137,6 +160,40 @@ class VectorIndex:
                     merged = results[row] + [(int(ids[j]), float(scores[row, j])) for j in top]
                     results[row] = sorted(merged, key=lambda t: (-t[1], t[0]))[:k]
         return results
+
+    def _scan(self, q: "np.ndarray", k: int, ids: "np.ndarray") -> list[list[tuple[int, float]]]:
+        """Exact top ``k`` among the base's chunks ``ids``, from the base's stored vectors."""
+        import numpy as np
+
+        if not len(ids):
+            return [[] for _ in range(len(q))]
+        stored, order = self._base_vectors()
+        rows = np.searchsorted(order, ids)
+        rows = rows[(rows < len(order)) & (order[np.minimum(rows, len(order) - 1)] == ids)]  # dead ones are gone
+        scores = q @ stored[rows].T
+        n = min(k, len(rows))
+        out = []
+        for row in range(len(q)):
+            top = np.argpartition(-scores[row], n - 1)[:n] if n < len(rows) else np.arange(len(rows))
+            out.append(sorted(((int(order[rows[j]]), float(scores[row, j])) for j in top), key=lambda t: (-t[1], t[0])))
+        return out
+
+    def _base_vectors(self) -> tuple["np.ndarray", "np.ndarray"]:
+        """(the base's vectors, their chunk ids, ascending): views of the index itself, no copy."""
+        import numpy as np
+
+        if self._stored is None:
+            faiss = faiss_module()
+            order = faiss.vector_to_array(self._base.id_map).astype("int64")
+            inner = faiss.downcast_index(self._base.index)
+            flat = faiss.downcast_index(inner.storage) if hasattr(inner, "storage") else inner
+            codes = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d)
+            stored = np.asarray(codes).reshape(flat.ntotal, flat.d)
+            if len(order) > 1 and not (np.diff(order) > 0).all():  # built in id order; sort if ever not
+                sort = np.argsort(order)
+                order, stored = order[sort], stored[sort]
+            self._stored = (stored, order)
+        return self._stored
 
     def compact_if_needed(self) -> None:
         """Rebuild the base when the delta or the dead chunks outgrow it (writer only)."""
@@ -188,3 +245,4 @@ class VectorIndex:
             with contextlib.suppress(OSError):
                 tmp_file.unlink()
         self._base, self._max_id, self._kind, self._delta, self._dead = index, int(max_id), kind, None, None
+        self._stored = None
