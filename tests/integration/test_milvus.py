@@ -315,6 +315,37 @@ def test_chinese_names_are_kept(pipeline, milvus_uri: str, docs: Path) -> None:
     assert (stats.files, stats.chunks, stats.location) == (1, 1, milvus_uri)
 
 
+def test_doc_scopes_the_search_inside_milvus(pipeline, milvus_uri: str, tmp_path: Path) -> None:
+    """--doc over a Milvus KB: the scope is Milvus's own filter expression on file_id (a spy on
+    the client sees it), and only the matching years come back, for every retriever."""
+    folder = tmp_path / "contracts"
+    for year, city in (("2022", "里昂"), ("2023", "都灵"), ("2024", "波尔图")):
+        (folder / year).mkdir(parents=True)
+        (folder / year / f"合同-{year}.md").write_text(f"{year} 年的供货合同：货物在{city}的仓库交付。", "utf-8")
+    p = pipeline(k=3)
+    p.index_paths(p.open_kb("years", create=True), [folder])
+    kb = p.kb("years")
+    filters: list[str] = []
+    search = kb.client.search
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        filters.append(kwargs.get("filter", ""))
+        return search(*args, **kwargs)
+
+    kb.client.search = spy
+    for retriever in ("vector", "bm25", "hybrid"):
+        answer = p.ask([], "货物在哪里交付？", kb="years", retriever=retriever, documents=["*2024*"], dry_run=True)
+        assert [Path(s.source).name for s in answer.sources] == ["合同-2024.md"], retriever
+    [year_2024] = [r.id for r in kb.files() if r.path.endswith("合同-2024.md")]
+    assert filters and all(f == f"file_id in [{year_2024}]" for f in filters), filters
+    two = p.ask([], "货物在哪里交付？", kb="years", documents=["2022", "2023"], dry_run=True)
+    assert sorted(Path(s.source).name for s in two.sources) == ["合同-2022.md", "合同-2023.md"]
+    proc = ragqa("ask", "--kb", "years", "--store", milvus_uri, "--cache-dir", str(tmp_path / "cache"),
+                 "--doc", "*2019*", "货物在哪里交付？")
+    assert proc.returncode == 2 and "no document of knowledge base 'years' matches '*2019*'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # -- the CLI ----------------------------------------------------------------------------------------
 
 
