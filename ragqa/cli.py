@@ -419,6 +419,8 @@ def eval_command(
     max_contexts: int | None = typer.Option(None, "--max-contexts", help="Only the first N contexts."),
     answers: bool = typer.Option(False, "--answers", help="Also answer the questions with the chain and LLM: EM, F1."),
     seed_baseline: bool = typer.Option(False, "--seed-baseline", help="The seed scripts' retrieval: LangChain default separators, 600/100, k=1, vector."),
+    scoped: bool = typer.Option(False, "--scoped", help="Search each question only within its own document (SQuAD: its "
+                                "article), as ask --kb --doc does for a user who names the document."),
     config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = VerboseOpt,
@@ -445,7 +447,7 @@ def eval_command(
         if answers:
             pipeline.check_models()
         report = evaluate(data, pipeline, max_contexts=max_contexts, limit=limit, answers=limit if answers else 0,
-                          seed_baseline=seed_baseline, progress=sys.stderr.isatty(), compare=compare)
+                          seed_baseline=seed_baseline, progress=sys.stderr.isatty(), compare=compare, scoped=scoped)
     except RagqaError as exc:
         _fail(str(exc), getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
@@ -459,7 +461,8 @@ def eval_command(
         return
     typer.echo(f"{report['questions']} questions, {report['contexts']} contexts, {report['chunks']} chunks; "
                f"retriever {st['retriever']}{' (' + st['fusion'] + ')' if 'fusion' in st else ''}, "
-               f"embedding {st['embedding_model']}, k {st['k']}")
+               f"embedding {st['embedding_model']}, k {st['k']}"
+               f"{'; each question scoped to its own document' if st.get('scoped') else ''}")
     typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith(("recall@", "mrr"))))
     typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith("answer_in_context@")))
     if "answers" in report:
@@ -471,7 +474,8 @@ def _print_comparison(report: dict[str, Any]) -> None:
     """The retrievers of ``eval --compare`` side by side: one column each, one metric a row."""
     st, rows = report["settings"], report["compare"]
     typer.echo(f"{report['questions']} questions, {report['contexts']} contexts, {report['chunks']} chunks; "
-               f"embedding {st['embedding_model']}, k {st['k']}")
+               f"embedding {st['embedding_model']}, k {st['k']}"
+               f"{'; each question scoped to its own document' if st.get('scoped') else ''}")
     for label, row in rows.items():
         if "fusion" in row and label != row["fusion"]:
             typer.echo(f"{label}: fusion {row['fusion']}")

@@ -46,8 +46,10 @@ class QAItem:
 SQUAD_SHAPE = '{"data": [{"paragraphs": [{"context": "...", "qas": [{"question": "...", "answers": [{"text": "..."}]}]}]}]}'
 
 
-def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[str], list[QAItem]]:
-    """Distinct contexts and their questions from a SQuAD v1-style JSON file.
+def load_squad(path: str | Path, max_contexts: int | None = None,
+               groups: list[int] | None = None) -> tuple[list[str], list[QAItem]]:
+    """Distinct contexts and their questions from a SQuAD v1-style JSON file; ``groups``, when
+    given, is filled with each context's article (its index in ``data``: one document).
 
     Anything else is an InputError naming the file, the first place that is not SQuAD-shaped
     (``data[0].paragraphs[2].qas``) and the shape expected.
@@ -89,6 +91,8 @@ def load_squad(path: str | Path, max_contexts: int | None = None) -> tuple[list[
                     continue
                 seen[context] = len(contexts)
                 contexts.append(context)
+                if groups is not None:
+                    groups.append(i)
             cid = seen[context]
             for k, qa in enumerate(para["qas"]):
                 answers = qa.get("answers", []) if isinstance(qa, dict) else None
@@ -126,11 +130,17 @@ PAIRS_SHAPE = ('JSONL lines {"query": "...", "document": "...", "answers": ["...
                'with only "document" adds a document no query is about) or TSV lines query<TAB>document')
 
 
-def load_eval_data(path: str | Path, max_contexts: int | None = None) -> tuple[list[str], list[QAItem]]:
-    """Contexts and queries from a ``.jsonl`` or ``.tsv`` query -> document file, else SQuAD JSON."""
+def load_eval_data(path: str | Path, max_contexts: int | None = None,
+                   groups: list[int] | None = None) -> tuple[list[str], list[QAItem]]:
+    """Contexts and queries from a ``.jsonl`` or ``.tsv`` query -> document file, else SQuAD JSON.
+    ``groups`` is filled with each context's document: its SQuAD article, or (a query -> document
+    file) the context itself."""
     if Path(path).suffix.lower() in (".jsonl", ".tsv"):
-        return load_pairs(path, max_contexts)
-    return load_squad(path, max_contexts)
+        contexts, items = load_pairs(path, max_contexts)
+        if groups is not None:
+            groups.extend(range(len(contexts)))
+        return contexts, items
+    return load_squad(path, max_contexts, groups)
 
 
 def load_pairs(path: str | Path, max_contexts: int | None = None) -> tuple[list[str], list[QAItem]]:
@@ -259,28 +269,41 @@ def contains_answer(prediction: str, golds: Sequence[str]) -> float:
 
 def build_eval_index(
     contexts: Sequence[str], split: Callable[[str], list[str]], pipeline: Any, splitter_id: dict[str, Any],
+    groups: Sequence[int] | None = None,
 ) -> Any:
     """One index over all contexts (chunk metadata ``context`` = context id), kept in an internal
     knowledge base as ``ask`` keeps files, so a second run embeds nothing.
 
     Each data set gets a knowledge base of its own: BM25's idf and average length come from the
     whole keyword index, so a shared one would make a set's BM25 scores depend on which other
-    sets were evaluated before it."""
+    sets were evaluated before it. With ``groups`` (each context's document) every document is a
+    record of its own (``view.groups``: document -> record id), so a question can be scoped to one
+    as ``ask --doc`` scopes it; the one set of chunks and vectors is the same either way."""
     from ragqa.store import FileRecord, Manifest, content_hash, open_cache_kb
 
     digest = content_hash(json.dumps(list(contexts), ensure_ascii=False).encode())
+    layout = "" if groups is None else content_hash(json.dumps(list(groups)).encode())[:8]
     kb = open_cache_kb(pipeline.settings, Manifest(pipeline.embedding_spec.cache_id, splitter_id),
-                       purpose=f"eval-{digest[:12]}")
-    record = next((r for r in kb.files() if r.hash == digest and r.status == "ok"), None)
-    if record is None:
+                       purpose=f"eval-{digest[:12]}{'-' + layout if layout else ''}")
+    names = {None: f"eval:{digest[:16]}"} if groups is None else {
+        g: f"eval:{digest[:16]}/{g}" for g in dict.fromkeys(groups)}
+    records = {r.path: r for r in kb.files() if r.status == "ok"}
+    if any(name not in records for name in names.values()):
         chunks = [
             Document(page_content=t, metadata={"context": cid})
             for cid, context in enumerate(contexts) for t in split(context)
         ]
         vectors, tokens = pipeline.embed_chunks(chunks, "eval contexts")
         with kb.writing():
-            record = kb.put_file(FileRecord(f"eval:{digest[:16]}", hash=digest, parser="eval/1"), chunks, vectors, tokens)
-    return kb.view([record.id])
+            for group, name in names.items():
+                if name in records:
+                    continue
+                rows = [n for n, c in enumerate(chunks) if group is None or groups[c.metadata["context"]] == group]
+                records[name] = kb.put_file(FileRecord(name, hash=f"{digest}:{group}", parser="eval/1"),
+                                            [chunks[n] for n in rows], vectors[rows], [tokens[n] for n in rows])
+    view = kb.view(sorted(records[name].id for name in names.values()))
+    view.groups = {g: records[name].id for g, name in names.items()}
+    return view
 
 
 @dataclass
@@ -293,22 +316,29 @@ class Candidates:
 
 def search_candidates(
     index: Any, embeddings: Any, questions: Sequence[str], n: int, *, vector: bool = True, keyword: bool = True,
-    progress: bool = True,
+    progress: bool = True, scopes: Sequence[int] | None = None,
 ) -> Candidates:
-    """The top ``n`` of each search for every question: one batched vector pass, one BM25 pass."""
+    """The top ``n`` of each search for every question: one batched vector pass, one BM25 pass.
+    ``scopes``: per question, the one record (document) its search is limited to, inside the
+    engine as ``ask --doc`` limits it."""
     from tqdm import tqdm
 
     from ragqa.embeddings import embed_queries
 
+    views = {s: index.kb.view([s]) for s in dict.fromkeys(scopes)} if scopes is not None else {}
     vec: list[list[tuple[int, float]]] | None = None
     kw: list[list[tuple[int, float]]] | None = None
     if vector:
         vec = []
         for i in tqdm(range(0, len(questions), QUERY_BATCH), desc="vector search", unit="batch", disable=not progress):
             vecs = embed_queries(embeddings, list(questions[i:i + QUERY_BATCH]))
-            vec.extend(index.search_batch_ids(vecs, n))
+            if scopes is None:
+                vec.extend(index.search_batch_ids(vecs, n))
+            else:
+                vec.extend(views[scopes[i + j]].search_ids(v, n) for j, v in enumerate(vecs))
     if keyword:
-        kw = [index.bm25_search(q, n) for q in tqdm(questions, desc="BM25 search", unit="q", disable=not progress)]
+        kw = [(index if scopes is None else views[scopes[j]]).bm25_search(q, n)
+              for j, q in enumerate(tqdm(questions, desc="BM25 search", unit="q", disable=not progress))]
     return Candidates(vec, kw)
 
 
@@ -424,17 +454,21 @@ def _ranking_metrics(rankings: Sequence[Sequence[int]], items: Sequence[QAItem],
 def evaluate(
     data_path: str | Path, pipeline: Any, *, max_contexts: int | None = None, limit: int | None = None,
     answers: int = 0, seed_baseline: bool = False, progress: bool = True, compare: str | None = None,
+    scoped: bool = False,
 ) -> dict[str, Any]:
     """Retrieval metrics for every question (or the first ``limit``), and answer metrics for the
     first ``answers`` questions when asked. ``seed_baseline`` reproduces the seed scripts'
     retrieval: LangChain's default English separators, 600/100, k = 1, vector search.
     ``compare`` ("vector,bm25,hybrid") measures several retrievers over one index and one search
-    each: their metrics are in ``report["compare"]``, by label, in the order given."""
+    each: their metrics are in ``report["compare"]``, by label, in the order given. ``scoped``
+    searches each question only within its own document (SQuAD: its article; a query -> document
+    file: its document), as ``ask --kb --doc`` would for a user who names the document."""
     from ragqa.fusion import make_fusion
 
     s = pipeline.settings
     t0 = time.perf_counter()
-    contexts, items = load_eval_data(data_path, max_contexts)
+    groups: list[int] | None = [] if scoped else None
+    contexts, items = load_eval_data(data_path, max_contexts, groups)
     if limit:
         items = items[:limit]
     if seed_baseline:
@@ -453,7 +487,7 @@ def evaluate(
     if answers and not any(it.answers for it in items[:answers]):
         raise InputError(f"{data_path}: --answers needs gold answers, and these queries have none "
                          '(give each JSONL line an "answers" list)')
-    index = build_eval_index(contexts, split, pipeline, splitter_id)
+    index = build_eval_index(contexts, split, pipeline, splitter_id, groups)
     needs_vector = any(r != "bm25" for _, r, _ in rows)
     embeddings = pipeline.embeddings if needs_vector else None
     reranker = pipeline.reranker
@@ -462,8 +496,9 @@ def evaluate(
     n = max(depth, s.rerank_candidates) if any(r == "hybrid" for _, r, _ in rows) or reranker else depth
     t1 = time.perf_counter()
     questions = [it.question for it in items]
+    scopes = [index.groups[groups[it.context_id]] for it in items] if groups is not None else None
     found = search_candidates(index, embeddings, questions, n, vector=needs_vector,
-                              keyword=any(r != "vector" for _, r, _ in rows), progress=progress)
+                              keyword=any(r != "vector" for _, r, _ in rows), progress=progress, scopes=scopes)
     chunks = list(index.kb.iter_chunks(index.file_ids))
     text_of = {int(c.metadata["chunk_id"]): c.page_content for c in chunks}
     words = _memo_words(text_of.__getitem__)
@@ -479,7 +514,7 @@ def evaluate(
     norm_chunks = {int(c.metadata["chunk_id"]): normalize_answer(c.page_content) for c in chunks}
     settings = {"data": str(data_path), "embedding_model": pipeline.embedding_spec.name if s.embedding_base_url
                 else s.embedding_model, "retriever": kind, "k": k,
-                "splitter": splitter_id, "seed_baseline": seed_baseline}
+                "splitter": splitter_id, "seed_baseline": seed_baseline, "scoped": scoped}
     if kind == "hybrid" and not compare:
         settings["fusion"] = rows[0][2]
     if reranker is not None:

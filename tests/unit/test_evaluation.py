@@ -216,3 +216,26 @@ def test_compare_with_answers_is_refused(make_pipeline, tmp_path: Path) -> None:
     no_answers = write_jsonl(tmp_path / "n.jsonl", SEARCH_SET[1:])
     with pytest.raises(InputError, match="--answers needs gold answers"):
         evaluate(no_answers, make_pipeline(), progress=False, answers=2)
+
+
+def test_scoped_eval_searches_each_question_only_in_its_own_article(make_pipeline, tmp_path: Path) -> None:
+    """--scoped: article 0's question shares its words with article 1's context, so unscoped BM25
+    ranks that one first; scoped to its own article (a record of its own, filtered inside the
+    engine) it finds its own context."""
+    from ragqa.evaluation import evaluate
+
+    data = {"data": [
+        {"title": "a", "paragraphs": [
+            {"context": "熊猫生活在四川。", "qas": [{"id": "1", "question": "竹子 竹子 熊猫", "answers": [{"text": "四川"}]}]},
+            {"context": "熊猫的寿命很长。", "qas": []}]},
+        {"title": "b", "paragraphs": [
+            {"context": "竹子长得很快，竹子很高。", "qas": [{"id": "2", "question": "竹子 高", "answers": [{"text": "很高"}]}]}]},
+    ]}
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    pipeline = make_pipeline(k=1, retriever="bm25")
+    plain = evaluate(path, pipeline, progress=False)
+    scoped = evaluate(path, pipeline, progress=False, scoped=True)
+    assert plain["recall@1"] == 0.5 and scoped["recall@1"] == 1.0
+    assert scoped["settings"]["scoped"] is True and plain["settings"]["scoped"] is False
+    assert (scoped["contexts"], scoped["chunks"]) == (plain["contexts"], plain["chunks"]) == (3, 3)
