@@ -26,7 +26,7 @@ LLAMA_SERVER_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -D
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
 export RAGQA_LLAMA_SERVER := $(LLAMA_SERVER)
 
-.PHONY: setup ocr browser llama-server demo test unit integration clean
+.PHONY: setup ocr office browser llama-server demo test unit integration clean
 
 $(BIN)/ragqa: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,7 +42,7 @@ $(BIN)/ragqa: pyproject.toml
 	$(BIN)/python -m pip uninstall -q -y torchvision || true
 	touch $(BIN)/ragqa
 
-setup: $(BIN)/ragqa ocr
+setup: $(BIN)/ragqa ocr office
 
 llama-server: $(LLAMA_SERVER)
 
@@ -69,6 +69,21 @@ ocr:
 	    echo "note: Tesseract is missing and apt is not available to this user: scanned PDFs and images cannot be read (apt install $(OCR_DEBS))"; exit 0; fi; \
 	  echo "installing Tesseract OCR with its Chinese and English models (scanned PDFs and images)"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(OCR_DEBS) >/dev/null; }
+
+# Word/PowerPoint 97-2003 and WPS Office files (.doc .ppt .wps .dps; .xls/.et only when xlrd cannot
+# read one) are converted by LibreOffice. Debian's headless Writer, Calc and Impress, without their
+# recommends, are the smallest set that reads all three (73 packages, ~310 MB; libreoffice-core-nogui
+# alone has none of the import filters, and Impress is needed beside the Draw it pulls in). Installed
+# here when missing and we may use apt; a LibreOffice already installed (the desktop one too) is used.
+OFFICE_DEBS := libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui
+office:
+	@command -v soffice >/dev/null 2>&1 && exit 0; \
+	command -v apt-get >/dev/null 2>&1 || { \
+	  echo "note: LibreOffice is not installed and apt is not available: .doc, .ppt, .wps and .dps files cannot be read (install LibreOffice)"; exit 0; }; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	  echo "note: LibreOffice is missing and apt is not available to this user: .doc, .ppt, .wps and .dps files cannot be read (apt install $(OFFICE_DEBS))"; exit 0; fi; \
+	echo "installing LibreOffice (headless) for .doc, .ppt and WPS Office files"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(OFFICE_DEBS) >/dev/null
 
 # The web page tests drive a real headless Chromium: Debian's package (Playwright's own browser
 # download is not reachable offline). Installed here when missing and we may use apt.

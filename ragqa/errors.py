@@ -41,13 +41,18 @@ class MissingDependencyError(RagqaError):
         super().__init__(f"this needs the Python package {module!r}, which is not installed ({hint})")
 
 
-class OcrUnavailableError(MissingDependencyError, InputError):
-    """A page or image needs OCR and Tesseract (or one of its language models) is not installed.
+class ProgramUnavailableError(MissingDependencyError, InputError):
+    """A file needs a program ragqa runs that is not installed (Tesseract, LibreOffice); the message
+    names what to install.
 
     An InputError too: inside a folder the file is skipped with a note, the others are read."""
 
     def __init__(self, message: str) -> None:
         RagqaError.__init__(self, message)
+
+
+class OcrUnavailableError(ProgramUnavailableError):
+    """A page or image needs OCR and Tesseract (or one of its language models) is not installed."""
 
 
 def one_line(exc: BaseException | str, limit: int | None = None) -> str:

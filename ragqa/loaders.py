@@ -5,7 +5,8 @@ JSON and JSON Lines are read as text, re-written with their non-ASCII characters
 Office documents, e-books, e-mail, HTML and PDF go through unstructured's partitioners; their
 structure is kept in the text (headings on their own line as ``#`` headings, list items as
 ``- ``, each table row with its header). Scanned PDF pages and images are read by Tesseract OCR
-(:mod:`ragqa.ocr`), never by models downloaded at run time.
+(:mod:`ragqa.ocr`), never by models downloaded at run time. Word and PowerPoint 97-2003 files and
+WPS Office's are converted to .docx/.pptx by LibreOffice first (:mod:`ragqa.office`).
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text"}
 JSON_SUFFIXES = {".json", ".jsonl"}
 PARTITIONED_SUFFIXES = {
-    ".pdf", ".docx", ".html", ".htm", ".pptx", ".xlsx", ".xls", ".csv", ".epub", ".odt", ".rtf", ".eml",
+    ".pdf", ".docx", ".html", ".htm", ".pptx", ".xlsx", ".xls", ".et", ".csv", ".epub", ".odt", ".rtf", ".eml",
 }
+# Word and PowerPoint 97-2003, and WPS Writer and Presentation files (the same binary formats under
+# WPS's names): LibreOffice converts them to .docx/.pptx, read like those. Excel 97-2003 and WPS
+# Spreadsheets workbooks (.xls, .et) are read by xlrd, and converted only when xlrd cannot read one.
+CONVERTED_SUFFIXES = {".doc", ".wps", ".ppt", ".dps"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | JSON_SUFFIXES | PARTITIONED_SUFFIXES | IMAGE_SUFFIXES
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | JSON_SUFFIXES | PARTITIONED_SUFFIXES | CONVERTED_SUFFIXES | IMAGE_SUFFIXES
 # a PDF page with fewer visible characters than this has no real text layer (a scan, perhaps with a
 # stamped page number): with --ocr auto it is OCR'd
 MIN_TEXT_LAYER_CHARS = 20
@@ -152,6 +157,12 @@ def loader_id(path: Path, ocr: str = "auto", ocr_languages: str = "auto") -> str
     if suffix in JSON_SUFFIXES:
         return f"{kind}/{LOADER_VERSION}"
     ocr_tag = f"ocr-{ocr}-{ocr_languages}"
+    if suffix in CONVERTED_SUFFIXES:
+        from ragqa.office import soffice_path
+
+        # a file that failed for want of LibreOffice is read again once it is installed
+        how = "libreoffice+unstructured" if soffice_path() else "no-libreoffice"
+        return f"{kind}:{how}/{LOADER_VERSION}"
     if suffix in IMAGE_SUFFIXES:
         return f"{kind}:tesseract-{ocr_tag}/{LOADER_VERSION}"
     strategy = f"-fast+{ocr_tag}" if kind == "pdf" else ""
@@ -173,8 +184,8 @@ def load_file(
 ) -> list[Document]:
     """One file -> Documents (one per PDF page, slide or sheet; one for any other file).
 
-    ``metadata``: ``source`` (the path); ``page`` for PDFs (page), .pptx (slide) and spreadsheets
-    (sheet number), with ``page_label`` ("slide 2", "sheet Prices") where it is not a page;
+    ``metadata``: ``source`` (the path); ``page`` for PDFs (page), .pptx/.ppt (slide) and
+    spreadsheets (sheet number), with ``page_label`` ("slide 2", "sheet Prices") where it is not a page;
     ``ocr: True`` on text that came from OCR. ``page_content`` is the text that chunk offsets
     point into: for .txt/.md that is the decoded file itself.
 
@@ -198,7 +209,12 @@ def load_file(
         docs = list(_ocr_image_file(path, data, ocr, ocr_languages, on_page))
     else:
         _check_not_text_garbage(data, path, suffix)
-        docs = list(_partition(path, suffix, data, ocr, ocr_languages, on_page))
+        if suffix in CONVERTED_SUFFIXES:
+            docs = _read_converted(path, suffix, data)
+        elif suffix in _BIFF:
+            docs = _read_workbook(path, suffix, data)
+        else:
+            docs = list(_partition(path, suffix, data, ocr, ocr_languages, on_page))
     docs = [d for d in docs if d.page_content.strip()]
     if not docs:
         raise InputError(f"{path}: no text found ({_why_empty(suffix, ocr)})")
@@ -435,6 +451,16 @@ def _mostly_printable(text: str) -> bool:
 
 _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # the container of .xls and of encrypted Office files
 _ZIP_SUFFIXES = {".docx", ".pptx", ".xlsx", ".odt", ".epub"}
+_BIFF = {".xls", ".et"}
+# the binary (OLE2) formats: what a file with that suffix must be
+_OLE2_KINDS = {
+    ".doc": "a .doc file (not a Word 97-2003 document)",
+    ".wps": "a .wps file (not a WPS Writer or Word 97-2003 document)",
+    ".ppt": "a .ppt file (not a PowerPoint 97-2003 presentation)",
+    ".dps": "a .dps file (not a WPS Presentation or PowerPoint 97-2003 file)",
+    ".xls": "an .xls file (not an Excel 97-2003 workbook)",
+    ".et": "an .et file (not a WPS Spreadsheets or Excel 97-2003 workbook)",
+}
 
 
 def _check_not_text_garbage(data: bytes, path: Path, suffix: str) -> None:
@@ -442,12 +468,12 @@ def _check_not_text_garbage(data: bytes, path: Path, suffix: str) -> None:
     before a partitioner chokes on it."""
     if suffix == ".pdf" and not data.lstrip()[:5].startswith(b"%PDF"):
         raise InputError(f"{path}: not a PDF file (no %PDF header)")
-    if suffix in _ZIP_SUFFIXES | {".xls"} and data.startswith(_OLE2) and _office_encrypted(data):
+    if suffix in _ZIP_SUFFIXES | _OLE2_KINDS.keys() and data.startswith(_OLE2) and _office_encrypted(data):
         raise InputError(f"{path}: the document is password-protected (remove the password and try again)")
     if suffix in _ZIP_SUFFIXES and not data.startswith(b"PK"):
         raise InputError(f"{path}: not a {suffix} file (not a zip archive)")
-    if suffix == ".xls" and not data.startswith(_OLE2):
-        raise InputError(f"{path}: not an .xls file (not an Excel 97-2003 workbook)")
+    if suffix in _OLE2_KINDS and not data.startswith(_OLE2):
+        raise InputError(f"{path}: not {_OLE2_KINDS[suffix]}")
     if suffix in {".csv", ".eml", ".html", ".htm"} and b"\x00" in data[:8192]:
         raise InputError(f"{path}: looks like a binary file, not {suffix}")
     if suffix == ".rtf" and not data.lstrip()[:5].startswith(b"{\\rtf"):
@@ -644,8 +670,44 @@ def _partition(path: Path, suffix: str, data: bytes, ocr: str = "auto", ocr_lang
         yield Document(page_content="\n\n".join(pages[page]), metadata=meta)
 
 
-_PAGED = {".pdf", ".pptx", ".xlsx", ".xls"}
-_SHEETS = {".xlsx", ".xls"}
+_PAGED = {".pdf", ".pptx", ".xlsx", ".xls", ".et"}
+_SHEETS = {".xlsx", ".xls", ".et"}
+
+
+def _read_converted(path: Path, suffix: str, data: bytes) -> list[Document]:
+    """A legacy Office or WPS file, converted by LibreOffice to its XML twin (.doc -> .docx) and
+    read like that; the Documents name the original file, with the twin's slides and sheets."""
+    from ragqa.office import converted
+
+    with converted(path, data, suffix) as twin:
+        try:
+            docs = list(_partition(twin, twin.suffix, twin.read_bytes()))
+        except InputError as exc:  # LibreOffice wrote a file unstructured cannot read: rare
+            reason = str(exc).removeprefix(f"{twin}: ")
+            raise InputError(f"{path}: LibreOffice converted it to {twin.suffix}, but {reason}") from None
+    for doc in docs:
+        doc.metadata["source"] = str(path)
+    return docs
+
+
+def _read_workbook(path: Path, suffix: str, data: bytes) -> list[Document]:
+    """An Excel 97-2003 or WPS Spreadsheets workbook, read by xlrd (milliseconds; LibreOffice needs a
+    second to start); one xlrd cannot read is converted by LibreOffice when it is installed. When
+    neither reads it, xlrd's reason is the one given."""
+    from ragqa.office import soffice_path
+
+    try:
+        return list(_partition(path, suffix, data))
+    except InputError as first:
+        if soffice_path() is None:
+            raise
+        try:
+            docs = _read_converted(path, suffix, data)
+        except InputError as exc:
+            log.info("LibreOffice cannot read it either: %s", exc)
+            raise first from None
+        log.info("%s: read by LibreOffice (xlrd could not: %s)", path, first)
+        return docs
 
 
 # suffix -> (unstructured module, its partition function, keyword arguments)
@@ -658,6 +720,7 @@ _PARTITIONERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # one table per sheet (find_subtable would cut a sheet at its blank rows into header-less parts)
     ".xlsx": ("xlsx", "partition_xlsx", {"find_subtable": False, "include_header": False}),
     ".xls": ("xlsx", "partition_xlsx", {"find_subtable": False, "include_header": False}),
+    ".et": ("xlsx", "partition_xlsx", {"find_subtable": False, "include_header": False}),
     ".csv": ("csv", "partition_csv", {"include_header": True}),
     ".epub": ("epub", "partition_epub", {}),
     ".odt": ("odt", "partition_odt", {}),

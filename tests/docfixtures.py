@@ -202,3 +202,91 @@ def eml_file(path: Path, subject: str, body: str) -> Path:
 def json_file(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj, ensure_ascii=True), "utf-8")  # \\u escapes, as many tools write
     return path
+
+
+def docx_file(path: Path, blocks: Sequence[tuple[str, object]]) -> Path:
+    """A .docx written by python-docx from ("heading", text), ("para", text), ("table", rows) and
+    ("page", None) (a page break) blocks."""
+    from docx import Document
+
+    doc = Document()
+    for kind, value in blocks:
+        if kind == "heading":
+            doc.add_heading(str(value), 1)
+        elif kind == "para":
+            doc.add_paragraph(str(value))
+        elif kind == "page":
+            doc.add_page_break()
+        elif kind == "table":
+            rows = list(value)  # type: ignore[call-overload]
+            table = doc.add_table(rows=len(rows), cols=len(rows[0]))
+            for r, row in enumerate(rows):
+                for c, cell in enumerate(row):
+                    table.cell(r, c).text = str(cell)
+        else:
+            raise ValueError(kind)
+    doc.save(path)
+    return path
+
+
+def soffice_convert(source: Path, fmt: str, out_dir: Path, timeout: float = 180) -> Path:
+    """``source`` saved by LibreOffice in another format: ``fmt`` is "ext:Filter", e.g.
+    "doc:MS Word 97" (a private profile per call, so conversions in parallel do not collide)."""
+    import subprocess
+    import tempfile
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fixture-lo-") as profile:
+        subprocess.run(["soffice", "--headless", "--norestore", f"-env:UserInstallation={Path(profile).as_uri()}",
+                        "--convert-to", fmt, "--outdir", str(out_dir), str(source)],
+                       capture_output=True, timeout=timeout, check=True)
+    out = out_dir / f"{source.stem}.{fmt.split(':')[0]}"
+    if not out.is_file():
+        raise RuntimeError(f"LibreOffice did not write {out}")
+    return out
+
+
+def ole2_file(path: Path, streams: dict[str, bytes]) -> Path:
+    """A minimal OLE2 (Compound File Binary, version 3) container holding up to three streams: the
+    shape of .doc, .ppt, .xls and WPS files, without an Office suite to write one. Streams are
+    padded to the 4096-byte mini-stream cutoff so that all live in ordinary 512-byte sectors."""
+    import struct
+
+    assert 1 <= len(streams) <= 3
+    end, free, fat_sect, no_stream = 0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFD, 0xFFFFFFFF
+    data = [body.ljust(max(4096, -(-len(body) // 512) * 512), b"\x00") for body in streams.values()]
+    fat = [fat_sect, end]  # sector 0: the FAT, sector 1: the directory
+    starts = []
+    for body in data:
+        starts.append(len(fat))
+        n = len(body) // 512
+        fat.extend(range(len(fat) + 1, len(fat) + n))
+        fat.append(end)
+    assert len(fat) <= 128, "too much data for one FAT sector"
+    fat.extend([free] * (128 - len(fat)))
+
+    def entry(name: str, kind: int, right: int, child: int, start: int, size: int) -> bytes:
+        encoded = name.encode("utf-16-le") + b"\x00\x00"
+        return (encoded.ljust(64, b"\x00") + struct.pack("<HBBIII", len(encoded), kind, 1, no_stream, right, child)
+                + b"\x00" * 16 + b"\x00" * 4 + b"\x00" * 16 + struct.pack("<IQ", start, size))
+
+    names = list(streams)
+    directory = entry("Root Entry", 5, no_stream, 1, end, 0)
+    for k, (name, body) in enumerate(zip(names, data), 1):
+        directory += entry(name, 2, k + 1 if k < len(names) else no_stream, no_stream, starts[k - 1], len(body))
+    directory = directory.ljust(512, b"\x00")
+    header = (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 16
+              + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6) + b"\x00" * 6
+              + struct.pack("<IIIIIIIII", 0, 1, 1, 0, 4096, end, 0, end, 0)
+              + struct.pack("<I", 0) + struct.pack("<I", free) * 108)
+    path.write_bytes(header + struct.pack("<128I", *fat) + directory + b"".join(data))
+    return path
+
+
+def word97_stream(encrypted: bool = False) -> bytes:
+    """The start of a WordDocument stream: a Word 97 file information block (FibBase), with the
+    fEncrypted flag a password sets."""
+    import struct
+
+    flags = 0x0200 | (0x0100 if encrypted else 0)  # fExtChar; fEncrypted is bit 8 of the flag word
+    return struct.pack("<HHHHHH", 0xA5EC, 0x00C1, 0, 0x0804, 0, flags) + b"\x00" * 26

