@@ -45,7 +45,7 @@ from ragqa.store.base import (
     batches, chunk_document, chunk_meta, unit_rows,
 )
 from ragqa.store.keywords import KeywordIndex
-from ragqa.store.vectors import VectorIndex
+from ragqa.store.vectors import WIDE_SCOPE, ChunkScope, VectorIndex
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,9 +99,6 @@ def _storage_error(exc: BaseException, where: Path) -> RagqaError:
     if "not a database" in text or "malformed" in text:
         return DamagedKBError(f"the knowledge base in {where} is damaged ({text}); drop and rebuild it")
     return RagqaError(f"cannot use the knowledge base folder {where}: {text}")
-
-
-WIDE_SCOPE = 0.2  # a scope with this share of the chunks or more is searched as _wide_scope_bm25 says
 
 
 class LocalKB(KnowledgeBase):
@@ -402,8 +399,8 @@ class LocalKB(KnowledgeBase):
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
-    def _scope_mask(self, file_ids: Sequence[int]) -> "np.ndarray":
-        """A bool per chunk id (index = id): the chunk belongs to one of ``file_ids``.
+    def _scope_mask(self, file_ids: Sequence[int]) -> ChunkScope:
+        """The chunks of ``file_ids``: a bool per chunk id (``.mask``), with what searches derive from it.
 
         The chunk -> file map is read once per generation of the truth (one scan of the chunks'
         ids), so every scoped search after the first costs a numpy lookup, not a query."""
@@ -427,8 +424,8 @@ class LocalKB(KnowledgeBase):
         size = int(max(chunk_file.max(initial=-1), wanted.max(initial=-1))) + 2
         file_mask = np.zeros(size, dtype=bool)  # the last slot stands for "no chunk here" (-1)
         file_mask[wanted[wanted >= 0]] = True
-        cache[key] = mask = file_mask[chunk_file]
-        return mask
+        cache[key] = scope = ChunkScope(file_mask[chunk_file])
+        return scope
 
     def search_batch_ids(self, query_vectors: Sequence[Sequence[float]], k: int,
                          file_ids: Sequence[int] | None = None) -> list[list[tuple[int, float]]]:
@@ -463,8 +460,9 @@ class LocalKB(KnowledgeBase):
         in scope, is exactly the scoped top k (a chunk's BM25 score does not depend on the scope),
         and cheaper than tantivy intersecting with a set of a thousand file ids. None: not wide,
         or the head held too few; the caller filters inside tantivy."""
-        mask = self._scope_mask(file_ids)
-        share = float(mask.mean()) if len(mask) else 0.0
+        scope = self._scope_mask(file_ids)
+        mask = scope.mask
+        share = scope.share(len(mask) - 1) if len(mask) else 0.0
         if share < WIDE_SCOPE:
             return None
         n = min(1000, int(1.5 * k / share) + 4)

@@ -31,8 +31,52 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 HNSW_EF_SEARCH_MAX = 1024  # a scoped HNSW search explores up to this much
 SCOPE_SCAN_MAX = 5_000  # chunks in a scope up to which it is scanned exactly instead (~1 ms at 384-d)
+WIDE_SCOPE = 0.2  # a scope with this share of the chunks or more starts from the unscoped search's head
 COMPACT_MIN = 5_000  # delta or dead chunks tolerated before the base is rebuilt, at least
 COMPACT_RATIO = 0.1  # ... or this share of the base
+
+
+class ChunkScope:
+    """The chunks a scoped search may return (a bool per chunk id), with what the searches derive
+    from it computed once: a KB keeps one per scope until it changes."""
+
+    def __init__(self, mask: "np.ndarray") -> None:
+        self.mask = mask
+        self._derived: dict[Any, Any] = {}
+
+    def _base_part(self, max_id: int) -> "np.ndarray":
+        import numpy as np
+
+        part = self.mask[: max_id + 1]
+        return part if len(part) == max_id + 1 else np.concatenate([part, np.zeros(max_id + 1 - len(part), dtype=bool)])
+
+    def _get(self, key: Any, make: Any) -> Any:
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
+
+    def count(self, max_id: int) -> int:
+        return self._get(("count", max_id), lambda: int(self._base_part(max_id).sum()))
+
+    def share(self, max_id: int) -> float:
+        return self.count(max_id) / max(1, max_id + 1)
+
+    def ids(self, max_id: int) -> "np.ndarray":
+        import numpy as np
+
+        return self._get(("ids", max_id), lambda: np.flatnonzero(self._base_part(max_id)))
+
+    def selector(self, max_id: int) -> Any:
+        """A FAISS bitmap selector over the base's ids (it holds its bitmap alive)."""
+        import numpy as np
+
+        def make() -> Any:
+            bits = np.packbits(self._base_part(max_id), bitorder="little")
+            sel = faiss_module().IDSelectorBitmap(max_id + 1, faiss_module().swig_ptr(bits))
+            sel.ragqa_bits = bits
+            return sel
+
+        return self._get(("selector", max_id), make)
 
 
 class VectorIndex:
@@ -100,57 +144,67 @@ class VectorIndex:
             if state.get("file") and state.get("max_id") != self._max_id:
                 self._load_base()  # another process rebuilt the base (its old dead ids are gone)
 
-    def search(self, q: "np.ndarray", k: int, allowed: "np.ndarray | None") -> list[list[tuple[int, float]]]:
-        """The top ``k`` (id, cosine) of each query row; ``allowed``: a bool per chunk id (a scope),
-        only those chunks. A scope of a few chunks is scanned exactly (from the base's own vectors);
-        a wide one is searched with a bitmap selector, HNSW's effort raised by 1 / sqrt(share)."""
+    def search(self, q: "np.ndarray", k: int, scope: "ChunkScope | None") -> list[list[tuple[int, float]]]:
+        """The top ``k`` (id, cosine) of each query row; with ``scope``, only its chunks.
+
+        A scope of a few chunks is scanned exactly (from the base's own vectors). On an HNSW base a
+        wide one first takes the unscoped search's head and keeps the chunks in scope (what a
+        filtered graph walk would also find, for the cost of an unscoped search); a head too short,
+        or a middling scope, is searched with a bitmap selector, HNSW looking further (1 / sqrt(share))."""
         import numpy as np
 
         self._refresh()
         results: list[list[tuple[int, float]]] = [[] for _ in range(len(q))]
-        if allowed is not None:
-            allowed = np.concatenate([allowed, np.zeros(max(0, self._max_id + 1 - len(allowed)), dtype=bool)])
         if self._base is not None and self._base.ntotal:
             faiss = faiss_module()
             faiss.omp_set_num_threads(1 if len(q) == 1 else max(1, os.cpu_count() or 1))
             n = min(k, self._base.ntotal)
-            in_base = allowed[: self._max_id + 1] if allowed is not None else None
-            share = float(in_base.mean()) if in_base is not None and len(in_base) else 1.0
-            if in_base is not None and int(in_base.sum()) <= SCOPE_SCAN_MAX:
-                results = self._scan(q, k, np.flatnonzero(in_base))
+            if scope is not None and scope.count(self._max_id) <= SCOPE_SCAN_MAX:
+                return self._with_delta(q, k, self._scan(q, k, scope.ids(self._max_id)), scope)
+            keep: list[Any] = []  # the selectors must outlive the search call
+            dead = self._dead_ids()
+            unscoped = None
+            if len(dead):
+                keep.append(faiss.IDSelectorBatch(dead))
+                keep.append(faiss.IDSelectorNot(keep[-1]))
+                unscoped = keep[-1]
+            share = scope.share(self._max_id) if scope is not None else 1.0
+            effort = max(HNSW_EF_SEARCH, 2 * k)
+            if scope is not None and self._kind == "hnsw" and share >= WIDE_SCOPE:
+                head_n = min(effort, int(1.5 * k / share) + 4)
+                params = faiss.SearchParametersHNSW(efSearch=effort)
+                if unscoped is not None:
+                    params.sel = unscoped
+                scores, ids = self._base.search(q, head_n, params=params)
+                inside = scope.mask
+                heads = [[(int(i), float(s)) for s, i in zip(srow, irow) if 0 <= i < len(inside) and inside[i]]
+                         for srow, irow in zip(scores, ids)]
+                if all(len(h) >= n for h in heads):
+                    return self._with_delta(q, k, [h[:k] for h in heads], scope)
+            sel = scope.selector(self._max_id) if scope is not None else unscoped
+            if self._kind == "hnsw":
+                params = faiss.SearchParametersHNSW(efSearch=min(HNSW_EF_SEARCH_MAX, int(effort / max(share, 1e-6) ** 0.5)))
+                if sel is not None:
+                    params.sel = sel
             else:
-                keep: list[Any] = []  # the selectors must outlive the search call
-                sel = None
-                if in_base is not None:
-                    bits = np.packbits(in_base, bitorder="little")
-                    keep.append(bits)
-                    keep.append(faiss.IDSelectorBitmap(len(in_base), faiss.swig_ptr(bits)))
-                    sel = keep[-1]
-                else:
-                    dead = self._dead_ids()
-                    if len(dead):
-                        keep.append(faiss.IDSelectorBatch(dead))
-                        keep.append(faiss.IDSelectorNot(keep[-1]))
-                        sel = keep[-1]
-                if self._kind == "hnsw":
-                    effort = max(HNSW_EF_SEARCH, 2 * k)
-                    # a narrower scope meets fewer of its chunks on the graph: look further (1 / sqrt(share))
-                    params = faiss.SearchParametersHNSW(efSearch=min(HNSW_EF_SEARCH_MAX,
-                                                                     int(effort / max(share, 1e-6) ** 0.5)))
-                    if sel is not None:
-                        params.sel = sel
-                else:
-                    params = faiss.SearchParameters(sel=sel) if sel is not None else None
-                scores, ids = self._base.search(q, n, params=params)
-                for row, (srow, irow) in enumerate(zip(scores, ids)):
-                    results[row] = [(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0]
+                params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            scores, ids = self._base.search(q, n, params=params)
+            for row, (srow, irow) in enumerate(zip(scores, ids)):
+                results[row] = [(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0]
+        return self._with_delta(q, k, results, scope)
+
+    def _with_delta(self, q: "np.ndarray", k: int, results: list[list[tuple[int, float]]],
+                    scope: "ChunkScope | None") -> list[list[tuple[int, float]]]:
+        """The base's hits merged with an exact search of the delta (the chunks newer than the base)."""
+        import numpy as np
+
         delta_ids, delta_vectors = self._load_delta()
         if delta_vectors is not None:
             mask = None
-            if allowed is not None:  # a chunk written after the scope was read is not in it
+            if scope is not None:  # a chunk written after the scope was read is not in it
                 mask = np.zeros(len(delta_ids), dtype=bool)
-                inside = delta_ids < len(allowed)
-                mask[inside] = allowed[delta_ids[inside]]
+                inside = delta_ids < len(scope.mask)
+                mask[inside] = scope.mask[delta_ids[inside]]
             ids, vecs = (delta_ids[mask], delta_vectors[mask]) if mask is not None else (delta_ids, delta_vectors)
             if len(ids):
                 scores = q @ vecs.T

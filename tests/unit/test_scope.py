@@ -233,3 +233,47 @@ def test_a_picked_name_with_glob_characters_is_that_document_only(make_pipeline,
     pipeline.ingest("plans", [folder])
     *_, (_, _, sources, _) = list(Handlers(pipeline).ask("plans", "交付 计划", [], scope=[str(folder / "[draft] plan.md")]))
     assert [s["file"] for s in sources] == ["[draft] plan.md"]
+
+
+# -- the local engine's scoped vector search: every path gives the exact scoped top k -------------
+
+@pytest.mark.parametrize("base_kind", ["flat", "hnsw"])
+def test_scoped_vector_search_matches_an_exact_scan_of_the_scope(make_pipeline, tmp_path: Path, monkeypatch,
+                                                                   base_kind: str) -> None:
+    """Small scopes are scanned, wide ones start from the unscoped head, middling ones go through
+    the bitmap selector; chunks added after the base (the delta) and changed files' dead chunks
+    count as the scope says. A small KB, where HNSW finds the true neighbours, so every path must
+    give exactly what a scan of the scope's chunks gives."""
+    import numpy as np
+
+    import ragqa.store.vectors as vectors
+
+    monkeypatch.setattr(vectors, "HNSW_MIN", 20 if base_kind == "hnsw" else 10_000)
+    monkeypatch.setattr(vectors, "COMPACT_MIN", 10)
+    monkeypatch.setattr(vectors, "SCOPE_SCAN_MAX", 6)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"f{i:02d}.txt").write_text(f"文件{i}，第{i * 7}句。", "utf-8")
+    p = make_pipeline()
+    p.ingest("kb", [folder])
+    kb = p.kb("kb")
+    kb.search_ids([0.0] * 16, 1)  # opens the base the writer built
+    assert kb._vectors._kind == base_kind
+    (folder / "f05.txt").write_text("改过的文件五。", "utf-8")  # a dead chunk in the base, a new one in the delta
+    (folder / "new.txt").write_text("新加的文件。", "utf-8")
+    p.ingest("kb", [folder])
+    docs = {path: i for i, path, _ in kb.documents()}
+    vectors_of = {cid: np.frombuffer(v, dtype="float32") for cid, v in kb.db.execute("SELECT id, vector FROM chunks")}
+    file_of = dict(kb.db.execute("SELECT id, file_id FROM chunks").fetchall())
+    for query in ("文件3", "第14句", "改过的", "新加"):
+        q = np.asarray(p.embeddings.embed_query(query), dtype="float32")
+        q /= np.linalg.norm(q)
+        # scanned (2 files), the bitmap (7 of the base's 41: 17 %), the unscoped head (10, 31 and all)
+        for names in (["f01.txt", "new.txt"], ["f0[0-7]*"], ["f0*"], ["f[0-2]*", "new.txt"], ["*"]):
+            ids = kb.scope_ids(names)
+            inside = [c for c, f in file_of.items() if f in set(ids)]
+            exact = sorted(inside, key=lambda c: -float(vectors_of[c] @ q))[:4]
+            got = [c for c, _ in kb.search_batch_ids([q.tolist()], 4, ids)[0]]
+            assert got == exact, (base_kind, query, names)
+    assert str(folder / "new.txt") in docs and len(kb._vectors._load_delta()[0]) >= 2  # the new chunks: delta
