@@ -500,6 +500,7 @@ def serve(
     auth: str | None = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD required to open the page (env RAGQA_WEB_AUTH)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in a browser."),
     no_page: bool = typer.Option(False, "--no-page", help="Serve the HTTP API (/v1) alone, without the web page."),
+    watch: list[str] | None = typer.Option(None, "--watch", metavar="DIR:KB", help="Keep knowledge base KB in step with folder DIR while serving, as ragqa index DIR --kb KB --watch does. Repeatable."),
     config: Path | None = ConfigOpt,
     verbose: bool = VerboseOpt,
     *,
@@ -512,6 +513,7 @@ def serve(
 
     Examples: ragqa serve --port 7860   (then open http://127.0.0.1:7860, or use http://127.0.0.1:7860/v1)
               ragqa serve --host 0.0.0.0 --api-keys keys.toml --auth alice:secret
+              ragqa serve --watch ~/notes:notes   (the notes KB follows ~/notes while the server runs)
     """
     _setup_logging(verbose)
     try:
@@ -520,7 +522,14 @@ def serve(
 
         settings = load_settings(config, **overrides)
         _check_host(host)
-        serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser, page=not no_page)
+        followed: list[tuple[str, str]] = []
+        if watch:
+            from ragqa.watch import parse_watch_spec
+
+            followed = [parse_watch_spec(spec) for spec in watch]  # a missing folder fails before the server starts
+        serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser, page=not no_page,
+                   watch=followed, on_file=lambda *change: typer.echo(_file_line(*change), err=True),
+                   on_note=lambda line: typer.echo(f"note: {line}", err=True))
     except RagqaError as exc:
         _fail(str(exc), exc.exit_code)
     except OSError as exc:  # a folder or file the server needs (the address itself is checked in ragqa.web)
@@ -537,6 +546,7 @@ def index_command(
     paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files and folders to add."),
     kb: str = typer.Option("default", "--kb", help="Knowledge base to fill (created on first use)."),
     sync: bool = typer.Option(False, "--sync", help="Also remove the KB's files under these folders that are gone from disk."),
+    watch: bool = typer.Option(False, "--watch", help="Then keep following these folders: a new, changed, renamed or deleted file is in the KB seconds later (implies --sync). Ctrl+C or SIGTERM stops."),
     config: Path | None = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="A line per file."),
     *,
@@ -545,8 +555,10 @@ def index_command(
     """Add files and folders to a knowledge base; unchanged files are skipped, changed ones re-indexed.
 
     Exit code 1 if any file could not be read (the others are indexed; the reasons are listed).
+    With --watch it stays, a line per change, until stopped (exit code 0).
 
-    Example: ragqa index contracts/ notes.md --kb contracts
+    Examples: ragqa index contracts/ notes.md --kb contracts
+              ragqa index ~/notes --kb notes --watch
     """
     _setup_logging(verbose)
     tty = sys.stderr.isatty()
@@ -559,17 +571,20 @@ def index_command(
         else:
             typer.echo(line, err=True)
 
+    watching = [False]  # past --watch's first sync: every change is a line, on a terminal too
+
     def on_file(path: str, status: str, detail: str) -> None:
-        if status == "failed":
-            say(f"note: skipped {_one_row(detail)}")
-        elif verbose or (not tty and status != "unchanged"):
-            say(f"{status:9} {_one_row(path)}" + (f" ({detail})" if detail and status != "removed" else ""))
+        if status == "failed" or verbose or ((watching[0] or not tty) and status != "unchanged"):
+            say(_file_line(path, status, detail))
 
     try:
         from ragqa.config import load_settings
         from ragqa.pipeline import Pipeline
 
         settings = load_settings(config, **overrides)
+        if watch:
+            _follow(Pipeline(settings), kb, paths, on_file, say, tty, watching)
+            return
         from ragqa.loaders import expand_paths
 
         expand_paths(paths)  # a missing path is refused before the KB is created
@@ -583,6 +598,37 @@ def index_command(
     typer.echo(f"{kb}: {report.line()}", err=True)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _file_line(path: str, status: str, detail: str) -> str:
+    """One file's line of ``index`` (and of a watch): ``added     /docs/a.md (3 chunks)``; a failure a note."""
+    if status == "failed":
+        return f"note: skipped {_one_row(detail)}"
+    return f"{status:9} {_one_row(path)}" + (f" ({detail})" if detail and status != "removed" else "")
+
+
+def _follow(pipeline: Any, kb: str, paths: list[str], on_file: Callable[[str, str, str], None],
+            say: Callable[[str], None], progress: bool, watching: list[bool]) -> None:
+    """``index --watch``: sync the folders into ``kb``, then follow them until Ctrl+C or SIGTERM
+    (both end it cleanly: it is how a watch ends; a file cut off mid-way is read by the next run)."""
+    import signal
+
+    from ragqa.watch import FolderWatcher
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop: as Ctrl+C
+
+    def ready(report: Any) -> None:
+        n = len(watcher.roots)
+        say(f"{kb}: {report.line()}")
+        say(f"watching {n} folder{'s' if n != 1 else ''} for changes (Ctrl+C to stop)")
+        watching[0] = True
+
+    watcher = FolderWatcher(pipeline, kb, paths, on_file=on_file, on_note=lambda line: say(f"note: {line}"),
+                            on_ready=ready, progress=progress)
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        say(f"{kb}: stopped watching" + ("" if watching[0] else "; what was indexed is saved, the next run catches up"))
 
 
 kb_app = typer.Typer(no_args_is_help=True, help="List, inspect and change knowledge bases.")

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -433,6 +433,14 @@ class Handlers:
         return str(path)
 
 
+def _following(name: str) -> str:
+    """The folders this server keeps KB ``name`` in step with (``serve --watch``), for its header line."""
+    from ragqa.watch import followed
+
+    folders = [_markdown_escape(folder) + ("" if there else " (gone 已不在)") for folder, there in followed(name)]
+    return f" · follows 跟随文件夹 {', '.join(folders)}" if folders else ""
+
+
 def _checked(name: str | None) -> str:
     """A KB name from the page, checked: a bad one is a message in the page."""
     try:
@@ -590,7 +598,7 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
         def view(name: str | None, keep_scope: Sequence[str] = ()) -> tuple[Any, ...]:
             page = h.page(name)
             readable = page.labels(ok_only=True)
-            return (page.info, page.rows(), gr.Dropdown(choices=readable, value=[]),
+            return (page.info + _following(page.name), page.rows(), gr.Dropdown(choices=readable, value=[]),
                     gr.Dropdown(choices=page.labels(), value=None),
                     gr.Dropdown(choices=readable, value=[label for label in keep_scope if label in readable]))
 
@@ -650,11 +658,16 @@ def serve(
     auth: str | None = None,
     open_browser: bool = False,
     page: bool = True,
+    watch: Sequence[tuple[str, str]] = (),
+    on_file: Callable[[str, str, str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the HTTP API at /v1 and (unless ``page`` is False) the page at /, on one port, and block.
 
     Beyond localhost the API needs keys (``settings.api_keys``): without them the start is refused.
-    The page and the API share one pipeline: one copy of each model, one gate in front of the LLM."""
+    The page and the API share one pipeline: one copy of each model, one gate in front of the LLM.
+    ``watch``: (folder, KB) pairs each KB follows while the server runs (``ragqa.watch``; a thread
+    per KB, its changes told to ``on_file`` and ``on_note``)."""
     import uvicorn
 
     from ragqa.api.app import build_api
@@ -704,7 +717,14 @@ def serve(
 
         threading.Timer(1.5, webbrowser.open, args=(url,)).start()
     config = uvicorn.Config(api, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    from ragqa.watch import start_watchers
+
+    watchers = start_watchers(pipeline, watch, on_file=on_file, on_note=on_note)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for watcher in watchers:
+            watcher.stop(timeout=5)  # one mid-way through a file is left: the next start catches up
 
 
 def _bind(host: str, port: int) -> Any:

@@ -44,7 +44,7 @@ class Indexer:
         self, kb: KnowledgeBase, paths: Sequence[str | Path], *, sync: bool = False, strict: bool = False,
         progress: bool | None = None, on_file: Callable[[str, str, str], None] | None = None,
         on_wait: Callable[[str], None] | None = None, files: list[Path] | None = None,
-        on_page: Callable[[str, int, int], None] | None = None,
+        on_page: Callable[[str, int, int], None] | None = None, retry_failed: bool = False,
     ) -> SyncReport:
         """Bring ``kb`` up to date with the files at ``paths``: add new files, re-index changed ones,
         skip unchanged ones (same size and mtime, or same content), record unreadable ones.
@@ -52,7 +52,9 @@ class Indexer:
         ``sync`` also removes the KB's files under the given folders that are gone from disk.
         ``strict`` raises on an unreadable file named directly (``ask``); otherwise it is recorded
         as failed and the run goes on. ``on_file(path, status, detail)`` hears about every file,
-        ``on_page(path, done, total)`` about every page OCR reads.
+        ``on_page(path, done, total)`` about every page OCR reads. ``retry_failed`` reads a file that
+        failed before again even when its size and mtime are the same (a watched file whose
+        permission was fixed: chmod changes neither).
         """
         t = time.perf_counter()
         given = list(paths)
@@ -67,7 +69,7 @@ class Indexer:
                 bar.set_postfix_str(path.name[:30], refresh=False)
                 try:
                     # OCR's page lines also go to a log (a long scan must show it moves) unless told not to
-                    status, record = self.sync_file(kb, path, existing, progress is not False, on_page)
+                    status, record = self.sync_file(kb, path, existing, progress is not False, on_page, retry_failed)
                 except InputError as exc:
                     if strict and kb_path(path) in named:
                         raise
@@ -97,7 +99,8 @@ class Indexer:
         return report
 
     def sync_file(self, kb: KnowledgeBase, path: Path, existing: dict[str, FileRecord], show: bool = False,
-                  on_page: Callable[[str, int, int], None] | None = None) -> tuple[str, FileRecord]:
+                  on_page: Callable[[str, int, int], None] | None = None,
+                  retry_failed: bool = False) -> tuple[str, FileRecord]:
         """One file into the KB; -> (added | updated | unchanged, its record). InputError if unreadable."""
         check_supported(path)
         real = kb_path(path)
@@ -110,7 +113,7 @@ class Indexer:
         same_stat = old is not None and (old.size, old.mtime_ns, old.parser) == (st.st_size, st.st_mtime_ns, parser)
         if same_stat and old.status == "ok":
             return "unchanged", old
-        if same_stat and old.status == "failed":
+        if same_stat and old.status == "failed" and not retry_failed:
             raise InputError(old.error)  # unchanged since it failed: the same reason, without re-reading
         record = FileRecord(real, st.st_size, st.st_mtime_ns, "", parser)
         try:
