@@ -363,6 +363,22 @@ def odd_indexed(ctx: Ctx, run: Run) -> None:
     assert names == ["good.md", "two\nlines.md"], names
 
 
+def legacy_folder(ctx: Ctx) -> None:
+    """A folder with a good file and a Word 97 .doc, for a machine without LibreOffice."""
+    from docfixtures import ole2_file, word97_stream
+
+    folder = ctx.work / "legacy"
+    folder.mkdir()
+    (folder / "good.md").write_text(GOOD, encoding="utf-8")
+    ole2_file(folder / "old.doc", {"WordDocument": word97_stream()})
+
+
+def legacy_indexed(ctx: Ctx, run: Run) -> None:
+    names = sorted(Path(d["path"]).name for d in kb_documents(ctx, "legacy"))
+    assert names == ["good.md", "old.doc"], names  # the .doc is recorded as failed, with its reason
+    assert "libreoffice-writer-nogui" in run.stderr, run.describe()
+
+
 def summarized_once(ctx: Ctx) -> None:
     """sumdocs copied into the work folder and summarized into a folder inside it, once."""
     shutil.copytree(ctx.corpus / "sumdocs", ctx.work / "sd")
@@ -574,6 +590,15 @@ CASES: list[Case] = [
          "knowledge base 'empty' is empty: add files with ragqa index PATH... --kb empty", kbs=True, keep=("{data}",)),
     Case("ask-kb-and-path", ("ask", "--kb", "notes", "good.md", "q", "--dry-run"), 2,
          "with --kb give only the QUESTION", kbs=True, keep=("{data}",)),
+    Case("ask-doc-matches-nothing", ("ask", "--kb", "notes", "--doc", "*2019*", "q", "--dry-run"), 2,
+         "no document of knowledge base 'notes' matches '*2019*' (list its documents with: ragqa kb show notes)",
+         kbs=True, keep=("{data}",)),
+    Case("ask-doc-outside-the-kb", ("ask", "--kb", "notes", "--doc", "/etc/passwd", "q", "--dry-run"), 2,
+         "matches '/etc/passwd'", kbs=True, keep=("{data}",)),
+    Case("ask-doc-empty", ("ask", "--kb", "notes", "--doc", "", "q", "--dry-run"), 2,
+         "a document pattern is empty", kbs=True, keep=("{data}",)),
+    Case("ask-doc-without-kb", ("ask", "good.md", "q", "--doc", "good.md", "--dry-run"), 2,
+         "--doc picks documents of a knowledge base: use it with --kb NAME"),
     Case("ask-kb-dotdot", ("ask", "--kb", "../x", "q", "--dry-run"), 2, "invalid knowledge base name '../x'"),
     Case("ask-kb-slash", ("ask", "--kb", "a/b", "q", "--dry-run"), 2, "invalid knowledge base name 'a/b'"),
     Case("ask-kb-other-chunk-size", ("ask", "--kb", "notes", "q", "--chunk-size", "300", "--dry-run"), 2,
@@ -605,6 +630,11 @@ CASES: list[Case] = [
     Case("index-office-folder-with-bad-files", ("index", "office", "--kb", "office"), 1,
          "skipped office/damaged.xlsx: cannot read this .xlsx file", goes_on=True, lines=INDEX_LINES,
          check=office_indexed),
+    Case("index-legacy-office-without-libreoffice", ("index", "{work}/legacy", "--kb", "legacy"), 1,
+         "reading .doc files needs LibreOffice, which is not installed", goes_on=True, lines=INDEX_LINES,
+         setup=legacy_folder, check=legacy_indexed, env=(("RAGQA_SOFFICE", "/nonexistent/soffice"),)),
+    Case("index-watch-a-file", ("index", "good.md", "--kb", "k1", "--watch"), 2, "--watch follows folders",
+         check=no_kb_created),
     Case("index-kb-name-slash", ("index", "good.md", "--kb", "a/b"), 2, "invalid knowledge base name 'a/b'",
          check=no_kb_created),
     Case("index-kb-name-dotdot", ("index", "good.md", "--kb", ".."), 2, "invalid knowledge base name '..'",
