@@ -203,10 +203,8 @@ class Pipeline:
             raise InputError(f"knowledge base {name!r} is empty: add files with ragqa index PATH... --kb {name}")
         file_ids = None
         if documents:
-            readable = kb.documents()
             file_ids = kb.scope_ids(documents)
-            picked = set(file_ids)
-            files, n = len(file_ids), sum(chunks for i, _, chunks in readable if i in picked)
+            files, n = len(file_ids), kb.scope_chunks(file_ids)
         else:
             files = len(kb.documents()) if kb.engine == "local" else 0
         report = IndexReport(files=files, cached=files, chunks=n, seconds=time.perf_counter() - t)

@@ -341,6 +341,11 @@ class KnowledgeBase(ABC):
 
         return select_documents(self.documents(), patterns, self.name)
 
+    def scope_chunks(self, file_ids: Sequence[int]) -> int:
+        """How many chunks the files ``file_ids`` hold (a scope's size, for the report)."""
+        wanted = set(file_ids)
+        return sum(n for i, _, n in self.documents() if i in wanted)
+
     def view(self, file_ids: Sequence[int] | None) -> "KBView":
         return KBView(self, file_ids)
 

@@ -225,6 +225,13 @@ class LocalKB(KnowledgeBase):
             cache[key] = super().scope_ids(patterns)
         return list(cache[key])
 
+    def scope_chunks(self, file_ids: Sequence[int]) -> int:
+        cache = self._scope_cache()
+        key = ("chunks", tuple(file_ids))
+        if key not in cache:
+            cache[key] = super().scope_chunks(file_ids)
+        return int(cache[key])
+
     def _scope_cache(self) -> dict[Any, Any]:
         """What scoped searches reuse until the truth changes (a page or a server scopes many
         questions the same way): the readable files, the ids patterns picked, the chunk masks."""
