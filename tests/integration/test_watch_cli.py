@@ -110,8 +110,10 @@ def test_index_watch_follows_adds_edits_renames_and_deletes_then_stops_on_sigter
     c = docs / "biscuit.md"  # renamed: found by content, copied
     b.rename(c)
     watch.eventually(lambda: str(c) in watch.files() and str(b) not in watch.files(), "the rename")
+    # the batch's lines follow its commit: a reader of the KB may see it a moment before them
+    renamed = f"renamed   {b} -> {c} (1 chunks, not re-embedded)"
+    watch.eventually(lambda: renamed in watch.stderr(), "the rename's line")
     err = watch.stderr()
-    assert f"renamed   {b} -> {c} (1 chunks, not re-embedded)" in err
     assert f"indexed {c}" not in err  # -v logs each file it embeds; the renamed one was copied
 
     bad = os.path.join(os.fsencode(docs), b"caf\xe9.md")  # a Latin-1 name: one note, the watch goes on
@@ -120,6 +122,7 @@ def test_index_watch_follows_adds_edits_renames_and_deletes_then_stops_on_sigter
     time.sleep(2)
     c.unlink()  # deleted
     watch.eventually(lambda: str(c) not in watch.files(), "the deleted file removed")
+    watch.eventually(lambda: "not valid UTF-8" in watch.stderr(), "the note on the odd name")
     assert watch.stderr().count("not valid UTF-8") == 1
 
     assert watch.stop(signal.SIGTERM) == 0
