@@ -55,7 +55,7 @@ def segmentation_id() -> str:
     The same whichever way the dictionary is loaded, since the segmentation is the same.
 
     >>> segmentation_id()  # doctest: +SKIP
-    'jieba 0.42.1 dict 5071575'
+    'jieba 0.42.1 dict 5071852'
     """
     jieba = jieba_module()
     return f"jieba {getattr(jieba, '__version__', '0')} dict {_dictionary().stat().st_size}"
@@ -149,7 +149,7 @@ class _Frequencies:
     """The read-only part of jieba's ``FREQ`` dict that its code still uses: ``get``. A prefix that
     is no word gives None where jieba's dict gives 0; jieba only tests them for truth."""
 
-    __slots__ = ("_id", "_freqs")
+    __slots__ = ("_freqs", "_id")
 
     def __init__(self, trie: Any, freqs: array.array) -> None:
         self._id, self._freqs = trie.get, freqs
@@ -196,7 +196,7 @@ class TrieTokenizer(_tokenizer_base()):  # type: ignore[misc]
         self.total = total
         self.initialized = True
 
-    def get_DAG(self, sentence: str) -> _DAG:  # noqa: N802 (jieba's name)
+    def get_DAG(self, sentence: str) -> _DAG:
         """jieba's DAG: for each position, the last index of every dictionary word starting there
         (or the position itself when none does)."""
         dag = _DAG()
@@ -212,7 +212,7 @@ class TrieTokenizer(_tokenizer_base()):  # type: ignore[misc]
             dag[k] = ends or [k]
         return dag
 
-    def calc(self, sentence: str, DAG: _DAG, route: dict[int, tuple[float, int]]) -> None:  # noqa: N803
+    def calc(self, sentence: str, DAG: _DAG, route: dict[int, tuple[float, int]]) -> None:
         """jieba's ``calc``, the same float operations in the same order: the best route from each
         position by the words' log frequencies (1 for a character that is no word)."""
         n = len(sentence)

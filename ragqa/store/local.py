@@ -401,7 +401,8 @@ class LocalKB(KnowledgeBase):
             return
         try:
             self._match_tokenizer()
-            log.info("knowledge base %s: bringing the keyword index up to date", self.name)
+            if self._keywords.generation() < self.generation() or not self._keywords.healthy():
+                log.info("knowledge base %s: bringing the keyword index up to date", self.name)
             self.refresh_derived()
         except RagqaError as exc:
             log.warning("%s", exc)
@@ -425,7 +426,7 @@ class LocalKB(KnowledgeBase):
             if stored is None and self._sample_matches():
                 with self._transaction():
                     self._set_meta("tokenizer", current)
-                log.info("knowledge base %s: its words are %s's; stamped", self.name, current)
+                log.info("knowledge base %s: a sample of its words is what %s makes; recorded", self.name, current)
                 return
             chunks = self.count()
             if chunks:

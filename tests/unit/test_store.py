@@ -310,7 +310,7 @@ def old_tokenizer():
     """A context in which ragqa.words.tokenize is CharWords under OLD_TOKENIZER's id."""
     import contextlib
 
-    import ragqa.words as words
+    from ragqa import words
 
     @contextlib.contextmanager
     def context():
