@@ -2,7 +2,10 @@
 
 - ``tokenize``: jieba search-mode segmentation of Chinese runs, lower-cased Latin words without
   English stop words. The knowledge bases' keyword indexes, the in-memory index and the fusion
-  all use it, so it sits below them.
+  all use it, so it sits below them. jieba's dictionary is read from a trie file
+  (``ragqa.segmenter``): the first word comes in ~0.05 s instead of ~0.5 s, the words the same.
+- ``tokenizer_id``: what a chunk's stored words depend on; a KB made under another one has its
+  words made again from the stored text (``ragqa.store.local``).
 - ``matched_share`` / ``matched_mass``: how much of a query's idf mass (jieba's general-corpus
   table, cached as SQLite under the cache folder) a chunk's words hold; the fusion's signal.
 - ``estimate_tokens``: a cautious token count for a model without a tokenizer of its own.
@@ -17,8 +20,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ragqa.errors import MissingDependencyError
-
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9]+")
@@ -26,19 +27,37 @@ _EN_STOP = frozenset(
     "a an and are as at be but by for from has have he her his i in is it its of on or she that the their "
     "them they this to was were what when where which who whom whose why will with you your how did does do".split()
 )
-_jieba: Any = None
+# ragqa's own rules (the pattern above, lower case, the stop words): change it when they change
+WORDS_FORMAT = 1
+_segmenter_: Any = None
+_segmenter_lock = threading.Lock()
+_tokenizer_id: str | None = None
 
 
 def _segmenter() -> Any:
-    global _jieba
-    if _jieba is None:
-        try:
-            import jieba
-        except ImportError:
-            raise MissingDependencyError("jieba") from None
-        jieba.setLogLevel(logging.WARNING)  # it announces its dictionary load on stderr otherwise
-        _jieba = jieba
-    return _jieba
+    """jieba's segmenter (``lcut_for_search``), made once per process."""
+    global _segmenter_
+    if _segmenter_ is None:
+        with _segmenter_lock:
+            if _segmenter_ is None:
+                from ragqa.segmenter import load_segmenter
+
+                _segmenter_ = load_segmenter()
+    return _segmenter_
+
+
+def tokenizer_id() -> str:
+    """What ``tokenize`` gives depends on: ragqa's rules and jieba's version and dictionary.
+
+    >>> tokenizer_id()  # doctest: +SKIP
+    'words/1 jieba 0.42.1 dict 5071852'
+    """
+    global _tokenizer_id
+    if _tokenizer_id is None:
+        from ragqa.segmenter import segmentation_id
+
+        _tokenizer_id = f"words/{WORDS_FORMAT} {segmentation_id()}"
+    return _tokenizer_id
 
 
 def tokenize(text: str) -> list[str]:
@@ -90,7 +109,9 @@ def _idf_table() -> tuple[dict[str, float], float]:
     global _idf
     with _idf_lock:
         if _idf is None:
-            _segmenter()
+            from ragqa.segmenter import jieba_module
+
+            jieba_module()
             import jieba.analyse
 
             table = jieba.analyse.default_tfidf

@@ -86,6 +86,13 @@ class KeywordIndex:
             self._open()
         return not self.damaged
 
+    def invalidate(self) -> None:
+        """Have the next ``sync`` rebuild the index from scratch (every chunk's words change: a
+        rebuilt index has the same BM25 statistics as one made fresh; deleted documents would
+        otherwise count in them until tantivy merges its segments)."""
+        self.state_path.unlink(missing_ok=True)
+        self._index = None
+
     def sync(self, generation: int) -> None:
         """Re-index the files changed since this index's generation; one tantivy commit."""
         have = self.generation()

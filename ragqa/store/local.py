@@ -20,6 +20,12 @@ behind the truth; they are repaired from SQLite, never by re-embedding:
 - keywords: each file row carries the generation that last changed it. Bringing tantivy up to
   date deletes and re-adds the documents of the files changed since its stamp, in one tantivy
   commit, then moves the stamp. Re-running that after a crash is harmless.
+- words: each chunk's BM25 words are stored beside its text, made by the tokenizer named in
+  ``meta.tokenizer`` (``ragqa.words.tokenizer_id``). A KB opened under another tokenizer has
+  them made again from the stored text (no re-embedding), in transactions of whole files; the
+  first change drops tantivy's stamp, so it is rebuilt from SQLite, and the new tokenizer is
+  stamped last: a killed run is finished on the next open. A KB from before the stamp is
+  checked on a sample of its chunks first, and only stamped when they come out the same.
 
 No pickle anywhere: SQLite, FAISS's own format, tantivy's own format, JSON.
 """
@@ -46,6 +52,7 @@ from ragqa.store.base import (
 )
 from ragqa.store.keywords import KeywordIndex
 from ragqa.store.vectors import WIDE_SCOPE, ChunkScope, VectorIndex
+from ragqa.words import tokenize, tokenizer_id
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +62,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 DB_NAME = "kb.sqlite"
 LOCK_WAIT_NOTE_S = 0.5
+WORDS_SAMPLE = 256  # chunks re-tokenized to check a KB whose tokenizer is not recorded
+RETOKENIZE_BATCH = 2000  # chunks per transaction when the words are made again
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -166,7 +175,7 @@ class LocalKB(KnowledgeBase):
                     con.executescript(_SCHEMA)
                     con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
                         ("format", str(FORMAT)), ("manifest", manifest.to_json()), ("generation", "0"),
-                        ("created", str(time.time()))])
+                        ("created", str(time.time())), ("tokenizer", tokenizer_id())])
                 finally:
                     con.close()
 
@@ -271,6 +280,7 @@ class LocalKB(KnowledgeBase):
         self._writing = True
         failed = True
         try:
+            self._match_tokenizer()
             yield self
             failed = False
         finally:
@@ -383,9 +393,11 @@ class LocalKB(KnowledgeBase):
             raise _storage_error(exc, self.folder) from None
 
     def _repair_if_free(self) -> None:
-        """On open: a keyword index behind the truth (a writer was killed) is repaired now, if no
-        writer holds the lock; otherwise the writer will, and searches filter stale hits."""
-        if self._keywords.generation() >= self.generation() and self._keywords.healthy():
+        """On open: a keyword index behind the truth (a writer was killed), or words made by
+        another tokenizer, are repaired now, if no writer holds the lock; otherwise the writer
+        will, and searches filter stale hits."""
+        if (self._keywords.generation() >= self.generation() and self._keywords.healthy()
+                and self._meta("tokenizer") == tokenizer_id()):
             return
         from filelock import FileLock, Timeout
 
@@ -395,12 +407,80 @@ class LocalKB(KnowledgeBase):
         except (Timeout, OSError):
             return
         try:
-            log.info("knowledge base %s: bringing the keyword index up to date", self.name)
+            self._match_tokenizer()
+            if self._keywords.generation() < self.generation() or not self._keywords.healthy():
+                log.info("knowledge base %s: bringing the keyword index up to date", self.name)
             self.refresh_derived()
         except RagqaError as exc:
             log.warning("%s", exc)
         finally:
             lock.release()
+
+    def _match_tokenizer(self) -> None:
+        """Make the stored words this run's tokenizer's (under the write lock; no re-embedding).
+
+        A KB stamped with another tokenizer has every chunk re-tokenized from its text; one from
+        before the stamp is first checked on WORDS_SAMPLE chunks spread over it and only stamped
+        when they all come out the same. Chunks whose words change are rewritten in transactions
+        of about RETOKENIZE_BATCH chunks (whole files, each with a new generation); the first one
+        drops tantivy's stamp, so the refresh that follows rebuilds it from SQLite. The new
+        tokenizer is stamped last, so a killed run is finished by the next writer or open."""
+        current = tokenizer_id()
+        stored = self._meta("tokenizer")
+        if stored == current:
+            return
+        try:
+            if stored is None and self._sample_matches():
+                with self._transaction():
+                    self._set_meta("tokenizer", current)
+                log.info("knowledge base %s: a sample of its words is what %s makes; recorded", self.name, current)
+                return
+            chunks = self.count()
+            if chunks:
+                log.warning("knowledge base %s: making the keyword words of its %d chunks again from the "
+                            "stored text (they were made by %s; this run uses %s; nothing is re-embedded)",
+                            self.name, chunks, stored or "an unrecorded tokenizer", current)
+            changed = self._retokenize()
+            with self._transaction():
+                self._set_meta("tokenizer", current)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise _storage_error(exc, self.folder) from None
+        if chunks:
+            log.info("knowledge base %s: words of %d files changed", self.name, changed)
+
+    def _sample_matches(self) -> bool:
+        """WORDS_SAMPLE chunks spread over the KB re-tokenize to the words stored for them."""
+        ids = [r[0] for r in self.db.execute("SELECT id FROM chunks ORDER BY id")]
+        sample = ids[::max(1, len(ids) // WORDS_SAMPLE)][:WORDS_SAMPLE]
+        for part in batches(sample, 900):
+            q = f"SELECT text, words FROM chunks WHERE id IN ({','.join('?' * len(part))})"
+            if any(" ".join(tokenize(text)) != words for text, words in self.db.execute(q, part)):
+                return False
+        return True
+
+    def _retokenize(self) -> int:
+        """Every chunk's words made again from its text; -> the files whose words changed."""
+        files = [r[0] for r in self.db.execute("SELECT DISTINCT file_id FROM chunks ORDER BY file_id")]
+        changed = 0
+        pending: list[tuple[str, int]] = []
+        pending_files: set[int] = set()
+        for n, file_id in enumerate(files):
+            for cid, text, words in self.db.execute(
+                    "SELECT id, text, words FROM chunks WHERE file_id = ? ORDER BY ord", (file_id,)).fetchall():
+                new = " ".join(tokenize(text))
+                if new != words:
+                    pending.append((new, cid))
+                    pending_files.add(file_id)
+            if pending and (len(pending) >= RETOKENIZE_BATCH or n == len(files) - 1):
+                if not changed:  # before the first change: tantivy is then rebuilt from SQLite
+                    self._keywords.invalidate()
+                with self._transaction():
+                    gen = self._next_generation()
+                    self.db.executemany("UPDATE chunks SET words = ? WHERE id = ?", pending)
+                    self.db.executemany("UPDATE files SET gen = ? WHERE id = ?", [(gen, f) for f in pending_files])
+                changed += len(pending_files)
+                pending, pending_files = [], set()
+        return changed
 
     # -- searching
     def count(self) -> int:
@@ -449,8 +529,6 @@ class LocalKB(KnowledgeBase):
         return self._vectors.search(unit_rows(q), k, allowed)
 
     def bm25_search(self, query: str, k: int, file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
-        from ragqa.words import tokenize
-
         words = list(dict.fromkeys(tokenize(query)))
         if not words or k <= 0:
             return []

@@ -291,6 +291,148 @@ def test_kill_between_keyword_commit_and_stamp_is_repaired_without_duplicates(ma
     assert len(hits) == len({i for i, _ in hits}) == 1  # re-synced, not added twice
 
 
+# -- words made by another tokenizer -------------------------------------------------------------
+
+OLD_TOKENIZER = "words/1 one word per character"
+QUERIES = ["熊猫的主要食物", "四川和甘肃的山区", "Brask ferry tickets", "科学家认为黑白色有助于伪装"]
+
+
+class CharWords:
+    """A stand-in for an earlier tokenizer: one word per Chinese character."""
+
+    @staticmethod
+    def lcut_for_search(text: str) -> list[str]:
+        return list(text)
+
+
+@pytest.fixture
+def old_tokenizer():
+    """A context in which ragqa.words.tokenize is CharWords under OLD_TOKENIZER's id."""
+    import contextlib
+
+    from ragqa import words
+
+    @contextlib.contextmanager
+    def context():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(words, "_segmenter_", CharWords())
+            mp.setattr(words, "_tokenizer_id", OLD_TOKENIZER)
+            yield
+
+    return context
+
+
+def keyword_hits(kb) -> list[list[tuple[str, str, float]]]:
+    """Each query's BM25 hits as (file, chunk text, score): comparable across KBs."""
+    out = []
+    for q in QUERIES:
+        hits = kb.bm25_search(q, 5)
+        chunks = kb.get_chunks([i for i, _ in hits])
+        out.append([(Path(d.metadata["source"]).name, d.page_content, round(s, 4)) for d, (_, s) in zip(chunks, hits)])
+    return out
+
+
+def stored_words(data_dir: Path, name: str) -> tuple[str | None, list[tuple[str, str]]]:
+    con = sqlite3.connect(data_dir / "kb" / name / "kb.sqlite")
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'tokenizer'").fetchone()
+        return (row[0] if row else None), con.execute("SELECT text, words FROM chunks ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def all_words_current(data_dir: Path, name: str) -> bool:
+    from ragqa.words import tokenize, tokenizer_id
+
+    stamp, rows = stored_words(data_dir, name)
+    return stamp == tokenizer_id() and bool(rows) and all(" ".join(tokenize(t)) == w for t, w in rows)
+
+
+@pytest.mark.parametrize("stamp", ["old", "none"])
+def test_words_of_another_tokenizer_are_made_again_on_open_without_embedding(
+        make_pipeline, counting_embeddings_cls, docs, data_dir, old_tokenizer, stamp) -> None:
+    with old_tokenizer():
+        p = make_pipeline(chunk_size=50, chunk_overlap=10)
+        old = kb_of(p, "old")
+        p.index_paths(old, [docs])
+        before = keyword_hits(old)
+        old.close()
+    if stamp == "none":  # a KB from before the stamp: its sample of chunks shows other words
+        con = sqlite3.connect(data_dir / "kb" / "old" / "kb.sqlite")
+        con.execute("DELETE FROM meta WHERE key = 'tokenizer'")
+        con.commit()
+        con.close()
+    fresh_p = make_pipeline(chunk_size=50, chunk_overlap=10)
+    fresh_p.index_paths(kb_of(fresh_p, "fresh"), [docs])
+    fresh = keyword_hits(fresh_p.open_kb("fresh"))
+    assert before != fresh  # the two tokenizers really rank differently
+
+    emb = counting_embeddings_cls()
+    p2 = make_pipeline(embeddings=emb, chunk_size=50, chunk_overlap=10)
+    kb = p2.open_kb("old")  # opening re-tokenizes from the stored text and re-syncs tantivy
+    assert all_words_current(data_dir, "old")
+    assert keyword_hits(kb) == fresh and all(fresh)
+    assert emb.document_calls == 0
+    assert p2.index_paths(kb, [docs]).unchanged == 2  # nothing to re-index either
+
+
+def test_kb_from_before_the_stamp_with_the_same_words_is_only_stamped(make_pipeline, docs, data_dir) -> None:
+    p = make_pipeline(chunk_size=50, chunk_overlap=10)
+    p.index_paths(kb_of(p), [docs])
+    con = sqlite3.connect(data_dir / "kb" / "t" / "kb.sqlite")
+    con.execute("DELETE FROM meta WHERE key = 'tokenizer'")
+    con.commit()
+    gens = con.execute("SELECT value FROM meta WHERE key = 'generation'").fetchall()
+    con.close()
+    kb = make_pipeline(chunk_size=50, chunk_overlap=10).open_kb("t")
+    assert all_words_current(data_dir, "t")
+    assert kb.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchall() == gens  # nothing rewritten
+    assert bm25_sources(kb, "Brask") == ["ferry.md"]
+
+
+def test_kill_while_re_tokenizing_is_finished_on_the_next_open(make_pipeline, tmp_path, old_tokenizer) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"doc{i}.txt").write_text(f"第{i}号文件。熊猫住在四川的山区，关键词{i}号在这里 unique{i}word。", "utf-8")
+    settings = {"cache_dir": tmp_path / "cache", "data_dir": tmp_path / "data"}
+    with old_tokenizer():
+        p = make_pipeline(**settings)
+        p.index_paths(kb_of(p), [folder])
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(HERE)!r})
+        from conftest import CountingEmbeddings
+        import ragqa.store.local as local
+        from ragqa.config import Settings
+        from ragqa.pipeline import Pipeline
+
+        local.RETOKENIZE_BATCH = 1  # one file per transaction
+        real, calls = local.LocalKB._next_generation, []
+        def dying(self):
+            calls.append(1)
+            if len(calls) == 3:  # two files done, the third's transaction open
+                os._exit(9)
+            return real(self)
+        local.LocalKB._next_generation = dying
+        p = Pipeline(Settings(cache_dir={str(settings['cache_dir'])!r}, data_dir={str(settings['data_dir'])!r}))
+        p._embeddings = CountingEmbeddings()
+        p.open_kb("t")
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    from ragqa.words import tokenize
+
+    stamp, rows = stored_words(tmp_path / "data", "t")
+    current = [" ".join(tokenize(t)) == w for t, w in rows]
+    assert stamp == OLD_TOKENIZER and any(current) and not all(current)  # half-way, still stamped old
+    kb = make_pipeline(**settings).open_kb("t")
+    assert all_words_current(tmp_path / "data", "t")
+    for i in range(4):
+        assert bm25_sources(kb, f"unique{i}word") == [f"doc{i}.txt"]
+    assert len(bm25_sources(kb, "熊猫住在四川")) == 4
+
+
 def test_disk_full_mid_file_leaves_the_kb_as_it_was(make_pipeline, docs, monkeypatch) -> None:
     p = make_pipeline()
     kb = kb_of(p)
