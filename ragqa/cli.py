@@ -244,7 +244,7 @@ DocOpt = typer.Option(None, "--doc", metavar="PATTERN", help="With --kb: only th
 
 @command(app, settings=(
     "model", "backend", "base_url", "api_model", "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "k", "retriever",
-    "fusion", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
+    "fusion", "keyword_fold", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
     "n_gpu_layers", "rope_freq_base", "rope_freq_scale", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
     "rope_scaling", "max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "seed", "cache_dir",
     "data_dir", "store", "max_file_mb", "ocr",
@@ -404,7 +404,7 @@ def summarize(
 
 
 @command(app, "eval", settings=(
-    "embedding_model", *EMBEDDING_SERVER, "retriever", "fusion", "k", "chunk_size", "chunk_overlap", "model", "chat_format", "chain",
+    "embedding_model", *EMBEDDING_SERVER, "retriever", "fusion", "keyword_fold", "k", "chunk_size", "chunk_overlap", "model", "chat_format", "chain",
     "max_new_tokens", "cache_dir",
 ), notes={"k": "eval: the chunks an answer would use.", "chain": "eval: for --answers."})
 def eval_command(
@@ -489,7 +489,7 @@ def _print_comparison(report: dict[str, Any]) -> None:
 
 @command(app, settings=(
     "model", "backend", "base_url", "api_model", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
-    "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "k", "retriever", "fusion", "n_ctx", "n_threads", "n_gpu_layers",
+    "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "k", "retriever", "fusion", "keyword_fold", "n_ctx", "n_threads", "n_gpu_layers",
     "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
     "max_concurrency", "max_queue", "api_keys",
 ), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",
@@ -540,7 +540,7 @@ def serve(
 
 
 @command(app, "index", settings=(
-    "embedding_model", *EMBEDDING_SERVER, "chunk_size", "chunk_overlap", "max_file_mb", "ocr", "data_dir", "store", "cache_dir",
+    "embedding_model", *EMBEDDING_SERVER, "chunk_size", "chunk_overlap", "keyword_fold", "max_file_mb", "ocr", "data_dir", "store", "cache_dir",
 ))
 def index_command(
     paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files and folders to add."),

@@ -21,6 +21,7 @@ from pydantic_settings import (
 from ragqa.errors import ConfigError, one_line
 from ragqa.fusion import DEFAULT_FUSION, make_fusion
 from ragqa.paths import default_cache_dir, default_data_dir
+from ragqa.words import DEFAULT_KEYWORD_FOLD
 
 DEFAULT_LLM = "smollm2"
 # chosen by `ragqa eval` on CMRC2018, DRCD and SQuAD (README "Retrieval"): best for zh and en
@@ -106,6 +107,13 @@ class Settings(BaseSettings):
         "of the query's idf mass under below, lowered by up to drop=0.4 when that chunk matches more than "
         "mass=80 of idf: long queries), minmax (min-max scaled scores, w=0.5) or rrf (reciprocal "
         "rank, k=60); parameters after colons, e.g. zscore:w=0.6:lift=0, rrf:k=60.",
+    )
+    keyword_fold: Literal["t2s", "tw2s", "hk2s", "tw2sp", "none"] = Field(  # = ragqa.words.KEYWORD_FOLDS
+        DEFAULT_KEYWORD_FOLD,
+        description="Script fold of the keyword (BM25) words, so a Traditional question finds a Simplified "
+        "text and back (OpenCC config): t2s (default), tw2s / hk2s (Taiwan / Hong Kong variant characters "
+        "too), tw2sp (and Taiwan words, e.g. 軟體 -> 软件), none. The text shown is never folded; a local KB "
+        "made under another fold has its words made again on open (no re-embedding).",
     )
     reranker: str | None = Field(
         None, description="Cross-encoder to re-score candidates (name or folder); off by default."

@@ -1,10 +1,14 @@
 """Words: what BM25 matches, and what a token costs.
 
 - ``tokenize``: jieba search-mode segmentation of Chinese runs, lower-cased Latin words without
-  English stop words. The knowledge bases' keyword indexes, the in-memory index and the fusion
+  English stop words, after the text is folded to one script (``fold``: OpenCC, Traditional to
+  Simplified, so ``觀景臺`` and ``观景台`` are one word; jieba's dictionary is Simplified). The knowledge bases' keyword indexes, the in-memory index and the fusion
   all use it, so it sits below them. jieba's dictionary is read from a trie file
   (``ragqa.segmenter``): the first word comes in ~0.05 s instead of ~0.5 s, the words the same.
-- ``tokenizer_id``: what a chunk's stored words depend on; a KB made under another one has its
+- ``fold`` / ``use_keyword_fold``: the script fold (``Settings.keyword_fold``, process-wide; the
+  pipeline sets it). Only the words are folded: the text a user sees, its offsets and snippets
+  are the stored text, never the folded one.
+- ``tokenizer_id``: what a chunk's stored words depend on (the fold included); a KB made under another one has its
   words made again from the stored text (``ragqa.store.local``).
 - ``matched_share`` / ``matched_mass``: how much of a query's idf mass (jieba's general-corpus
   table, cached as SQLite under the cache folder) a chunk's words hold; the fusion's signal.
@@ -20,6 +24,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ragqa.errors import MissingDependencyError
+
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9]+")
@@ -32,6 +38,70 @@ WORDS_FORMAT = 1
 _segmenter_: Any = None
 _segmenter_lock = threading.Lock()
 _tokenizer_id: str | None = None
+# OpenCC configs for the fold (README "Keyword search"): to Simplified, as jieba's dictionary is
+KEYWORD_FOLDS = ("t2s", "tw2s", "hk2s", "tw2sp", "none")
+DEFAULT_KEYWORD_FOLD = "t2s"
+_fold_name = DEFAULT_KEYWORD_FOLD
+_converters: dict[str, Any] = {}
+_fold_lock = threading.Lock()
+
+
+def use_keyword_fold(name: str) -> None:
+    """Make ``name`` the fold of ``tokenize`` in this process (one of KEYWORD_FOLDS)."""
+    global _fold_name
+    if name not in KEYWORD_FOLDS:
+        from ragqa.errors import ConfigError
+
+        raise ConfigError(f"unknown keyword fold {name!r}; choose one of {', '.join(KEYWORD_FOLDS)}")
+    _fold_name = name
+
+
+def keyword_fold() -> str:
+    """The fold ``tokenize`` uses in this process."""
+    return _fold_name
+
+
+def _converter(name: str) -> Any:
+    """OpenCC's converter for a config, loaded once per process (~2 ms)."""
+    conv = _converters.get(name)
+    if conv is None:
+        with _fold_lock:
+            conv = _converters.get(name)
+            if conv is None:
+                try:
+                    import opencc
+                except ImportError:
+                    raise MissingDependencyError("opencc") from None
+                conv = _converters[name] = opencc.OpenCC(f"{name}.json")
+    return conv
+
+
+def fold(text: str, name: str | None = None) -> str:
+    """``text`` in one script for the keyword index: OpenCC's ``name`` config (default: this
+    process's fold); ASCII text and the ``none`` fold give it back as it is.
+
+    >>> fold("觀景臺是誰設計的？")
+    '观景台是谁设计的？'
+    >>> fold("观景台由工程师蒋立华设计")  # Simplified stays as it is
+    '观景台由工程师蒋立华设计'
+    """
+    name = name or _fold_name
+    if name == "none" or text.isascii():
+        return text
+    return _converter(name).convert(text)
+
+
+def fold_id(name: str | None = None) -> str:
+    """What folded text depends on: the config and OpenCC's version (its dictionaries); '' for none."""
+    name = name or _fold_name
+    if name == "none":
+        return ""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"fold {name} opencc {version('opencc')}"
+    except PackageNotFoundError:
+        raise MissingDependencyError("opencc") from None
 
 
 def _segmenter() -> Any:
@@ -47,27 +117,32 @@ def _segmenter() -> Any:
 
 
 def tokenizer_id() -> str:
-    """What ``tokenize`` gives depends on: ragqa's rules and jieba's version and dictionary.
+    """What ``tokenize`` gives depends on: ragqa's rules, jieba's version and dictionary, and the
+    fold (none: the id from before the fold, so such KBs are not re-tokenized).
 
     >>> tokenizer_id()  # doctest: +SKIP
-    'words/1 jieba 0.42.1 dict 5071852'
+    'words/1 jieba 0.42.1 dict 5071852 fold t2s opencc 1.4.2'
     """
     global _tokenizer_id
     if _tokenizer_id is None:
         from ragqa.segmenter import segmentation_id
 
         _tokenizer_id = f"words/{WORDS_FORMAT} {segmentation_id()}"
-    return _tokenizer_id
+    folded = fold_id()
+    return f"{_tokenizer_id} {folded}" if folded else _tokenizer_id
 
 
 def tokenize(text: str) -> list[str]:
-    """Words for BM25: jieba search-mode segmentation of Chinese, lower-cased Latin words.
+    """Words for BM25: the text folded to Simplified, then jieba search-mode segmentation of
+    Chinese, lower-cased Latin words.
 
     >>> tokenize("熊猫住在四川 and eats Bamboo")
     ['熊猫', '住', '在', '四川', 'eats', 'bamboo']
+    >>> tokenize("熊貓住在四川")
+    ['熊猫', '住', '在', '四川']
     """
     out: list[str] = []
-    for match in _TOKEN.finditer(text):
+    for match in _TOKEN.finditer(fold(text)):
         piece = match.group()
         if piece[0].isascii():
             word = piece.lower()

@@ -31,6 +31,7 @@ from ragqa.pipeline.summaries import SUMMARY_SETTINGS, SUMMARY_SETTINGS_IF_SET, 
 from ragqa.splitting import ChineseTextSplitter
 from ragqa.store import TEXT_PARSER, TEXT_PREFIX, FileRecord, KBStats, KBView, KnowledgeBase, Manifest, SyncReport
 from ragqa.store.scope import select_documents
+from ragqa.words import use_keyword_fold
 
 if TYPE_CHECKING:
     from ragqa.gate import Gate
@@ -46,6 +47,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        use_keyword_fold(settings.keyword_fold)  # process-wide: tokenize has no settings of its own
         self.splitter = ChineseTextSplitter(settings.chunk_size, settings.chunk_overlap)
         self._embeddings: Any = None
         self._reranker: Any = None

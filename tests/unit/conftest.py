@@ -33,6 +33,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    from ragqa import words
+
+    monkeypatch.setattr(words, "_fold_name", words.DEFAULT_KEYWORD_FOLD)  # a Pipeline sets it process-wide
 
 
 # --------------------------------------------------------------------------- embeddings
