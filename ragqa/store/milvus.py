@@ -6,9 +6,10 @@ full-text search (Milvus 2.5 or later): Milvus tokenizes the chunks with jieba a
 
 Two collections per KB (``<key>``: see ``collection_key``)::
 
-    ragqa_<key>     the chunks: chunk_id INT64 (ours, never reused), file_id, ord, text (jieba
+    ragqa_<key>     the chunks: chunk_id INT64 (ours, never reused), file_id, ord, text (what is
+                    shown), words (the text folded to one script, ``ragqa.words.fold``; jieba
                     analyzer), meta (JSON), dense FLOAT_VECTOR (COSINE, AUTOINDEX) and sparse, which
-                    Milvus's BM25 function fills from text (SPARSE_INVERTED_INDEX, metric BM25)
+                    Milvus's BM25 function fills from words (SPARSE_INVERTED_INDEX, metric BM25)
     ragqakb_<key>   the KB's own records: id 0 = the KB (its real name, manifest, id counters),
                     id >= 1 = one per file, id -1 = the write lock; and a 2-d dummy vector, since
                     Milvus wants a vector field in every collection
@@ -16,6 +17,12 @@ Two collections per KB (``<key>``: see ``collection_key``)::
 Why two and not one with a kind field: the chunks' vector dimension is known only once the first
 file is embedded, file rows must not take part in searches or in BM25's corpus statistics, and
 listing or opening a KB should not touch the (large) chunk collection.
+
+The script fold is the KB's own (``keyword_fold`` in the KB row), set from the settings when its
+chunk collection is made; questions are folded the same way. A KB from before the fold has no
+words field (its BM25 function reads text) and stays unfolded: Milvus cannot add a BM25 input to
+a collection, and remaking one means copying every chunk with its vector (not crash-safe without
+a second collection). Opened by a run that folds, it says in one line how to rebuild it.
 
 Milvus has no transactions, so writes are ordered to survive a crash at any step. Each file owns
 a contiguous range of chunk ids, recorded in its file row; only chunks inside that range are
@@ -50,6 +57,7 @@ from urllib.parse import urlsplit, urlunsplit
 from langchain_core.documents import Document
 
 from ragqa.errors import InputError, MissingDependencyError, RagqaError, one_line
+from ragqa.words import fold
 from ragqa.store.base import (
     FileRecord, KBStats, KnowledgeBase, Manifest,
     batches, chunk_document, chunk_meta, unit_rows,
@@ -230,6 +238,8 @@ class MilvusKB(KnowledgeBase):
         self._ranges: dict[int, tuple[int, int]] = {}  # file id -> (first chunk id, chunks)
         self._lease: _Lease | None = None
         self._has_chunks = False
+        self._wanted_fold = settings.keyword_fold
+        self._fold = "none"  # the KB's own, read from its row in _open
         try:
             self._open(manifest, create)
         except BaseException:
@@ -258,7 +268,7 @@ class MilvusKB(KnowledgeBase):
                 raise RagqaError(f"Milvus collection {self.kb_name} at {self.location} is not a ragqa knowledge base; "
                                  "drop it or choose another name")
             meta = {"format": FORMAT, "manifest": json.loads(manifest.to_json()), "next_chunk": 1, "next_file": 1,
-                    "dirty": [], "created": time.time()}
+                    "dirty": [], "created": time.time(), "keyword_fold": self._wanted_fold}
             self._meta = meta
             self._write_meta()
         if self._meta_name != self.name:
@@ -273,6 +283,11 @@ class MilvusKB(KnowledgeBase):
         self._has_chunks = bool(self._call("has_collection", self.chunks_name))
         if self._has_chunks:
             self._call_loaded(self.chunks_name)
+        self._fold = str(meta.get("keyword_fold", "none"))  # a KB from before the fold: unfolded
+        if self._has_chunks and self._fold != self._wanted_fold:
+            log.warning("knowledge base %s keeps its keyword fold %s (this run's is %s); to change it, rebuild it: "
+                        "ragqa kb drop %s --store %s && ragqa index PATH... --kb %s --store %s",
+                        self.name, self._fold, self._wanted_fold, self.name, self.location, self.name, self.location)
 
     def _call_loaded(self, collection: str) -> None:
         try:
@@ -311,12 +326,19 @@ class MilvusKB(KnowledgeBase):
         schema.add_field("chunk_id", dt.INT64, is_primary=True)
         schema.add_field("file_id", dt.INT64)
         schema.add_field("ord", dt.INT64)
-        schema.add_field("text", dt.VARCHAR, max_length=VARCHAR_MAX, enable_analyzer=True, analyzer_params=ANALYZER)
+        if self._fold != self._wanted_fold:  # no chunks yet (a KB from before the fold too): this run's fold
+            self._meta["keyword_fold"] = self._fold = self._wanted_fold
+            self._write_meta()  # before the collection: a crash in between leaves a KB that makes it so
+        folded = self._fold != "none"
+        analyzed = {"enable_analyzer": True, "analyzer_params": ANALYZER}
+        schema.add_field("text", dt.VARCHAR, max_length=VARCHAR_MAX, **({} if folded else analyzed))
+        if folded:
+            schema.add_field("words", dt.VARCHAR, max_length=VARCHAR_MAX, **analyzed)
         schema.add_field("meta", dt.VARCHAR, max_length=VARCHAR_MAX)
         schema.add_field("dense", dt.FLOAT_VECTOR, dim=dimension)
         schema.add_field("sparse", dt.SPARSE_FLOAT_VECTOR)
         schema.add_function(pm.Function(name="text_bm25", function_type=pm.FunctionType.BM25,
-                                        input_field_names=["text"], output_field_names=["sparse"]))
+                                        input_field_names=["words" if folded else "text"], output_field_names=["sparse"]))
         index = pm.MilvusClient.prepare_index_params()
         index.add_index(field_name="file_id", index_type="INVERTED")
         index.add_index(field_name="dense", index_type="AUTOINDEX", metric_type="COSINE")
@@ -512,8 +534,19 @@ class MilvusKB(KnowledgeBase):
         """Step 2: (ord, text, meta JSON, unit vector) rows as chunks first, first + 1, ..."""
         for lo in range(0, len(rows), INSERT_BATCH):
             batch = [{"chunk_id": first + lo + i, "file_id": fid, "ord": int(o), "text": t, "meta": m,
-                      "dense": [float(x) for x in v]} for i, (o, t, m, v) in enumerate(rows[lo:lo + INSERT_BATCH])]
+                      "dense": [float(x) for x in v], **self._words(t)}
+                     for i, (o, t, m, v) in enumerate(rows[lo:lo + INSERT_BATCH])]
             self._call("insert", self.chunks_name, batch)
+
+    def _words(self, text: str) -> dict[str, str]:
+        """The words field of a chunk row: its text folded, cut to what the field holds (a fold may
+        change a character's UTF-8 length); none for a KB without the fold."""
+        if self._fold == "none":
+            return {}
+        words = fold(text, self._fold)
+        if len(words.encode("utf-8")) > VARCHAR_MAX:
+            words = words.encode("utf-8")[:VARCHAR_MAX].decode("utf-8", "ignore")
+        return {"words": words}
 
     def put_file(self, record: FileRecord, chunks: Sequence[Document], vectors: "np.ndarray",
                  tokens: Sequence[Sequence[str]]) -> FileRecord:
@@ -616,8 +649,9 @@ class MilvusKB(KnowledgeBase):
         return [[(int(h["chunk_id"]), float(h["distance"])) for h in hits] for hits in results]
 
     def bm25_search(self, query: str, k: int, file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
-        """BM25 over Milvus's own jieba words of the chunks; punctuation in the question is ignored."""
-        text = " ".join(_PUNCT.sub(" ", query or "").split())
+        """BM25 over Milvus's own jieba words of the chunks (folded as the KB folds them);
+        punctuation in the question is ignored."""
+        text = " ".join(_PUNCT.sub(" ", fold(query or "", self._fold)).split())
         if not text or not self._chunks_ready() or (file_ids is not None and not len(file_ids)):
             return []
         results = self._call("search", self.chunks_name, data=[text], anns_field="sparse", limit=min(k, MAX_TOPK),

@@ -102,3 +102,19 @@ def test_bad_model_path_fails_in_one_line_before_indexing(run_ragqa, doc: Path) 
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("ragqa: error:")
     assert "not a GGUF" in proc.stderr
     assert not (run_ragqa.cache / "index").exists()
+
+
+def test_bm25_alone_finds_a_simplified_text_for_a_traditional_question_and_back(run_ragqa, ask_json, tmp_path: Path) -> None:
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    tower = "观景台由工程师蒋立华设计，建于一九九八年。"
+    temple = "龍山寺位於萬華區，始建於乾隆三年，是臺北最古老的寺廟之一。"
+    (folder / "tower.txt").write_text(tower, "utf-8")
+    (folder / "temple.txt").write_text(temple, "utf-8")
+    (folder / "panda.txt").write_text("熊猫是中国特有的动物，主要生活在四川的山区。", "utf-8")
+    run_ragqa("index", str(folder), "--kb", "scripts")
+    for question, name, text in (("觀景臺是誰設計的？", "tower.txt", tower), ("龙山寺始建于哪一年？", "temple.txt", temple)):
+        out = ask_json("--kb", "scripts", question, "--retriever", "bm25", "-k", "1", "--dry-run")
+        [source] = out["sources"]
+        assert Path(source["source"]).name == name, question
+        assert source["text"] == text  # as written, not folded

@@ -439,3 +439,48 @@ def test_two_serve_replicas_share_knowledge_bases_on_milvus(milvus_uri: str, tmp
             stop(b)
     finally:
         stop(a)
+
+
+# -- one Chinese across scripts ---------------------------------------------------------------------
+
+SCRIPTS = {
+    "tower.txt": "观景台由工程师蒋立华设计，建于一九九八年。",
+    "temple.txt": "龍山寺位於萬華區，始建於乾隆三年，是臺北最古老的寺廟之一。",
+    "panda.txt": DOCS["panda.txt"],
+}
+
+
+@pytest.fixture
+def two_scripts(tmp_path: Path) -> Path:
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    for name, text in SCRIPTS.items():
+        (folder / name).write_text(text, "utf-8")
+    return folder
+
+
+def test_bm25_alone_finds_the_other_script_and_shows_the_text_as_written(pipeline, two_scripts: Path) -> None:
+    p = pipeline()
+    kb = p.open_kb("scripts", create=True)
+    p.index_paths(kb, [two_scripts])
+    assert bm25_files(kb, "觀景臺是誰設計的？")[0] == "tower.txt"  # Traditional question, Simplified text
+    assert bm25_files(kb, "龙山寺始建于哪一年？")[0] == "temple.txt"  # and back
+    answer = p.ask([], "龍山寺始建於哪一年？", kb="scripts", dry_run=True, retriever="bm25", k=1)
+    assert [Path(s.source).name for s in answer.sources] == ["temple.txt"]
+    [doc] = kb.get_chunks([kb.bm25_search("龙山寺", 1)[0][0]])
+    assert doc.page_content == SCRIPTS["temple.txt"]  # the words field is folded, the text shown is not
+
+
+def test_a_kb_without_the_fold_keeps_working_and_says_how_to_rebuild(pipeline, two_scripts: Path, caplog) -> None:
+    old = pipeline(keyword_fold="none")  # as a KB from before the fold: no words field
+    kb = old.open_kb("unfolded", create=True)
+    old.index_paths(kb, [two_scripts])
+    assert "words" not in {f["name"] for f in kb.client.describe_collection(kb.chunks_name)["fields"]}
+    kb.close()
+    p = pipeline()
+    with caplog.at_level("WARNING", logger="ragqa.store.milvus"):
+        kb = p.open_kb("unfolded")
+    [line] = [r.getMessage() for r in caplog.records if "keyword fold" in r.getMessage()]
+    assert "keeps its keyword fold none" in line and "ragqa kb drop unfolded" in line
+    assert bm25_files(kb, "观景台由谁设计")[0] == "tower.txt"  # same script: as before
+    assert "tower.txt" not in bm25_files(kb, "觀景臺")  # across scripts: not until rebuilt
