@@ -57,11 +57,11 @@ from urllib.parse import urlsplit, urlunsplit
 from langchain_core.documents import Document
 
 from ragqa.errors import InputError, MissingDependencyError, RagqaError, one_line
-from ragqa.words import fold
 from ragqa.store.base import (
     FileRecord, KBStats, KnowledgeBase, Manifest,
     batches, chunk_document, chunk_meta, unit_rows,
 )
+from ragqa.words import fold
 
 if TYPE_CHECKING:
     import numpy as np
