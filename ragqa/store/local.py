@@ -145,7 +145,6 @@ class LocalKB(KnowledgeBase):
         if manifest.embedding:
             self.manifest.check(manifest, name)
         self._vectors = VectorIndex(self.folder / "vectors", self.db)
-        self._chunk_files: tuple[int, Any] | None = None  # (generation, file id per chunk id): _scope_mask
         self._scopes: tuple[int, dict[Any, Any]] | None = None  # (generation, _scope_cache())
         self._keywords = KeywordIndex(self.folder / "keywords", self.db)
         self._writing = False
@@ -243,17 +242,32 @@ class LocalKB(KnowledgeBase):
 
     def _scope_cache(self) -> dict[Any, Any]:
         """What scoped searches reuse until the truth changes (a page or a server scopes many
-        questions the same way): the readable files, the ids patterns picked, the chunk masks."""
+        questions the same way): the readable files, the ids patterns picked, the chunk scopes."""
         gen = self.generation()
         if self._scopes is None or self._scopes[0] != gen:
             rows = self.db.execute("SELECT id, path, chunks FROM files WHERE status = 'ok'").fetchall()
             self._scopes = (gen, {"documents": tuple((int(i), p, int(n)) for i, p, n in rows)})
         cache = self._scopes[1]
-        if len(cache) > 64:  # many different scopes: start over rather than grow
+        if len(cache) > 64:  # many different scopes: start over rather than grow (what they share stays)
+            kept = {key: cache[key] for key in ("documents", "chunk_files") if key in cache}
             cache.clear()
-            cache["documents"] = tuple((int(i), p, int(n)) for i, p, n in
-                                       self.db.execute("SELECT id, path, chunks FROM files WHERE status = 'ok'"))
+            cache.update(kept)
         return cache
+
+    def _chunk_files(self) -> "np.ndarray":
+        """The file id of each chunk id (-1: no such chunk), read once per generation of the truth
+        (one scan of the chunks' ids)."""
+        import numpy as np
+
+        cache = self._scope_cache()
+        if "chunk_files" not in cache:
+            rows = self.db.execute("SELECT id, file_id FROM chunks").fetchall()
+            ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
+            owners = np.fromiter((r[1] for r in rows), dtype="int64", count=len(rows))
+            chunk_file = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype="int64")
+            chunk_file[ids] = owners
+            cache["chunk_files"] = chunk_file
+        return cache["chunk_files"]
 
     def find_by_hash(self, file_hash: str, parser: str) -> FileRecord | None:
         row = self.db.execute(
@@ -486,27 +500,16 @@ class LocalKB(KnowledgeBase):
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
-    def _scope_mask(self, file_ids: Sequence[int]) -> ChunkScope:
-        """The chunks of ``file_ids``: a bool per chunk id (``.mask``), with what searches derive from it.
-
-        The chunk -> file map is read once per generation of the truth (one scan of the chunks'
-        ids), so every scoped search after the first costs a numpy lookup, not a query."""
+    def _chunk_scope(self, file_ids: Sequence[int]) -> ChunkScope:
+        """The chunks of ``file_ids``: a bool per chunk id (``.mask``), with what searches derive
+        from it; kept until the truth changes, so a scoped search after the first costs a lookup."""
         import numpy as np
 
         key = ("mask", tuple(int(f) for f in file_ids))
         cache = self._scope_cache()
         if key in cache:
             return cache[key]
-        gen = self.generation()
-        if self._chunk_files is None or self._chunk_files[0] != gen:
-            rows = self.db.execute("SELECT id, file_id FROM chunks").fetchall()
-            ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
-            owners = np.fromiter((r[1] for r in rows), dtype="int64", count=len(rows))
-            top = int(ids.max()) + 1 if len(ids) else 0
-            chunk_file = np.full(top, -1, dtype="int64")
-            chunk_file[ids] = owners
-            self._chunk_files = (gen, chunk_file)
-        chunk_file = self._chunk_files[1]
+        chunk_file = self._chunk_files()
         wanted = np.asarray([int(f) for f in file_ids], dtype="int64")
         size = int(max(chunk_file.max(initial=-1), wanted.max(initial=-1))) + 2
         file_mask = np.zeros(size, dtype=bool)  # the last slot stands for "no chunk here" (-1)
@@ -525,7 +528,7 @@ class LocalKB(KnowledgeBase):
         if dim and (q.ndim != 2 or q.shape[1] != dim):
             raise RagqaError(f"query vectors have {q.shape[-1]} dimensions but knowledge base {self.name!r} "
                              f"has {dim} (was it built with another embedding model?)")
-        allowed = self._scope_mask(file_ids) if file_ids is not None else None
+        allowed = self._chunk_scope(file_ids) if file_ids is not None else None
         return self._vectors.search(unit_rows(q), k, allowed)
 
     def bm25_search(self, query: str, k: int, file_ids: Sequence[int] | None = None) -> list[tuple[int, float]]:
@@ -545,7 +548,7 @@ class LocalKB(KnowledgeBase):
         in scope, is exactly the scoped top k (a chunk's BM25 score does not depend on the scope),
         and cheaper than tantivy intersecting with a set of a thousand file ids. None: not wide,
         or the head held too few; the caller filters inside tantivy."""
-        scope = self._scope_mask(file_ids)
+        scope = self._chunk_scope(file_ids)
         mask = scope.mask
         share = scope.share(len(mask) - 1) if len(mask) else 0.0
         if share < WIDE_SCOPE:
