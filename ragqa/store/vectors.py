@@ -151,8 +151,6 @@ class VectorIndex:
         wide one first takes the unscoped search's head and keeps the chunks in scope (what a
         filtered graph walk would also find, for the cost of an unscoped search); a head too short,
         or a middling scope, is searched with a bitmap selector, HNSW looking further (1 / sqrt(share))."""
-        import numpy as np
-
         self._refresh()
         results: list[list[tuple[int, float]]] = [[] for _ in range(len(q))]
         if self._base is not None and self._base.ntotal:
@@ -208,11 +206,7 @@ class VectorIndex:
             ids, vecs = (delta_ids[mask], delta_vectors[mask]) if mask is not None else (delta_ids, delta_vectors)
             if len(ids):
                 scores = q @ vecs.T
-                n = min(k, len(ids))
-                for row in range(len(q)):
-                    top = np.argpartition(-scores[row], n - 1)[:n] if n < len(ids) else np.arange(len(ids))
-                    merged = results[row] + [(int(ids[j]), float(scores[row, j])) for j in top]
-                    results[row] = sorted(merged, key=lambda t: (-t[1], t[0]))[:k]
+                results = [_ranked(results[row] + _top(scores[row], ids, k), k) for row in range(len(q))]
         return results
 
     def _scan(self, q: "np.ndarray", k: int, ids: "np.ndarray") -> list[list[tuple[int, float]]]:
@@ -225,12 +219,7 @@ class VectorIndex:
         rows = np.searchsorted(order, ids)
         rows = rows[(rows < len(order)) & (order[np.minimum(rows, len(order) - 1)] == ids)]  # dead ones are gone
         scores = q @ stored[rows].T
-        n = min(k, len(rows))
-        out = []
-        for row in range(len(q)):
-            top = np.argpartition(-scores[row], n - 1)[:n] if n < len(rows) else np.arange(len(rows))
-            out.append(sorted(((int(order[rows[j]]), float(scores[row, j])) for j in top), key=lambda t: (-t[1], t[0])))
-        return out
+        return [_top(scores[row], order[rows], k) for row in range(len(q))]
 
     def _base_vectors(self) -> tuple["np.ndarray", "np.ndarray"]:
         """(the base's vectors, their chunk ids, ascending): views of the index itself, no copy."""
@@ -300,3 +289,18 @@ class VectorIndex:
                 tmp_file.unlink()
         self._base, self._max_id, self._kind, self._delta, self._dead = index, int(max_id), kind, None, None
         self._stored = None
+
+
+
+def _ranked(hits: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+    """The best ``k`` (id, score) pairs, best first, ties by id."""
+    return sorted(hits, key=lambda t: (-t[1], t[0]))[:k]
+
+
+def _top(scores: "np.ndarray", ids: "np.ndarray", k: int) -> list[tuple[int, float]]:
+    """The top ``k`` (id, score) of one query's ``scores`` against the chunks ``ids``, best first."""
+    import numpy as np
+
+    n = min(k, len(ids))
+    best = np.argpartition(-scores, n - 1)[:n] if n < len(ids) else np.arange(len(ids))
+    return _ranked([(int(ids[j]), float(scores[j])) for j in best], k)
