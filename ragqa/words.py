@@ -2,14 +2,15 @@
 
 - ``tokenize``: jieba search-mode segmentation of Chinese runs, lower-cased Latin words without
   English stop words, after the text is folded to one script (``fold``: OpenCC, Traditional to
-  Simplified, so ``觀景臺`` and ``观景台`` are one word; jieba's dictionary is Simplified). The knowledge bases' keyword indexes, the in-memory index and the fusion
-  all use it, so it sits below them. jieba's dictionary is read from a trie file
-  (``ragqa.segmenter``): the first word comes in ~0.05 s instead of ~0.5 s, the words the same.
+  Simplified, so ``觀景臺`` and ``观景台`` are one word; jieba's dictionary is Simplified). The
+  knowledge bases' keyword indexes, the in-memory index and the fusion all use it, so it sits
+  below them. jieba's dictionary is read from a trie file (``ragqa.segmenter``): the first word
+  comes in ~0.05 s instead of ~0.5 s, the words the same.
 - ``fold`` / ``use_keyword_fold``: the script fold (``Settings.keyword_fold``, process-wide; the
   pipeline sets it). Only the words are folded: the text a user sees, its offsets and snippets
   are the stored text, never the folded one.
-- ``tokenizer_id``: what a chunk's stored words depend on (the fold included); a KB made under another one has its
-  words made again from the stored text (``ragqa.store.local``).
+- ``tokenizer_id``: what a chunk's stored words depend on (the fold included); a KB made under
+  another one has its words made again from the stored text (``ragqa.store.local``).
 - ``matched_share`` / ``matched_mass``: how much of a query's idf mass (jieba's general-corpus
   table, cached as SQLite under the cache folder) a chunk's words hold; the fusion's signal.
 - ``estimate_tokens``: a cautious token count for a model without a tokenizer of its own.
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -94,12 +96,16 @@ def fold(text: str, name: str | None = None) -> str:
 def fold_id(name: str | None = None) -> str:
     """What folded text depends on: the config and OpenCC's version (its dictionaries); '' for none."""
     name = name or _fold_name
-    if name == "none":
-        return ""
+    return "" if name == "none" else f"fold {name} opencc {_opencc_version()}"
+
+
+@functools.cache
+def _opencc_version() -> str:
+    """OpenCC's installed version, looked up once (every KB open and write asks for the id)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return f"fold {name} opencc {version('opencc')}"
+        return version("opencc")
     except PackageNotFoundError:
         raise MissingDependencyError("opencc") from None
 
