@@ -254,7 +254,7 @@ class FolderWatcher:
     def _watch(self, watchfiles: Any) -> None:
         """One watch over the folders there now, until it must be made anew (or stop)."""
         self._restart = False
-        live = [root for root in self.roots if self._ids[root] is not None]
+        live = self._live()
         if not live:  # every folder is gone: look for them coming back, at the tick's pace
             if not self._stop.wait(TICK_MS / 1000):
                 self.step()
@@ -321,6 +321,10 @@ class FolderWatcher:
     def present(self, root: str) -> bool:
         return self._ids.get(root) is not None
 
+    def _live(self) -> list[str]:
+        """The watched folders that are there now."""
+        return [root for root in self.roots if self.present(root)]
+
     # -- one tick: what the watch saw, then what has settled
     def step(self, changes: Iterable[str] = ()) -> None:
         """Take raw changes (paths), look at the folders, and apply whatever has settled."""
@@ -366,7 +370,7 @@ class FolderWatcher:
     def sync(self) -> None:
         """One sync over the folders there: new and changed files indexed, deleted ones removed."""
         self._sync_due = None
-        live = [root for root in self.roots if self._ids[root] is not None]
+        live = self._live()
         files = [f for root in live for f in self._files_under(root)]
         first, self._first = self._first, False
         before = {} if first else {r.path: r for r in self._kb.files()}
@@ -398,7 +402,7 @@ class FolderWatcher:
                 files.update(dict.fromkeys(self._files_under(p, quiet=True)))
             elif os.path.isfile(p) and self.wanted(None, p):
                 files[Path(p)] = None
-        live = [root for root in self.roots if self._ids[root] is not None]
+        live = self._live()
         # what the KB has at or under a gone path, in a folder still there (a folder gone keeps its documents)
         gone = [g for g in gone if any(is_under(Path(g), Path(root)) for root in live)]
         removed = any(is_under(Path(path), Path(g)) for path in before for g in gone)
