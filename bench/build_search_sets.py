@@ -11,6 +11,13 @@ search. This script writes query -> document sets in ragqa's JSONL format
   queries, the segments' transcripts as documents (zh_sum/vcsum_short_dev.compact.jsonl, MIT; 135
   topic-style queries that mostly paraphrase spoken text); `vcsum_summaries.jsonl`: the same
   documents, each found by its ~140-character written summary (an abstractive paraphrase).
+- `medical_titles.jsonl`: real questions people typed into a Chinese health Q&A site ("高血压能喝黑茶吗？",
+  "得肝硬化怎么办呢?") as queries, the doctors' answers as documents (Toyhom/Chinese-medical-dialogue-data
+  on GitHub, MIT; not in ../shared/eval: fetch its internal-medicine sample, below, into
+  .cache/raw/). Short colloquial search questions over passages that repeat the query's words
+  among many that share its topic: the style on which vector search stays far above BM25 and rank
+  fusion falls below vector. 1,500 queries, each department in turn (a fixed seed), titles and
+  answers that occur once only, answers of 40 characters or more.
 - `cmrc2018_trial_keywords.jsonl`, `drcd_dev200_keywords.jsonl`, `squad_dev200_keywords.jsonl`: the
   MRC questions rewritten the way people type into a search box: function and question words
   dropped, 2-4 content words kept (names, numbers and nouns first), in their original order. The
@@ -19,6 +26,10 @@ search. This script writes query -> document sets in ragqa's JSONL format
 
     .venv/bin/python bench/build_search_sets.py                # -> .cache/search_sets/
     .venv/bin/python bench/build_search_sets.py --out /tmp/sets
+
+The medical set needs one file of https://github.com/Toyhom/Chinese-medical-dialogue-data, the
+internal-medicine sample `样例_内科5000-6000.csv` (7,644 rows, GB18030), saved as
+.cache/raw/toyhom_im_sample.csv (or `--medical-csv PATH`); without it the set is skipped.
 
 The rewriting is rule-based (jieba part-of-speech tags for Chinese, a stopword list for English)
 and fixed: nothing in it was tuned on retrieval results.
@@ -163,9 +174,41 @@ def vcsum_rows(path: Path, field: str = "headline") -> list[dict]:
     return [{"id": f"vcsum-{r['id']}", "query": r[field].strip(), "document": r["context"].strip()} for r in rows]
 
 
+MEDICAL_CSV = ROOT / ".cache" / "raw" / "toyhom_im_sample.csv"
+MEDICAL_QUERIES = 1500
+
+
+def medical_rows(path: Path, n: int = MEDICAL_QUERIES, seed: int = 0) -> list[dict]:
+    """Title -> answer pairs from the medical dialogue CSV (department, title, ask, answer): titles
+    and answers that occur once only, answers of 40 characters or more, departments taken in turn."""
+    import io
+    import random
+    from collections import Counter, defaultdict
+
+    rows = [(r["department"], r["title"].strip(), r["answer"].strip())
+            for r in csv.DictReader(io.StringIO(path.read_bytes().decode("gb18030")))]
+    titles, answers = Counter(r[1] for r in rows), Counter(r[2] for r in rows)
+    by_department: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for r in rows:
+        if titles[r[1]] == 1 and answers[r[2]] == 1 and len(r[1]) >= 4 and len(r[2]) >= 40:
+            by_department[r[0]].append(r)
+    rng = random.Random(seed)
+    for group in by_department.values():
+        rng.shuffle(group)
+    picked: list[tuple[str, str, str]] = []
+    while len(picked) < n and any(by_department.values()):
+        for name in sorted(by_department):
+            if by_department[name] and len(picked) < n:
+                picked.append(by_department[name].pop())
+    return [{"id": f"med-{k}", "query": title, "document": answer, "department": dept}
+            for k, (dept, title, answer) in enumerate(picked)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--medical-csv", type=Path, default=MEDICAL_CSV,
+                    help="the medical dialogue sample CSV (default .cache/raw/toyhom_im_sample.csv)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sets = {
@@ -176,6 +219,11 @@ def main() -> None:
         "vcsum_summaries.jsonl": lambda: vcsum_rows(EVAL / "zh_sum/vcsum_short_dev.compact.jsonl", "summary"),
     }
     sets.update({name: (lambda p=p, m=m: squad_rows(p, m)) for name, (p, m) in MRC_SETS.items()})
+    if args.medical_csv.exists():
+        sets["medical_titles.jsonl"] = lambda: medical_rows(args.medical_csv)
+    else:
+        print(f"skipping medical_titles.jsonl: {args.medical_csv} not found (see this script's docstring)",
+              file=sys.stderr)
     for name, build in sets.items():
         rows = build()
         with (args.out / name).open("w", encoding="utf-8") as f:

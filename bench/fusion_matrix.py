@@ -37,6 +37,7 @@ DATASETS = {  # name: (file, --max-contexts)
     "CSL title keywords -> abstract (400)": (SETS / "csl_title_keywords.jsonl", 400),
     "VCSum headline -> meeting segment (135)": (SETS / "vcsum_headlines.jsonl", None),
     "VCSum summary -> meeting segment (135)": (SETS / "vcsum_summaries.jsonl", None),
+    "Medical Q&A title -> doctor's answer (1500)": (SETS / "medical_titles.jsonl", None),
 }
 DEFAULT_COMPARE = "vector,bm25,rrf,hybrid"
 

@@ -407,7 +407,7 @@ def parse_compare(text: str, fusion: str) -> list[tuple[str, str, str | None]]:
     ``hybrid:SPEC`` (or a fusion spec alone) that fusion.
 
     >>> parse_compare("vector,bm25,hybrid,rrf", "zscore:w=0.6")
-    [('vector', 'vector', None), ('bm25', 'bm25', None), ('hybrid', 'hybrid', 'zscore:w=0.6:lift=1:below=0.5:drop=0.4:mass=80'), ('rrf', 'hybrid', 'rrf:k=60')]
+    [('vector', 'vector', None), ('bm25', 'bm25', None), ('hybrid', 'hybrid', 'zscore:w=0.6:lift=1:below=0.5:drop=0.4:mass=80:stand=0.2:usual=2.5:gap=0.5'), ('rrf', 'hybrid', 'rrf:k=60')]
     """
     from ragqa.fusion import make_fusion
     from ragqa.retrieval import RETRIEVERS

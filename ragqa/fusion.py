@@ -80,7 +80,7 @@ def make_fusion(spec: "str | Fusion | None" = None) -> Fusion:
     "rrf:k=60"); None is the default, DEFAULT_FUSION.
 
     >>> make_fusion("zscore:w=0.6").spec
-    'zscore:w=0.6:lift=1:below=0.5:drop=0.4:mass=80'
+    'zscore:w=0.6:lift=1:below=0.5:drop=0.4:mass=80:stand=0.2:usual=2.5:gap=0.5'
     >>> make_fusion("rrf").spec
     'rrf:k=60'
     """
@@ -168,15 +168,49 @@ def _convex(vector: Hits, keyword: Hits, w: float,
 
 
 
+def _spread(scores: Sequence[float]) -> tuple[float, float]:
+    mean = sum(scores) / len(scores)
+    return mean, (sum((x - mean) ** 2 for x in scores) / len(scores)) ** 0.5
+
+
+def standout(scores: Sequence[float]) -> float:
+    """How far a list's best score stands above the rest: its z-score within the list (0 for
+    fewer than three scores or all equal).
+
+    >>> round(standout([0.95, 0.80, 0.79, 0.78]), 2), round(standout([0.81, 0.80, 0.79, 0.78]), 2)
+    (1.72, 1.34)
+    """
+    if len(scores) < 3:
+        return 0.0
+    mean, sd = _spread(scores)
+    return (scores[0] - mean) / sd if sd > 0 else 0.0
+
+
+def lead(scores: Sequence[float]) -> float:
+    """How far a list's best score is ahead of its second, in standard deviations of the list
+    (0 for fewer than three scores or all equal).
+
+    >>> round(lead([10.0, 9.9, 5.0, 4.0]), 2), round(lead([10.0, 6.0, 5.0, 4.0]), 2)
+    (0.04, 1.76)
+    """
+    if len(scores) < 3:
+        return 0.0
+    _, sd = _spread(scores)
+    return (scores[0] - scores[1]) / sd if sd > 0 else 0.0
+
+
 @register_fusion(
     "zscore", "w * z-score of the cosine + (1 - w) * z-score of BM25, w raised by lift * (below - share) "
-    "when BM25's best chunk holds less than `below` of the query's idf mass, and lowered by up to `drop` "
-    "when that chunk matches more than `mass` of idf (long queries)",
+    "when BM25's best chunk holds less than `below` of the query's idf mass, lowered by up to `drop` "
+    "when that chunk matches more than `mass` of idf (long queries), and moved by up to `stand` by "
+    "tanh(vector top's standout - usual - gap * ln(BM25 top's lead + 0.05))",
     w=(0.5, 0, 1), lift=(1.0, 0, 10), below=(0.5, 0, 1), drop=(0.4, 0, 1), mass=(80.0, 1, 10000),
+    stand=(0.2, 0, 0.5), usual=(2.5, -10, 10), gap=(0.5, 0, 5),
 )
 def zscore_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords | None = None,
                   w: float = 0.5, lift: float = 1.0, below: float = 0.5, drop: float = 0.4,
-                  mass: float = 80.0) -> list[tuple[int, float]]:
+                  mass: float = 80.0, stand: float = 0.2, usual: float = 2.5, gap: float = 0.5,
+                  ) -> list[tuple[int, float]]:
     """Convex combination of per-query z-scores (how far each chunk stands out among the
     candidates), with the vector weight adapted to the query. The score returned is the fused
     z-score through the logistic function: in (0, 1), 0.5 for an average candidate.
@@ -189,22 +223,35 @@ def zscore_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords 
     >>> [i for i, _ in zscore_fusion("q", vector, keyword)], [i for i, _ in rrf_fusion("q", vector, keyword)]
     ([1, 2, 3, 4], [2, 1, 3, 4])
 
-    BM25 is right far more often when its best chunk holds most of the query's informative words
-    (MRC questions that copy the passage) than when it matched only part of them (a query worded
-    unlike the text), while the vectors degrade less; so when ``words`` is given and BM25's best
-    chunk holds a share of the query's idf mass under ``below``, the vector weight rises by
-    ``lift * (below - share)`` (to at most 0.95). ``lift=0`` keeps ``w`` fixed.
+    The weight moves with three signals of the query and its two lists:
 
-    A long query (a paragraph used as the query: a summary looking for its source) is the other
-    way round: e5 embeds it coarsely while BM25 has many words to match. When BM25's best chunk
-    matches more idf mass than ``mass`` (about ten informative words; a search query has a third
-    of that), the vector weight falls linearly by up to ``drop`` at twice ``mass``.
+    - BM25 is right far more often when its best chunk holds most of the query's informative words
+      (MRC questions that copy the passage) than when it matched only part of them (a query worded
+      unlike the text), while the vectors degrade less; so when ``words`` is given and BM25's best
+      chunk holds a share of the query's idf mass under ``below``, the vector weight rises by
+      ``lift * (below - share)`` (to at most 0.95). ``lift=0`` keeps ``w`` fixed.
+    - A long query (a paragraph used as the query: a summary looking for its source) is the other
+      way round: e5 embeds it coarsely while BM25 has many words to match. When BM25's best chunk
+      matches more idf mass than ``mass`` (about ten informative words; a search query has a third
+      of that), the vector weight falls linearly by up to ``drop`` at twice ``mass``.
+    - Which list to believe shows in the lists themselves. Where the two disagree on the top
+      chunk, the vectors are mostly right when their best hit stands clear of their other
+      candidates and BM25's best is barely ahead of its runner-up (questions typed into a search
+      box, over passages that all repeat the query's common words), and BM25 is mostly right the
+      other way round. The weight moves by ``stand * tanh(standout - usual - gap * ln(lead +
+      0.05))``: ``standout`` is the vector top hit's z-score within the vector list, ``lead`` BM25's
+      first-to-second gap in standard deviations of the BM25 list. Chosen on the even-numbered
+      queries of every dev set and checked on the odd ones (bench/fusion_tune.py; README "Fusion
+      across query styles"); ``stand=0`` turns it off.
     """
     if (lift > 0 or drop > 0) and keyword and words is not None:
         matched, total = matched_mass(query, words(keyword[0][0]))
         share = matched / total if total else 0.0
         w = min(w + lift * max(0.0, below - share), max(w, 0.95))
         w = max(0.05, w - drop * min(1.0, max(0.0, (matched - mass) / mass)))
+    if stand > 0 and len(vector) >= 3 and len(keyword) >= 3:
+        signal = standout([x for _, x in vector]) - usual - gap * math.log(lead([x for _, x in keyword]) + 0.05)
+        w = min(0.95, max(0.05, w + stand * math.tanh(signal)))
     # the score a user sees: the fused z-score squashed into (0, 1), 0.5 = an average candidate
     return [(i, 1.0 / (1.0 + math.exp(-x))) for i, x in _convex(vector, keyword, w, _zscores)]
 

@@ -145,9 +145,9 @@ def test_load_pairs_names_the_bad_line(tmp_path: Path) -> None:
 
 def test_compare_names_retrievers_and_fusions() -> None:
     assert parse_compare("vector, bm25 ,hybrid", "zscore") == [
-        ("vector", "vector", None), ("bm25", "bm25", None), ("hybrid", "hybrid", "zscore:w=0.5:lift=1:below=0.5:drop=0.4:mass=80")]
+        ("vector", "vector", None), ("bm25", "bm25", None), ("hybrid", "hybrid", "zscore:w=0.5:lift=1:below=0.5:drop=0.4:mass=80:stand=0.2:usual=2.5:gap=0.5")]
     assert parse_compare("hybrid:rrf,zscore:w=0.7:lift=0", "zscore") == [
-        ("hybrid:rrf", "hybrid", "rrf:k=60"), ("zscore:w=0.7:lift=0", "hybrid", "zscore:w=0.7:lift=0:below=0.5:drop=0.4:mass=80")]
+        ("hybrid:rrf", "hybrid", "rrf:k=60"), ("zscore:w=0.7:lift=0", "hybrid", "zscore:w=0.7:lift=0:below=0.5:drop=0.4:mass=80:stand=0.2:usual=2.5:gap=0.5")]
     with pytest.raises(ConfigError, match="'dense' is neither a retriever"):
         parse_compare("vector,dense", "zscore")
     with pytest.raises(ConfigError, match="needs retrievers"):

@@ -7,7 +7,7 @@ import pytest
 from langchain_core.documents import Document
 
 from ragqa.errors import ConfigError
-from ragqa.fusion import DEFAULT_FUSION, FUSIONS, fuse_rankings, make_fusion
+from ragqa.fusion import DEFAULT_FUSION, FUSIONS, fuse_rankings, lead, make_fusion, standout
 from ragqa.retrieval import BM25Retriever, HybridRetriever, RerankingRetriever, make_retriever
 from ragqa.words import tokenize
 from ragqa.store import ChunkIndex, FileIndex
@@ -108,13 +108,14 @@ def test_a_chunk_bm25_could_not_match_scores_zero_not_the_lists_last_score() -> 
 
 def test_fusion_specs_parse_and_bad_ones_say_what_is_valid() -> None:
     assert make_fusion(None).name == DEFAULT_FUSION == "zscore"
-    assert make_fusion("zscore").spec == "zscore:w=0.5:lift=1:below=0.5:drop=0.4:mass=80"
-    assert make_fusion(" ZScore:w=0.7:lift=0 ").params == {"w": 0.7, "lift": 0.0, "below": 0.5, "drop": 0.4, "mass": 80.0}
+    assert make_fusion("zscore").spec == "zscore:w=0.5:lift=1:below=0.5:drop=0.4:mass=80:stand=0.2:usual=2.5:gap=0.5"
+    assert make_fusion(" ZScore:w=0.7:lift=0 ").params == {
+        "w": 0.7, "lift": 0.0, "below": 0.5, "drop": 0.4, "mass": 80.0, "stand": 0.2, "usual": 2.5, "gap": 0.5}
     assert make_fusion("rrf:k=10").params == {"k": 10.0}
     assert set(FUSIONS) >= {"rrf", "zscore", "minmax"}
     with pytest.raises(ConfigError, match="unknown fusion 'borda'.*rrf.*zscore.*minmax"):
         make_fusion("borda")
-    with pytest.raises(ConfigError, match="'alpha=0.3' is not a parameter; its parameters: w=, lift=, below=, drop=, mass="):
+    with pytest.raises(ConfigError, match="'alpha=0.3' is not a parameter; its parameters: w=, lift=, below=, drop=, mass=, stand=, usual=, gap="):
         make_fusion("zscore:alpha=0.3")
     with pytest.raises(ConfigError, match="w must be a number from 0 to 1"):
         make_fusion("zscore:w=1.5")
@@ -151,6 +152,34 @@ def test_zscore_leans_on_bm25_when_a_long_query_matches_many_words() -> None:
     assert make_fusion("zscore:drop=0")(summary, vector, keyword, words=holds.__getitem__)[0][0] == 1
     # a short query matching all its words is not "long": the weights stay even, the vectors' lead wins
     assert fusion(short, vector, keyword, words={2: set(tokenize(short))}.__getitem__)[0][0] == 1
+
+
+def _disagreeing(vector_top: float, bm25_top: float, bm25_second: float) -> tuple[list, list]:
+    """Ten candidates; the vectors' best is chunk 1, BM25's best is chunk 2 (chunk 1 is its sixth)."""
+    vector = [(1, vector_top), (2, 0.87)] + [(i, 0.86 - 0.002 * i) for i in range(3, 11)]
+    keyword = sorted([(2, bm25_top), (3, bm25_second), (1, 9.0)] + [(i, 8.0 - 0.3 * i) for i in range(4, 11)],
+                     key=lambda hit: -hit[1])
+    return vector, keyword
+
+
+def test_zscore_follows_the_list_whose_best_hit_stands_clear() -> None:
+    fusion, plain = make_fusion("zscore"), make_fusion("zscore:stand=0")
+    # a web-search style query: BM25's best is level with its runner-up (passages that all repeat
+    # the query's common words) -> the vectors' choice, which even weights would not make
+    vector, keyword = _disagreeing(vector_top=0.88, bm25_top=11.0, bm25_second=10.5)
+    assert lead([x for _, x in keyword]) < 0.3
+    assert (fusion("q", vector, keyword)[0][0], plain("q", vector, keyword)[0][0]) == (1, 2)
+    # BM25's best far ahead of its runner-up -> BM25's choice, where even weights follow the vectors
+    vector, keyword = _disagreeing(vector_top=0.90, bm25_top=13.0, bm25_second=9.5)
+    assert lead([x for _, x in keyword]) > 1.4
+    assert (fusion("q", vector, keyword)[0][0], plain("q", vector, keyword)[0][0]) == (2, 1)
+
+
+def test_the_standout_signal_needs_real_lists() -> None:
+    # fewer than three hits a side say nothing of a lead: the fusion is the plain one
+    vector, keyword = [(1, 0.9), (2, 0.8)], [(2, 5.0), (1, 4.0)]
+    assert make_fusion("zscore")("q", vector, keyword) == make_fusion("zscore:stand=0")("q", vector, keyword)
+    assert standout([0.5, 0.5, 0.5]) == lead([3.0, 3.0, 3.0]) == 0.0
 
 
 def test_rrf_fusion_is_the_old_hybrid_ranking() -> None:
@@ -253,5 +282,5 @@ def test_fusion_setting_is_checked_when_settings_are_built() -> None:
 def test_the_pipeline_hands_its_fusion_setting_to_the_hybrid_retriever(make_pipeline) -> None:
     retriever = make_pipeline(fusion="zscore:w=0.7").retriever(make_index())
     assert isinstance(retriever, HybridRetriever)
-    assert retriever.fusion == "zscore:w=0.7:lift=1:below=0.5:drop=0.4:mass=80"
+    assert retriever.fusion == "zscore:w=0.7:lift=1:below=0.5:drop=0.4:mass=80:stand=0.2:usual=2.5:gap=0.5"
     assert make_pipeline().retriever(make_index()).fusion == make_fusion(DEFAULT_FUSION).spec
