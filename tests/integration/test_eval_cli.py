@@ -81,3 +81,48 @@ def test_defaults_beat_the_seed_splitter_and_k_with_the_same_embedding(default_r
     # k=1 hands the model the answer less often (CMRC2018, 80 contexts: 0.915 vs 0.991)
     assert default_report[f"answer_in_context@{k}(k)"] >= seed["answer_in_context@1(k)"] + 0.04
     assert default_report[f"recall@{k}(k)"] > seed["recall@1(k)"]
+
+
+def _search_sets():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import build_search_sets
+    return build_search_sets
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _holds_the_rule(rows: dict) -> None:
+    best_single = max(rows["vector"]["recall@1"], rows["bm25"]["recall@1"])
+    assert rows["hybrid"]["recall@1"] >= best_single - 0.005, rows
+
+
+def test_compare_on_keyword_search_queries(default_report: dict, cache: Path, tmp_path: Path) -> None:
+    """The MRC questions rewritten as 2-4 search keywords (bench/build_search_sets.py), over the
+    same 80 contexts (their index is reused): BM25 is the stronger side there, rank fusion falls
+    below it, and the default stays at or above both."""
+    rows = _search_sets().squad_rows(CMRC, 80)
+    data = _write_jsonl(tmp_path / "keywords.jsonl", rows)
+    report = _eval(cache, "--compare", "vector,bm25,rrf,hybrid", data=data, slice=("--json",))
+    assert report["seconds"]["index"] < 30  # the CMRC slice's index: nothing embedded again
+    assert report["questions"] == default_report["questions"]
+    _holds_the_rule(report["compare"])
+
+
+MEDICAL = Path(__file__).resolve().parents[2] / ".cache" / "raw" / "toyhom_im_sample.csv"
+
+
+@pytest.mark.skipif(not MEDICAL.exists(), reason="the medical dialogue CSV is not in .cache/raw "
+                    "(bench/build_search_sets.py says where it comes from)")
+def test_compare_on_questions_typed_into_a_health_site(cache: Path, tmp_path: Path) -> None:
+    """The search-style set (all 1,500 queries, as in the README table) on which the vectors lead
+    BM25 by far and rank fusion falls below the vectors: the default holds the rule there too."""
+    rows = _search_sets().medical_rows(MEDICAL)
+    report = _eval(cache, "--compare", "vector,bm25,rrf,hybrid", data=_write_jsonl(tmp_path / "med.jsonl", rows),
+                   slice=("--json",))
+    compare = report["compare"]
+    assert compare["vector"]["recall@1"] > compare["bm25"]["recall@1"] + 0.05
+    assert compare["rrf"]["recall@1"] < compare["vector"]["recall@1"]
+    _holds_the_rule(compare)
