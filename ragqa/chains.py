@@ -247,26 +247,32 @@ def format_context(docs: Sequence[Document]) -> str:
 
 
 def build_stuff_prompt(
-    question: str, docs: Sequence[Document], pb: PromptBuilder
+    question: str, docs: Sequence[Document], pb: PromptBuilder, context: str = "chunks",
 ) -> tuple[str, list[Document], list[str]]:
-    """The stuff prompt with as many top-ranked chunks as fit; -> (prompt, used chunks, notes)."""
+    """The stuff prompt with as many top-ranked chunks as fit; -> (prompt, used chunks, notes).
+    ``context="sentences"`` puts only the chunks' sentences that bear on the question in the
+    prompt (ragqa.context); the used chunks handed back are the retrieved ones, whole, so their
+    text and offsets stay those of the file."""
+    from ragqa.context import compact_chunks
+
     lang = pb.language(question)
+    shown = compact_chunks(question, docs) if context == "sentences" else list(docs)
 
     def make(chunks: Sequence[Document]) -> str:
         return pb.render(fill_prompt("qa_stuff", lang, context=format_context(chunks), question=question))
 
-    kept: list[Document] = list(docs[:pb.most_that_fit(lambda k: make(docs[:k]), len(docs))])  # top-ranked first
+    n = pb.most_that_fit(lambda k: make(shown[:k]), len(shown))  # top-ranked first
     notes = []
-    if kept:
-        if len(kept) < len(docs):
+    if n:
+        if n < len(docs):
             notes.append(
-                f"context budget: used {len(kept)} of {len(docs)} retrieved chunks "
-                f"({len(docs) - len(kept)} dropped to fit {pb.budget} prompt tokens)"
+                f"context budget: used {n} of {len(docs)} retrieved chunks "
+                f"({len(docs) - n} dropped to fit {pb.budget} prompt tokens)"
             )
-        return make(kept), kept, notes
+        return make(shown[:n]), list(docs[:n]), notes
     if not docs:
         return make([]), [], ["no chunks were retrieved"]
-    first = docs[0]
+    first = shown[0]
     prompt, cut = pb.fit_text(lambda t: make([Document(page_content=t, metadata=first.metadata)]), first.page_content)
     notes.append(
         f"context budget: the best chunk was cut to {len(cut)} of {len(first.page_content)} characters "
@@ -363,6 +369,7 @@ def make_qa_chain(
     max_new_tokens: int | None = None,
     system_prompt: str | None = None,
     lang: str = "auto",
+    context: str = "chunks",
 ) -> Runnable:
     """A Runnable: ``{"question": str, "history"?: messages, "documents"?: [Document]}`` (or a
     str) -> ``{"answer", "source_documents", "prompts", "notes"}``. ``documents`` given: those
@@ -390,7 +397,7 @@ def make_qa_chain(
         given = None if isinstance(inputs, str) else inputs.get("documents")
         docs = list(given) if given is not None else retriever.invoke(retrieval_query(question, history))
         if chain_type == "stuff":
-            prompt, used, notes = build_stuff_prompt(question, docs, pb)
+            prompt, used, notes = build_stuff_prompt(question, docs, pb, context)
             yield AddableDict(source_documents=used, prompts=[prompt], notes=history_notes + notes)
             for piece in generate.stream(prompt):
                 yield AddableDict(answer=piece)
@@ -470,12 +477,12 @@ def _generator(llm: Any, pb: PromptBuilder) -> _Generator:
 
 
 def first_prompt(
-    question: str, docs: Sequence[Document], pb: PromptBuilder, chain_type: str
+    question: str, docs: Sequence[Document], pb: PromptBuilder, chain_type: str, context: str = "chunks",
 ) -> tuple[str, list[Document], list[str]]:
     """The first prompt a chain would send (what ``--dry-run`` shows), the chunks the chain uses,
     and the context-budget notes."""
     if chain_type == "stuff":
-        return build_stuff_prompt(question, docs, pb)
+        return build_stuff_prompt(question, docs, pb, context)
     if not docs:
         return "", [], ["no chunks were retrieved"]
     prompt, notes = _refine_prompt(question, docs[0], None, pb)

@@ -243,8 +243,8 @@ DocOpt = typer.Option(None, "--doc", metavar="PATTERN", help="With --kb: only th
 
 
 @command(app, settings=(
-    "model", "backend", "base_url", "api_model", "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "k", "retriever",
-    "fusion", "keyword_fold", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
+    "model", "backend", "base_url", "api_model", "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k",
+    "retriever", "fusion", "keyword_fold", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
     "n_gpu_layers", "rope_freq_base", "rope_freq_scale", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
     "rope_scaling", "max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "seed", "cache_dir",
     "data_dir", "store", "max_file_mb", "ocr",
@@ -405,8 +405,9 @@ def summarize(
 
 @command(app, "eval", settings=(
     "embedding_model", *EMBEDDING_SERVER, "retriever", "fusion", "keyword_fold", "k", "chunk_size", "chunk_overlap", "model", "chat_format", "chain",
-    "max_new_tokens", "cache_dir",
-), notes={"k": "eval: the chunks an answer would use.", "chain": "eval: for --answers."})
+    "context", "max_new_tokens", "cache_dir",
+), notes={"k": "eval: the chunks an answer would use.", "chain": "eval: for --answers.",
+          "context": "eval: measured as answer_in_prompt and context_tokens."})
 def eval_command(
     data: Path = typer.Argument(..., help="SQuAD-format JSON (e.g. ../shared/eval/zh_mrc/cmrc2018_trial.squad.json), "
                                 "or query -> document lines: .jsonl {\"query\", \"document\"} or .tsv query<TAB>document."),
@@ -465,6 +466,8 @@ def eval_command(
                f"{'; each question scoped to its own document' if st.get('scoped') else ''}")
     typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith(("recall@", "mrr"))))
     typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith("answer_in_context@")))
+    typer.echo(f"context ({report['settings']['context']}): {report['context_tokens']:.0f} tokens per question (estimated)"
+               + (f", answer in prompt {report['answer_in_prompt']:.3f}" if "answer_in_prompt" in report else ""))
     if "answers" in report:
         a = report["answers"]
         typer.echo(f"answers (n={a['n']}): EM {a['em']:.3f}  F1 {a['f1']:.3f}  contains answer {a['contains_answer']:.3f}")
@@ -479,18 +482,20 @@ def _print_comparison(report: dict[str, Any]) -> None:
     for label, row in rows.items():
         if "fusion" in row and label != row["fusion"]:
             typer.echo(f"{label}: fusion {row['fusion']}")
-    metrics = [m for m in next(iter(rows.values())) if m.startswith(("recall@", "mrr", "answer_in_context@"))]
+    metrics = [m for m in next(iter(rows.values()))
+               if m.startswith(("recall@", "mrr", "answer_in_context@", "answer_in_prompt", "context_tokens"))]
     width = max(len(m) for m in metrics)
     cols = [max(len(label), 6) for label in rows]
     typer.echo(" " * width + "".join(f"  {label:>{w}}" for label, w in zip(rows, cols)))
     for m in metrics:
-        typer.echo(f"{m:<{width}}" + "".join(f"  {rows[label][m]:>{w}.3f}" for label, w in zip(rows, cols)))
+        form = ".0f" if m == "context_tokens" else ".3f"
+        typer.echo(f"{m:<{width}}" + "".join(f"  {rows[label][m]:>{w}{form}}" for label, w in zip(rows, cols)))
 
 
 @command(app, settings=(
     "model", "backend", "base_url", "api_model", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
-    "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "k", "retriever", "fusion", "keyword_fold", "n_ctx", "n_threads", "n_gpu_layers",
-    "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
+    "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k", "retriever", "fusion", "keyword_fold", "n_ctx",
+    "n_threads", "n_gpu_layers", "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
     "max_concurrency", "max_queue", "api_keys",
 ), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",
           "retriever": "serve: the page's default.", "max_file_mb": "serve: also the largest upload accepted."})

@@ -432,6 +432,31 @@ def parse_compare(text: str, fusion: str) -> list[tuple[str, str, str | None]]:
     return rows
 
 
+def prompt_metrics(rankings: Sequence[Sequence[int]], items: Sequence[QAItem], chunk_docs: dict[int, Document],
+                   k: int, context: str) -> dict[str, float]:
+    """What the model would read: ``context_tokens``, the mean estimated tokens (ragqa.words.
+    estimate_tokens) of the top-k chunks as the stuff prompt lays them out, whole or cut to their
+    sentences (``context``); ``answer_in_prompt``, the share of questions with answers whose gold
+    answer is inside that text (with no context budget, which a 4,096-token window rarely cuts)."""
+    from ragqa.chains import format_context
+    from ragqa.context import compact_chunks
+    from ragqa.words import estimate_tokens
+
+    tokens, found, answered = 0, 0, 0
+    for it, ranking in zip(items, rankings):
+        docs = [chunk_docs[c] for c in ranking[:k]]
+        text = format_context(compact_chunks(it.question, docs) if context == "sentences" else docs)
+        tokens += estimate_tokens(text)
+        if it.answers:
+            answered += 1
+            norm = normalize_answer(text)
+            found += any(normalize_answer(a) and normalize_answer(a) in norm for a in it.answers)
+    out = {"context_tokens": round(tokens / max(len(items), 1), 1)}
+    if answered:
+        out["answer_in_prompt"] = round(found / answered, 4)
+    return out
+
+
 def _ranking_metrics(rankings: Sequence[Sequence[int]], items: Sequence[QAItem], ctx_of: dict[int, int],
                      norm_chunks: dict[int, str], k: int) -> dict[str, float]:
     """recall@1/3/5/10, recall@k, MRR; answer_in_context@.. over the questions that have answers."""
@@ -512,8 +537,9 @@ def evaluate(
     t_search = time.perf_counter() - t1
     ctx_of = {int(c.metadata["chunk_id"]): c.metadata["context"] for c in chunks}
     norm_chunks = {int(c.metadata["chunk_id"]): normalize_answer(c.page_content) for c in chunks}
+    chunk_docs = {int(c.metadata["chunk_id"]): c for c in chunks}
     settings = {"data": str(data_path), "embedding_model": pipeline.embedding_spec.name if s.embedding_base_url
-                else s.embedding_model, "retriever": kind, "k": k,
+                else s.embedding_model, "retriever": kind, "k": k, "context": s.context,
                 "splitter": splitter_id, "seed_baseline": seed_baseline, "scoped": scoped}
     if kind == "hybrid" and not compare:
         settings["fusion"] = rows[0][2]
@@ -524,12 +550,14 @@ def evaluate(
         report["compare"] = {
             label: {"retriever": retriever, **({"fusion": fusion} if fusion else {}),
                     **_ranking_metrics(results[label][0], items, ctx_of, norm_chunks, k),
+                    **prompt_metrics(results[label][0], items, chunk_docs, k, s.context),
                     "rank_s": round(results[label][1], 3)}
             for label, retriever, fusion in rows
         }
         settings["compare"] = [label for label, _, _ in rows]
     else:
         report.update(_ranking_metrics(results[kind][0], items, ctx_of, norm_chunks, k))
+        report.update(prompt_metrics(results[kind][0], items, chunk_docs, k, s.context))
     report.update(
         questions=len(items), contexts=len(contexts), chunks=len(chunks),
         seconds={"index": round(t_index, 2), "search": round(t_search, 2)},
@@ -552,7 +580,8 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
     samples = []
     for item, ranking in tqdm(list(zip(items, rankings)), desc="answering", unit="q", disable=not progress):
         docs = index.get_chunks(ranking[:k])
-        chain = make_qa_chain(llm, _FixedRetriever(docs=docs), pb, pipeline.settings.chain)
+        chain = make_qa_chain(llm, _FixedRetriever(docs=docs), pb, pipeline.settings.chain,
+                              context=pipeline.settings.context)
         prediction = chain.invoke({"question": item.question})["answer"].strip()
         em += exact_match(prediction, item.answers)
         f1 += f1_score(prediction, item.answers)

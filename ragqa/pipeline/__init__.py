@@ -476,7 +476,7 @@ class Pipeline:
 
         try:
             pb, _ = self.prompt_builder(self.backend(), settings).with_history(history)
-            first_prompt(question, docs, pb, settings.chain)
+            first_prompt(question, docs, pb, settings.chain, settings.context)
         except RagqaError:
             pass  # the same error comes back in generate, where it is reported
 
@@ -487,7 +487,8 @@ class Pipeline:
         backend = self.backend(vocab_only=True)
         pb, history_notes = self.prompt_builder(backend, prepared.settings).with_history(prepared.history)
         notes = prepared.notes + list(getattr(backend, "notes", [])) + history_notes
-        prompt, used, fit_notes = first_prompt(prepared.question, prepared.docs, pb, prepared.settings.chain)
+        prompt, used, fit_notes = first_prompt(prepared.question, prepared.docs, pb, prepared.settings.chain,
+                                               prepared.settings.context)
         timings = {**prepared.timings, **self.timings}
         return Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
 
@@ -500,7 +501,7 @@ class Pipeline:
 
         lm = self.language_model()
         llm, pb = lm.for_settings(prepared.settings)
-        chain = make_qa_chain(llm, _NoRetriever(), pb, prepared.settings.chain)
+        chain = make_qa_chain(llm, _NoRetriever(), pb, prepared.settings.chain, context=prepared.settings.context)
         notes = prepared.notes + list(getattr(lm.backend, "notes", []))
         timings = dict(prepared.timings)
         t = time.perf_counter()

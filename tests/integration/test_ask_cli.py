@@ -118,3 +118,17 @@ def test_bm25_alone_finds_a_simplified_text_for_a_traditional_question_and_back(
         [source] = out["sources"]
         assert Path(source["source"]).name == name, question
         assert source["text"] == text  # as written, not folded
+
+
+def test_context_sentences_sends_the_answer_sentence_and_less_of_the_rest(run_ragqa) -> None:
+    """--context sentences on the Chinese starter corpus: the dry-run prompt still carries the
+    sentence that answers (where jieba cuts 开茶节 one way in the question and another in the text),
+    drops sentences that bear on nothing, and is shorter than the whole-chunk prompt."""
+    corpus = Path(__file__).resolve().parents[2] / "corpora" / "zh"
+    question = "青岚镇的开茶节是哪一天？"
+    whole = run_ragqa("ask", str(corpus), question, "--dry-run").stdout
+    proc = run_ragqa("ask", str(corpus), question, "--dry-run", "--context", "sentences")
+    prompt = proc.stdout
+    assert "农历三月初八" in prompt and "八万个芽尖" in whole and "八万个芽尖" not in prompt
+    assert len(prompt) < len(whole)
+    assert "tea_town.txt @0" in proc.stderr  # the sources: the retrieved chunks, as in the file

@@ -1,0 +1,153 @@
+"""Compact context: only the sentences of the retrieved chunks that bear on the question.
+
+On a CPU the time to the first token is the model reading its prompt, and most of a stuffed
+chunk does not bear on the question. With ``context = "sentences"`` each retrieved chunk is cut to
+the sentences that share the question's informative words (idf-weighted, the keyword path's
+Chinese-aware words, so numbers and names count, plus the question's pairs of adjacent Chinese
+characters, which match where jieba cut question and sentence differently), each with the sentence after it (an answer
+often follows the sentence that names the question's subject), in document order, with "…"
+where text was left out. A chunk keeps at least its best sentence, so a passage the retriever
+ranked high never vanishes; the chunk's offsets are kept (``metadata["spans"]``: the kept
+``[start, end)`` ranges in the file), so citations can still point into the file.
+
+``context = "chunks"`` is the whole-chunk context of before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from langchain_core.documents import Document
+
+from ragqa.errors import ConfigError
+
+_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+CONTEXT_MODES = ("sentences", "chunks")
+GAP = " … "  # where a compacted chunk left text out
+BIGRAM_WEIGHT = 4.0  # idf-like weight of each of the question's CJK character pairs a sentence holds
+KEEP_SHARE = 0.2  # a sentence is kept when it holds this share of the best sentence's matched idf mass
+
+
+def check_context_mode(mode: str) -> str:
+    mode = (mode or "").strip().lower()
+    if mode not in CONTEXT_MODES:
+        raise ConfigError(f"unknown context {mode!r}; choose one of: {', '.join(CONTEXT_MODES)}")
+    return mode
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each sentence of ``text``, covering it, whitespace kept with the sentence
+    before it. The splitter's sentence ends: 。！？；… or . ! ? before a space (so "3.5" and
+    "a.b" stay whole), closing quotes and brackets kept with their sentence, and blank lines.
+
+    >>> t = "他说：“今天下雨。”我们没去。价格是3.5元!Then we left. OK"
+    >>> [t[s:e] for s, e in sentence_spans(t)]
+    ['他说：“今天下雨。”', '我们没去。', '价格是3.5元!', 'Then we left. ', 'OK']
+    """
+    from ragqa.splitting import _SENTENCE_END
+
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        if match.end() > start:
+            spans.append((start, match.end()))
+            start = match.end()
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    chunk: int
+    index: int  # within its chunk
+    start: int  # within the chunk's text
+    end: int
+    score: float
+
+
+def _weights(question: str) -> dict[str, float]:
+    from ragqa.words import _idf_of, tokenize
+
+    words = [w for w in dict.fromkeys(tokenize(question)) if w.strip()]
+    idf, unknown = _idf_of(words)
+    return {w: idf.get(w, unknown) for w in words}
+
+
+def _cjk_pairs(text: str) -> set[str]:
+    """The text's pairs of adjacent CJK characters (folded to Simplified): they still match where
+    jieba cut the question and the sentence differently (问题 "开 / 茶节", 文中 "开茶节")."""
+    from ragqa.words import fold
+
+    runs = _CJK_RUN.findall(fold(text))
+    return {run[i:i + 2] for run in runs for i in range(len(run) - 1)}
+
+
+def compact_chunks(question: str, docs: Sequence[Document], keep_share: float = KEEP_SHARE,
+                   bigram_weight: float = BIGRAM_WEIGHT) -> list[Document]:
+    """Each chunk cut to the sentences that bear on ``question`` (see the module docstring): a
+    sentence is kept when its matched idf mass is at least ``keep_share`` of the best sentence's
+    among all the chunks, each chunk keeps its own best, and each kept sentence brings the one
+    after it. A one-sentence chunk stays whole; if no sentence matches any of the question's
+    words the chunks are returned as they are. ``metadata["spans"]`` holds the kept ranges as
+    offsets in the source (``start`` + position in the chunk), ``metadata["compacted_from"]``
+    the chunk's length.
+
+    >>> text = "四川有很多山。山里有竹林。熊猫住在竹林里。它们每天睡十个小时。动物园里也有很多游客。"
+    >>> out = compact_chunks("熊猫每天睡多久？", [Document(text, metadata={"start": 100})])
+    >>> out[0].page_content, out[0].metadata["spans"]
+    ('… 熊猫住在竹林里。它们每天睡十个小时。动物园里也有很多游客。', [[113, 142]])
+    """
+    from ragqa.words import tokenize
+
+    weights = _weights(question)
+    pairs = _cjk_pairs(question)
+    if not docs or not weights:
+        return list(docs)
+    per_chunk: list[list[_Sentence]] = []
+    for c, doc in enumerate(docs):
+        text = doc.page_content
+        sentences = []
+        for i, (s, e) in enumerate(sentence_spans(text)):
+            words = set(tokenize(text[s:e]))
+            score = sum(x for w, x in weights.items() if w in words)
+            if pairs:
+                score += bigram_weight * len(pairs & _cjk_pairs(text[s:e]))
+            sentences.append(_Sentence(c, i, s, e, score))
+        per_chunk.append(sentences)
+    best = max((s.score for sentences in per_chunk for s in sentences), default=0.0)
+    if best <= 0:
+        return list(docs)
+    out: list[Document] = []
+    for doc, sentences in zip(docs, per_chunk):
+        if len(sentences) <= 1:
+            out.append(doc)
+            continue
+        keep = {i for i, s in enumerate(sentences) if s.score > 0 and s.score >= keep_share * best}
+        keep.add(max(range(len(sentences)), key=lambda i: sentences[i].score))
+        keep |= {i + 1 for i in keep if i + 1 < len(sentences)}
+        out.append(_cut(doc, [sentences[i] for i in sorted(keep)]))
+    return out
+
+
+def _cut(doc: Document, kept: Sequence[_Sentence]) -> Document:
+    text = doc.page_content
+    runs: list[list[int]] = []  # [start, end) in the chunk, adjacent sentences merged
+    for s in kept:
+        if runs and runs[-1][1] >= s.start:
+            runs[-1][1] = s.end
+        else:
+            runs.append([s.start, s.end])
+    parts = [text[s:e].strip() for s, e in runs]
+    body = GAP.join(p for p in parts if p)
+    if runs[0][0] > 0:
+        body = GAP.lstrip() + body
+    if runs[-1][1] < len(text.rstrip()):
+        body = body + GAP.rstrip()
+    base = int(doc.metadata.get("start", 0) or 0)
+    spans = [[base + s + (len(text[s:e]) - len(text[s:e].lstrip())), base + s + len(text[s:e].rstrip())]
+             for s, e in runs]
+    return Document(page_content=body, metadata={**doc.metadata, "spans": spans, "compacted_from": len(text)})
