@@ -21,43 +21,13 @@ from dataclasses import dataclass
 
 from langchain_core.documents import Document
 
-from ragqa.errors import ConfigError
+from ragqa.splitting import sentence_spans
 
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
-CONTEXT_MODES = ("sentences", "chunks")
 GAP = " … "  # where a compacted chunk left text out
 BIGRAM_WEIGHT = 4.0  # idf-like weight of each of the question's CJK character pairs a sentence holds
 KEEP_SHARE = 0.2  # a sentence is kept when it holds this share of the best sentence's matched idf mass
-
-
-def check_context_mode(mode: str) -> str:
-    mode = (mode or "").strip().lower()
-    if mode not in CONTEXT_MODES:
-        raise ConfigError(f"unknown context {mode!r}; choose one of: {', '.join(CONTEXT_MODES)}")
-    return mode
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """[start, end) of each sentence of ``text``, covering it, whitespace kept with the sentence
-    before it. The splitter's sentence ends: 。！？；… or . ! ? before a space (so "3.5" and
-    "a.b" stay whole), closing quotes and brackets kept with their sentence, and blank lines.
-
-    >>> t = "他说：“今天下雨。”我们没去。价格是3.5元!Then we left. OK"
-    >>> [t[s:e] for s, e in sentence_spans(t)]
-    ['他说：“今天下雨。”', '我们没去。', '价格是3.5元!', 'Then we left. ', 'OK']
-    """
-    from ragqa.splitting import _SENTENCE_END
-
-    spans: list[tuple[int, int]] = []
-    start = 0
-    for match in _SENTENCE_END.finditer(text):
-        if match.end() > start:
-            spans.append((start, match.end()))
-            start = match.end()
-    if start < len(text):
-        spans.append((start, len(text)))
-    return spans
 
 
 @dataclass(frozen=True)

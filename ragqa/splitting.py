@@ -31,6 +31,26 @@ _SENTENCE_END = re.compile(
 _SOFT_BREAK = re.compile(r"[，,、：:]\s*|\s+")
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each sentence of ``text``, covering it, whitespace kept with the sentence
+    before it: 。！？；… or . ! ? before a space (so "3.5" and "a.b" stay whole), closing quotes and
+    brackets kept with their sentence, and blank lines.
+
+    >>> t = "他说：“今天下雨。”我们没去。价格是3.5元!Then we left. OK"
+    >>> [t[s:e] for s, e in sentence_spans(t)]
+    ['他说：“今天下雨。”', '我们没去。', '价格是3.5元!', 'Then we left. ', 'OK']
+    """
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        if match.end() > start:
+            spans.append((start, match.end()))
+            start = match.end()
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
+
+
 class ChineseTextSplitter(TextSplitter):
     """A LangChain TextSplitter for Chinese and English text.
 
@@ -83,16 +103,8 @@ class ChineseTextSplitter(TextSplitter):
 
     def _units(self, text: str) -> list[tuple[int, int]]:
         """Sentence spans covering the text, none longer than chunk_size."""
-        spans: list[tuple[int, int]] = []
-        start = 0
-        for match in _SENTENCE_END.finditer(text):
-            if match.end() > start:
-                spans.append((start, match.end()))
-                start = match.end()
-        if start < len(text):
-            spans.append((start, len(text)))
         units: list[tuple[int, int]] = []
-        for s, e in spans:
+        for s, e in sentence_spans(text):
             if e - s <= self._chunk_size:
                 units.append((s, e))
             else:

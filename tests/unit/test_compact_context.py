@@ -8,7 +8,8 @@ from langchain_core.documents import Document
 from ragqa.chains import PromptBuilder, build_stuff_prompt, first_prompt
 from ragqa.chat_formats import get_chat_format
 from ragqa.config import Settings
-from ragqa.context import compact_chunks, sentence_spans
+from ragqa.context import compact_chunks
+from ragqa.splitting import sentence_spans
 from ragqa.errors import ConfigError
 from ragqa.evaluation import QAItem, prompt_metrics
 
