@@ -470,7 +470,9 @@ def eval_command(
                + (f", answer in prompt {report['answer_in_prompt']:.3f}" if "answer_in_prompt" in report else ""))
     if "answers" in report:
         a = report["answers"]
-        typer.echo(f"answers (n={a['n']}): EM {a['em']:.3f}  F1 {a['f1']:.3f}  contains answer {a['contains_answer']:.3f}")
+        typer.echo(f"answers (n={a['n']}): EM {a['em']:.3f}  F1 {a['f1']:.3f}  contains answer {a['contains_answer']:.3f}"
+                   + (f"  prompt {a['prompt_tokens']:.0f} tokens, first token after {a['ttft_s']:.2f} s"
+                      if "ttft_s" in a else ""))
 
 
 def _print_comparison(report: dict[str, Any]) -> None:

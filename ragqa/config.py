@@ -121,9 +121,9 @@ class Settings(BaseSettings):
     rerank_candidates: int = Field(20, ge=1, le=500, description="Candidates the reranker sees.")
     chain: Literal["stuff", "refine"] = Field("stuff", description="QA chain: stuff or refine.")
     context: Literal["chunks", "sentences"] = Field(
-        "chunks", description="What the stuff chain puts in the prompt: the retrieved chunks whole, or only "
-        "their sentences that share the question's words (each with the sentence after it; about half "
-        "the tokens).",
+        "sentences", description="What the stuff chain puts in the prompt: the retrieved chunks whole, or "
+        "sentences: the best chunk whole and of the others only the sentences that share the question's "
+        "words (about half the tokens on Chinese text; chosen by bench/bench_context.py).",
     )
     summary_chain: Literal["auto", "stuff", "refine", "map_reduce"] = Field(
         "auto", description="Summary chain; auto = stuff when the document fits the context, else map_reduce."

@@ -578,19 +578,29 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
     llm, pb = lm.llm, lm.pb
     em = f1 = contained = 0.0
     samples = []
+    stats = getattr(llm, "stats", None)  # a ragqa model's: prompt tokens and time to the first token
+    prompt_tokens, ttft = [], []
     for item, ranking in tqdm(list(zip(items, rankings)), desc="answering", unit="q", disable=not progress):
         docs = index.get_chunks(ranking[:k])
         chain = make_qa_chain(llm, _FixedRetriever(docs=docs), pb, pipeline.settings.chain,
                               context=pipeline.settings.context)
         prediction = chain.invoke({"question": item.question})["answer"].strip()
+        if stats is not None and stats.prompt_tokens:
+            prompt_tokens.append(stats.prompt_tokens)
+            ttft.append(stats.prompt_seconds)
         em += exact_match(prediction, item.answers)
         f1 += f1_score(prediction, item.answers)
         contained += contains_answer(prediction, item.answers)
         if len(samples) < 5:
             samples.append({"question": item.question, "gold": item.answers, "prediction": prediction})
     n = len(items) or 1
-    return {"n": len(items), "em": round(em / n, 4), "f1": round(f1 / n, 4),
-            "contains_answer": round(contained / n, 4), "samples": samples}
+    out: dict[str, Any] = {"n": len(items), "em": round(em / n, 4), "f1": round(f1 / n, 4),
+                           "contains_answer": round(contained / n, 4)}
+    if ttft:  # the last step's prompt for refine
+        out.update(prompt_tokens=round(sum(prompt_tokens) / len(prompt_tokens), 1),
+                   ttft_s=round(sum(ttft) / len(ttft), 3))
+    out["samples"] = samples
+    return out
 
 
 class _FixedRetriever(BaseRetriever):

@@ -120,15 +120,16 @@ def test_bm25_alone_finds_a_simplified_text_for_a_traditional_question_and_back(
         assert source["text"] == text  # as written, not folded
 
 
-def test_context_sentences_sends_the_answer_sentence_and_less_of_the_rest(run_ragqa) -> None:
-    """--context sentences on the Chinese starter corpus: the dry-run prompt still carries the
-    sentence that answers (where jieba cuts 开茶节 one way in the question and another in the text),
-    drops sentences that bear on nothing, and is shorter than the whole-chunk prompt."""
+def test_context_sentences_sends_the_best_chunk_whole_and_less_of_the_rest(run_ragqa) -> None:
+    """--context sentences on the Chinese starter corpus: the dry-run prompt carries the best
+    chunk whole (the answer), only the other chunk's sentences that share the question's words,
+    and is shorter than the whole-chunk prompt; the sources are the chunks as retrieved."""
     corpus = Path(__file__).resolve().parents[2] / "corpora" / "zh"
-    question = "青岚镇的开茶节是哪一天？"
-    whole = run_ragqa("ask", str(corpus), question, "--dry-run").stdout
-    proc = run_ragqa("ask", str(corpus), question, "--dry-run", "--context", "sentences")
+    question = "白沙湖渔村每年几月举行谢湖会？"
+    whole = run_ragqa("ask", str(corpus), question, "--dry-run", "--context", "chunks").stdout
+    proc = run_ragqa("ask", str(corpus), question, "--dry-run")  # sentences: the default
     prompt = proc.stdout
-    assert "农历三月初八" in prompt and "八万个芽尖" in whole and "八万个芽尖" not in prompt
+    assert "渔村每年十月举行“谢湖会”" in prompt and "林秀芳" in prompt  # the best chunk, whole
+    assert "卧云桥" in whole and "卧云桥" not in prompt  # the tea town's bridge bears on nothing asked
     assert len(prompt) < len(whole)
-    assert "tea_town.txt @0" in proc.stderr  # the sources: the retrieved chunks, as in the file
+    assert "fishing_village.gbk.txt @0" in proc.stderr and "tea_town.txt @0" in proc.stderr

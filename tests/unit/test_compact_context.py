@@ -38,52 +38,54 @@ def test_sentences_split_at_chinese_and_english_ends_not_inside_numbers(text: st
     assert "".join(text[s:e] for s, e in spans) == text  # nothing lost between them
 
 
-def test_the_answer_sentence_stays_even_where_jieba_cuts_the_question_differently() -> None:
+def test_the_top_chunk_stays_whole_and_the_others_keep_the_sentences_that_bear_on_the_question() -> None:
     # the question segments as 开 / 茶节, the text as 开茶节: the character pairs still match
-    docs = [Document(TEA, metadata={"start": 40, "source": "tea.txt"}), Document(FISH, metadata={"start": 0})]
+    docs = [Document(FISH, metadata={"start": 0}), Document(TEA, metadata={"start": 40, "source": "tea.txt"})]
     out = compact_chunks("青岚镇的开茶节是哪一天？", docs)
-    assert "三月初八" in out[0].page_content
-    assert "石拱桥" not in out[0].page_content  # a sentence that bears on nothing is left out
-    assert len(out[0].page_content) < len(TEA)
-    assert out[0].metadata["source"] == "tea.txt" and out[0].metadata["compacted_from"] == len(TEA)
-    # every kept range is the file's own text at its offsets
-    for s, e in out[0].metadata["spans"]:
-        assert TEA[s - 40:e - 40] in out[0].page_content
-    # the other chunk keeps its best sentence: a passage the retriever ranked never vanishes
+    assert out[0] == docs[0]  # the best-ranked passage as it is
+    assert "三月初八" in out[1].page_content
+    assert "石拱桥" not in out[1].page_content  # a sentence that bears on nothing is left out
+    assert len(out[1].page_content) < len(TEA)
+    assert out[1].metadata["source"] == "tea.txt" and out[1].metadata["compacted_from"] == len(TEA)
+    for s, e in out[1].metadata["spans"]:  # every kept range is the file's own text at its offsets
+        assert TEA[s - 40:e - 40] in out[1].page_content
+
+
+def test_a_ranked_chunk_keeps_its_best_sentence_and_the_one_after_it() -> None:
+    top = Document("The town has a river.", metadata={"start": 0})
+    out = compact_chunks("When is the Heron Festival held?", [top, Document(EN, metadata={"start": 0})])
+    text = out[1].page_content
+    assert "second weekend of March" in text and "Children paint" in text
+    assert "salt traders" not in text
+    # a chunk sharing no word still keeps its best sentence: a passage the retriever ranked never vanishes
+    out = compact_chunks("When is the Heron Festival held?", [Document(EN), Document(FISH)])
     assert out[1].page_content.strip("… ")
 
 
-def test_english_keeps_the_sentence_with_the_fact_and_the_one_after_it() -> None:
-    out = compact_chunks("When is the Heron Festival held?", [Document(EN, metadata={"start": 0})])
-    text = out[0].page_content
-    assert "second weekend of March" in text and "Children paint" in text
-    assert "salt traders" not in text
-
-
 def test_chunks_that_match_nothing_or_have_one_sentence_stay_whole() -> None:
-    docs = [Document("只有一句话没有句号", metadata={}), Document(FISH, metadata={})]
+    docs = [Document(FISH, metadata={}), Document("只有一句话没有句号", metadata={})]
     assert compact_chunks("量子计算机", docs) == docs  # no sentence shares a word: nothing to choose by
-    out = compact_chunks("渔村", docs)
-    assert out[0].page_content == "只有一句话没有句号"
+    assert compact_chunks("渔村", docs)[1].page_content == "只有一句话没有句号"
 
 
 def test_the_prompt_carries_the_sentences_and_the_sources_stay_whole_chunks() -> None:
-    docs = [Document(TEA, metadata={"start": 0, "source": "tea.txt"}), Document(FISH, metadata={"start": 0})]
-    whole, used_whole, _ = build_stuff_prompt("青岚镇的开茶节是哪一天？", docs, pb())
-    cut, used_cut, _ = build_stuff_prompt("青岚镇的开茶节是哪一天？", docs, pb(), context="sentences")
+    question = "青岚镇的开茶节是哪一天？"
+    docs = [Document(FISH, metadata={"start": 0}), Document(TEA, metadata={"start": 0, "source": "tea.txt"})]
+    whole, used_whole, _ = build_stuff_prompt(question, docs, pb())
+    cut, used_cut, _ = build_stuff_prompt(question, docs, pb(), context="sentences")
     assert "三月初八" in cut and "石拱桥" in whole and "石拱桥" not in cut
     assert len(cut) < len(whole)
-    assert [d.page_content for d in used_cut] == [d.page_content for d in used_whole] == [TEA, FISH]
-    assert first_prompt("青岚镇的开茶节是哪一天？", docs, pb(), "stuff", "sentences")[0] == cut
-    # a tight budget fits more compacted chunks than whole ones
-    budget = len(build_stuff_prompt("青岚镇的开茶节是哪一天？", docs[:1], pb())[0]) + 20
-    assert len(build_stuff_prompt("青岚镇的开茶节是哪一天？", docs, pb(budget), context="sentences")[1]) == 2
-    assert len(build_stuff_prompt("青岚镇的开茶节是哪一天？", docs, pb(budget))[1]) == 1
+    assert [d.page_content for d in used_cut] == [d.page_content for d in used_whole] == [FISH, TEA]
+    assert first_prompt(question, docs, pb(), "stuff", "sentences")[0] == cut
+    # a budget too small for both whole chunks fits both compacted ones
+    budget = len(cut) + 5
+    assert len(build_stuff_prompt(question, docs, pb(budget), context="sentences")[1]) == 2
+    assert len(build_stuff_prompt(question, docs, pb(budget))[1]) == 1
 
 
 def test_the_setting_takes_chunks_or_sentences_only() -> None:
-    assert Settings().context == "chunks"  # the default keeps today's prompts
-    assert Settings(context="sentences").context == "sentences"
+    assert Settings().context == "sentences"  # the default, chosen by bench/bench_context.py
+    assert Settings(context="chunks").context == "chunks"
     with pytest.raises((ConfigError, ValueError)):
         Settings(context="paragraphs")
 
@@ -92,8 +94,8 @@ def test_eval_reports_what_the_prompt_would_carry() -> None:
     chunks = {1: Document(TEA, metadata={}), 2: Document(FISH, metadata={})}
     items = [QAItem(qid="a", question="青岚镇的开茶节是哪一天？", context_id=0, answers=["农历三月初八"]),
              QAItem(qid="b", question="石拱桥建于什么朝代？", context_id=0, answers=["明朝"])]
-    whole = prompt_metrics([[1, 2], [1, 2]], items, chunks, 2, "chunks")
-    cut = prompt_metrics([[1, 2], [1, 2]], items, chunks, 2, "sentences")
+    whole = prompt_metrics([[2, 1], [2, 1]], items, chunks, 2, "chunks")
+    cut = prompt_metrics([[2, 1], [2, 1]], items, chunks, 2, "sentences")
     assert whole["answer_in_prompt"] == cut["answer_in_prompt"] == 1.0
     assert cut["context_tokens"] < whole["context_tokens"]
     assert prompt_metrics([[2], [2]], items, chunks, 1, "chunks")["answer_in_prompt"] == 0.0

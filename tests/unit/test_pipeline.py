@@ -26,7 +26,8 @@ def doc(tmp_path: Path) -> Path:
 
 def test_ask_streams_the_answer_and_returns_sources(make_pipeline, fake_backend_cls, doc) -> None:
     backend = fake_backend_cls(["熊猫 主要 吃 竹子。 [1]"])
-    pipeline = make_pipeline(backend=backend, chunk_size=50, chunk_overlap=0, k=3)
+    # whole chunks in the prompt (the default, context=sentences, cuts all but the best: test_compact_context)
+    pipeline = make_pipeline(backend=backend, chunk_size=50, chunk_overlap=0, k=3, context="chunks")
     tokens: list[str] = []
     answer = pipeline.ask([doc], "熊猫吃什么？", on_token=tokens.append)
 
