@@ -36,8 +36,6 @@ MIN_IDF = 2.5  # question words below this idf (的 0.9, 是 1.7, 在 2.1) match
 
 @dataclass(frozen=True)
 class _Sentence:
-    chunk: int
-    index: int  # within its chunk
     start: int  # within the chunk's text
     end: int
     score: float
@@ -52,12 +50,10 @@ def _weights(question: str) -> dict[str, float]:
     return {w: x for w, x in weights.items() if x >= MIN_IDF}
 
 
-def _cjk_pairs(text: str) -> set[str]:
-    """The text's pairs of adjacent CJK characters (folded to Simplified): they still match where
-    jieba cut the question and the sentence differently (问题 "开 / 茶节", 文中 "开茶节")."""
-    from ragqa.words import fold
-
-    runs = _CJK_RUN.findall(fold(text))
+def _cjk_pairs(folded: str) -> set[str]:
+    """The pairs of adjacent CJK characters of a folded text: they still match where jieba cut
+    the question and the sentence differently (问题 "开 / 茶节", 文中 "开茶节")."""
+    runs = _CJK_RUN.findall(folded)
     return {run[i:i + 2] for run in runs for i in range(len(run) - 1)}
 
 
@@ -85,22 +81,22 @@ def compact_chunks(question: str, docs: Sequence[Document], keep_share: float = 
     from ragqa.words import fold, tokenize
 
     weights = _weights(question)
-    pairs = _cjk_pairs(question)
+    pairs = _cjk_pairs(fold(question))
     if not docs or not weights:
         return list(docs)
     per_chunk: list[list[_Sentence]] = []
-    for c, doc in enumerate(docs):
+    for doc in docs:
         text = doc.page_content
         sentences = []
-        for i, (s, e) in enumerate(sentence_spans(text)):
+        for s, e in sentence_spans(text):
             words = set(tokenize(text[s:e]))
             folded = fold(text[s:e]).lower()
             # a Chinese word counts wherever its characters stand together (the question's 茶节
             # inside the text's 开茶节); other words only as whole words
             score = sum(x for w, x in weights.items() if (w in folded if _CJK_RUN.search(w) else w in words))
             if pairs:
-                score += bigram_weight * len(pairs & _cjk_pairs(text[s:e]))
-            sentences.append(_Sentence(c, i, s, e, score))
+                score += bigram_weight * len(pairs & _cjk_pairs(folded))
+            sentences.append(_Sentence(s, e, score))
         per_chunk.append(sentences)
     best = max((s.score for sentences in per_chunk for s in sentences), default=0.0)
     if best <= 0:

@@ -442,15 +442,14 @@ def prompt_metrics(rankings: Sequence[Sequence[int]], items: Sequence[QAItem], c
     from ragqa.context import compact_chunks
     from ragqa.words import estimate_tokens
 
-    tokens, found, answered = 0, 0, 0
+    tokens, found, answered = 0, 0.0, 0
     for it, ranking in zip(items, rankings):
         docs = [chunk_docs[c] for c in ranking[:k]]
         text = format_context(compact_chunks(it.question, docs) if context == "sentences" else docs)
         tokens += estimate_tokens(text)
         if it.answers:
             answered += 1
-            norm = normalize_answer(text)
-            found += any(normalize_answer(a) and normalize_answer(a) in norm for a in it.answers)
+            found += contains_answer(text, it.answers)
     out = {"context_tokens": round(tokens / max(len(items), 1), 1)}
     if answered:
         out["answer_in_prompt"] = round(found / answered, 4)

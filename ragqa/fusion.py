@@ -123,12 +123,16 @@ def rrf_fusion(query: str, vector: Hits, keyword: Hits, *, words: ChunkWords | N
     return fuse_rankings([[i for i, _ in vector], [i for i, _ in keyword]], rrf_k=int(k))
 
 
+def _spread(scores: Sequence[float]) -> tuple[float, float]:
+    mean = sum(scores) / len(scores)
+    return mean, (sum((x - mean) ** 2 for x in scores) / len(scores)) ** 0.5
+
+
 def _zscores(scores: dict[int, float]) -> dict[int, float]:
     """Each score as standard deviations above the mean (0 when all are equal)."""
     if not scores:
         return {}
-    mean = sum(scores.values()) / len(scores)
-    sd = (sum((x - mean) ** 2 for x in scores.values()) / len(scores)) ** 0.5
+    mean, sd = _spread(list(scores.values()))
     return {i: (x - mean) / sd if sd > 0 else 0.0 for i, x in scores.items()}
 
 
@@ -166,11 +170,6 @@ def _convex(vector: Hits, keyword: Hits, w: float,
     fused = {i: w * v[i] + (1 - w) * kw[i] for i in v}
     return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
-
-
-def _spread(scores: Sequence[float]) -> tuple[float, float]:
-    mean = sum(scores) / len(scores)
-    return mean, (sum((x - mean) ** 2 for x in scores) / len(scores)) ** 0.5
 
 
 def standout(scores: Sequence[float]) -> float:
