@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import re
 import sys
 import types
@@ -244,7 +245,7 @@ DocOpt = typer.Option(None, "--doc", metavar="PATTERN", help="With --kb: only th
 
 @command(app, settings=(
     "model", "backend", "base_url", "api_model", "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k",
-    "retriever", "fusion", "keyword_fold", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
+    "abstain", "abstain_strictness", "retriever", "fusion", "keyword_fold", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
     "n_gpu_layers", "rope_freq_base", "rope_freq_scale", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
     "rope_scaling", "max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "seed", "cache_dir",
     "data_dir", "store", "max_file_mb", "ocr",
@@ -405,7 +406,7 @@ def summarize(
 
 @command(app, "eval", settings=(
     "embedding_model", *EMBEDDING_SERVER, "retriever", "fusion", "keyword_fold", "k", "chunk_size", "chunk_overlap", "model", "chat_format", "chain",
-    "context", "max_new_tokens", "cache_dir",
+    "context", "max_new_tokens", "cache_dir", "abstain", "abstain_strictness",
 ), notes={"k": "eval: the chunks an answer would use.", "chain": "eval: for --answers.",
           "context": "eval: measured as answer_in_prompt and context_tokens."})
 def eval_command(
@@ -422,6 +423,14 @@ def eval_command(
     seed_baseline: bool = typer.Option(False, "--seed-baseline", help="The seed scripts' retrieval: LangChain default separators, 600/100, k=1, vector."),
     scoped: bool = typer.Option(False, "--scoped", help="Search each question only within its own document (SQuAD: its "
                                 "article), as ask --kb --doc does for a user who names the document."),
+    distractors: Path | None = typer.Option(
+        None, "--distractors", metavar="OTHER",
+        help="Questions the data cannot answer (SQuAD-format or query file): reports how many ragqa abstains on "
+        "(abstain.recall) beside the share of the data's own questions it keeps (abstain.answerable_kept)."),
+    fail_below: str | None = typer.Option(
+        None, "--fail-below", metavar="METRIC=VALUE,...",
+        help="Exit 1 when a metric is below its value, e.g. recall@5=0.9,abstain.recall=0.8,answers.f1=0.3 "
+        "(names as in --json; nested ones with a dot)."),
     config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = VerboseOpt,
@@ -439,6 +448,9 @@ def eval_command(
         from ragqa.pipeline import Pipeline
 
         settings = load_settings(config, **overrides)
+        gates = parse_fail_below(fail_below) if fail_below else []
+        if distractors is not None and settings.abstain == "off":
+            raise ConfigError("--distractors measures abstention: drop --abstain off")
         if limit is not None and limit < 1:
             raise ConfigError("--limit must be at least 1")
         if answers and limit is None:
@@ -448,18 +460,80 @@ def eval_command(
         if answers:
             pipeline.check_models()
         report = evaluate(data, pipeline, max_contexts=max_contexts, limit=limit, answers=limit if answers else 0,
-                          seed_baseline=seed_baseline, progress=sys.stderr.isatty(), compare=compare, scoped=scoped)
+                          seed_baseline=seed_baseline, progress=sys.stderr.isatty(), compare=compare, scoped=scoped,
+                          distractors=distractors)
+        failed = check_fail_below(report, gates)
     except RagqaError as exc:
         _fail(str(exc), getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     if as_json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-        return
-    st = report["settings"]
-    if "compare" in report:
+    elif "compare" in report:
         _print_comparison(report)
-        return
+    else:
+        _print_eval(report)
+    if failed:
+        _fail("below the bar: " + ", ".join(failed), 1)
+
+
+def parse_fail_below(text: str) -> list[tuple[str, float]]:
+    """``recall@5=0.9,answers.f1=0.3`` -> [(metric, value)]; a malformed item is a ConfigError.
+
+    >>> parse_fail_below("recall@5=0.9, abstain.recall=0.8")
+    [('recall@5', 0.9), ('abstain.recall', 0.8)]
+    """
+    gates = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not eq or not name.strip() or math.isnan(number):
+            raise ConfigError(f"--fail-below: {item!r} is not METRIC=VALUE (e.g. recall@5=0.9,answers.f1=0.3)")
+        gates.append((name.strip(), number))
+    if not gates:
+        raise ConfigError("--fail-below needs METRIC=VALUE pairs, e.g. recall@5=0.9")
+    return gates
+
+
+def check_fail_below(report: dict[str, Any], gates: Sequence[tuple[str, float]]) -> list[str]:
+    """The gates a report fails, as "metric value < bar"; a metric the report lacks is a ConfigError
+    naming those it has (a typo must not pass a CI gate).
+
+    >>> check_fail_below({"mrr": 0.5, "answers": {"f1": 0.4}}, [("mrr", 0.6), ("answers.f1", 0.3)])
+    ['mrr 0.500 < 0.6']
+    """
+    failed = []
+    for name, bar in gates:
+        value: Any = report
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            have = sorted(_metric_names(report))
+            raise ConfigError(f"--fail-below: no metric {name!r} in this report; it has: {', '.join(have)}")
+        if value < bar:
+            failed.append(f"{name} {value:.3f} < {bar:g}")
+    return failed
+
+
+def _metric_names(report: dict[str, Any], prefix: str = "") -> list[str]:
+    names = []
+    for key, value in report.items():
+        if key in ("settings", "seconds", "samples", "compare", "calibration"):
+            continue
+        if isinstance(value, dict):
+            names += _metric_names(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            names.append(prefix + key)
+    return names
+
+
+def _print_eval(report: dict[str, Any]) -> None:
+    st = report["settings"]
     typer.echo(f"{report['questions']} questions, {report['contexts']} contexts, {report['chunks']} chunks; "
                f"retriever {st['retriever']}{' (' + st['fusion'] + ')' if 'fusion' in st else ''}, "
                f"embedding {st['embedding_model']}, k {st['k']}"
@@ -468,11 +542,17 @@ def eval_command(
     typer.echo("  ".join(f"{name} {report[name]:.3f}" for name in report if name.startswith("answer_in_context@")))
     typer.echo(f"context ({report['settings']['context']}): {report['context_tokens']:.0f} tokens per question (estimated)"
                + (f", answer in prompt {report['answer_in_prompt']:.3f}" if "answer_in_prompt" in report else ""))
+    ab = report.get("abstain", {})
+    if "answerable_kept" in ab:
+        typer.echo(f"abstain (strictness {ab['strictness']:g}): answerable kept {ab['answerable_kept']:.3f}"
+                   + (f", distractors abstained {ab['recall']:.3f} of {ab['distractors']}, precision "
+                      f"{ab['precision']:.3f}" if "recall" in ab else ""))
     if "answers" in report:
         a = report["answers"]
         typer.echo(f"answers (n={a['n']}): EM {a['em']:.3f}  F1 {a['f1']:.3f}  contains answer {a['contains_answer']:.3f}"
                    + (f"  prompt {a['prompt_tokens']:.0f} tokens, first token after {a['ttft_s']:.2f} s"
-                      if "ttft_s" in a else ""))
+                      if "ttft_s" in a else "")
+                   + (f"  ({a['abstained']} abstained)" if a.get("abstained") else ""))
 
 
 def _print_comparison(report: dict[str, Any]) -> None:
@@ -497,6 +577,7 @@ def _print_comparison(report: dict[str, Any]) -> None:
 @command(app, settings=(
     "model", "backend", "base_url", "api_model", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
     "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k", "retriever", "fusion", "keyword_fold", "n_ctx",
+    "abstain", "abstain_strictness",
     "n_threads", "n_gpu_layers", "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
     "max_concurrency", "max_queue", "api_keys",
 ), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",

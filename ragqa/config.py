@@ -125,6 +125,15 @@ class Settings(BaseSettings):
         "sentences: the best chunk whole and of the others only the sentences that share the question's "
         "words (about half the tokens on Chinese text; chosen by bench/bench_context.py).",
     )
+    abstain: Literal["auto", "off"] = Field(
+        "auto", description="auto: when the documents hold nothing that answers the question (calibrated per "
+        "knowledge base, README \"Abstention\"), say so without calling the model; off: always answer. "
+        "The stuff chain only.",
+    )
+    abstain_strictness: float = Field(
+        0.5, ge=0.0, le=1.0, description="With abstain=auto: abstain below this quantile of the scores of "
+        "questions the knowledge base does not hold (0.5: their median); higher abstains more.",
+    )
     summary_chain: Literal["auto", "stuff", "refine", "map_reduce"] = Field(
         "auto", description="Summary chain; auto = stuff when the document fits the context, else map_reduce."
     )

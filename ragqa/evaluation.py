@@ -303,6 +303,7 @@ def build_eval_index(
                                             [chunks[n] for n in rows], vectors[rows], [tokens[n] for n in rows])
     view = kb.view(sorted(records[name].id for name in names.values()))
     view.groups = {g: records[name].id for g, name in names.items()}
+    view.document_of = lambda d: d.metadata.get("context")  # each context a document (abstain calibration)
     return view
 
 
@@ -478,7 +479,7 @@ def _ranking_metrics(rankings: Sequence[Sequence[int]], items: Sequence[QAItem],
 def evaluate(
     data_path: str | Path, pipeline: Any, *, max_contexts: int | None = None, limit: int | None = None,
     answers: int = 0, seed_baseline: bool = False, progress: bool = True, compare: str | None = None,
-    scoped: bool = False,
+    scoped: bool = False, distractors: str | Path | None = None,
 ) -> dict[str, Any]:
     """Retrieval metrics for every question (or the first ``limit``), and answer metrics for the
     first ``answers`` questions when asked. ``seed_baseline`` reproduces the seed scripts'
@@ -486,7 +487,10 @@ def evaluate(
     ``compare`` ("vector,bm25,hybrid") measures several retrievers over one index and one search
     each: their metrics are in ``report["compare"]``, by label, in the order given. ``scoped``
     searches each question only within its own document (SQuAD: its article; a query -> document
-    file: its document), as ``ask --kb --doc`` would for a user who names the document."""
+    file: its document), as ``ask --kb --doc`` would for a user who names the document.
+    With ``abstain = auto`` the report's ``abstain`` holds ``answerable_kept`` (the share of the
+    questions ragqa would answer); ``distractors`` (a file of questions the data cannot answer)
+    adds ``recall`` (the share of those it abstains on) and ``precision``."""
     from ragqa.fusion import make_fusion
 
     s = pipeline.settings
@@ -562,15 +566,62 @@ def evaluate(
         seconds={"index": round(t_index, 2), "search": round(t_search, 2)},
         settings=settings,
     )
+    abstained: set[int] = set()
+    if distractors is not None or (s.abstain == "auto" and s.chain == "stuff" and not compare and not scoped):
+        report["abstain"], abstained = _abstain_report(pipeline, index, items, found, words, distractors,
+                                                       scoped, progress)
     if answers:
-        report["answers"] = _evaluate_answers(pipeline, index, items[:answers], results[kind][0], k, progress)
+        report["answers"] = _evaluate_answers(pipeline, index, items[:answers], results[kind][0], k, progress,
+                                              abstained)
     return report
 
 
+def _abstain_report(pipeline: Any, index: Any, items: Sequence[QAItem], found: "Candidates",
+                    words: Callable[[int], set[str]], distractors: str | Path | None, scoped: bool,
+                    progress: bool) -> tuple[dict[str, Any], set[int]]:
+    """How ragqa's abstention (``ragqa.abstain``, calibrated on the index as on any KB) treats the
+    data's own questions and, with ``distractors``, questions the data cannot answer; and which of
+    the data's questions abstain (by position)."""
+    from ragqa.abstain import signals_of
+
+    s = pipeline.settings
+    if scoped:
+        raise ConfigError("abstention is measured over the whole index: drop --scoped (or --distractors)")
+    if found.vector is None or found.keyword is None:
+        found = search_candidates(index, pipeline.embeddings, [it.question for it in items], 1, progress=progress)
+    cal = pipeline.calibration(index)
+    if cal is None:
+        from ragqa.abstain import MIN_CHUNKS
+
+        if distractors is not None:
+            raise InputError(f"--distractors: the data has too few chunks to calibrate abstention on "
+                             f"({MIN_CHUNKS} needed)")
+        return {"note": f"too few chunks to calibrate abstention on ({MIN_CHUNKS} needed): off"}, set()
+    own = [cal.decide(signals_of(it.question, v, kw, words), s.abstain_strictness)["answerable"]
+           for it, v, kw in zip(items, found.vector, found.keyword)]
+    out: dict[str, Any] = {"answerable_kept": round(sum(own) / max(len(own), 1), 4),
+                           "strictness": s.abstain_strictness}
+    if distractors is not None:
+        _, others = load_eval_data(distractors)
+        questions = [it.question for it in others]
+        other = search_candidates(index, pipeline.embeddings, questions, 1, progress=progress)
+        off = [not cal.decide(signals_of(q, v, kw, words), s.abstain_strictness)["answerable"]
+               for q, v, kw in zip(questions, other.vector or [], other.keyword or [])]
+        wrong = len(own) - sum(own)  # answerable questions abstained on
+        out.update(recall=round(sum(off) / max(len(off), 1), 4),
+                   precision=round(sum(off) / max(sum(off) + wrong, 1), 4), distractors=len(off),
+                   distractor_data=str(distractors))
+    out["calibration"] = {"chunks": cal.chunks, "documents": cal.documents, "mode": cal.mode, "seconds": cal.seconds}
+    return out, {i for i, kept in enumerate(own) if not kept}
+
+
 def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankings: Sequence[Sequence[int]],
-                      k: int, progress: bool) -> dict[str, Any]:
+                      k: int, progress: bool, abstained: set[int] = frozenset()) -> dict[str, Any]:
+    """EM/F1 of the model's answers; a question ragqa abstains on (``abstained``, by position)
+    gets the abstention message as its answer, as a user would."""
     from tqdm import tqdm
 
+    from ragqa.abstain import message
     from ragqa.chains import make_qa_chain
 
     lm = pipeline.language_model()
@@ -579,7 +630,14 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
     samples = []
     stats = getattr(llm, "stats", None)  # a ragqa model's: prompt tokens and time to the first token
     prompt_tokens, ttft = [], []
-    for item, ranking in tqdm(list(zip(items, rankings)), desc="answering", unit="q", disable=not progress):
+    for n, (item, ranking) in enumerate(tqdm(list(zip(items, rankings)), desc="answering", unit="q",
+                                             disable=not progress)):
+        if n in abstained:
+            prediction = message(item.question)
+            em += exact_match(prediction, item.answers)
+            f1 += f1_score(prediction, item.answers)
+            contained += contains_answer(prediction, item.answers)
+            continue
         docs = index.get_chunks(ranking[:k])
         chain = make_qa_chain(llm, _FixedRetriever(docs=docs), pb, pipeline.settings.chain,
                               context=pipeline.settings.context)
@@ -594,7 +652,7 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
             samples.append({"question": item.question, "gold": item.answers, "prediction": prediction})
     n = len(items) or 1
     out: dict[str, Any] = {"n": len(items), "em": round(em / n, 4), "f1": round(f1 / n, 4),
-                           "contains_answer": round(contained / n, 4)}
+                           "contains_answer": round(contained / n, 4), "abstained": sum(1 for i in abstained if i < len(items))}
     if ttft:  # the last step's prompt for refine
         out.update(prompt_tokens=round(sum(prompt_tokens) / len(prompt_tokens), 1),
                    ttft_s=round(sum(ttft) / len(ttft), 3))

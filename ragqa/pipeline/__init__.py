@@ -9,6 +9,7 @@ results it hands back are in ``results``.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +21,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from ragqa.config import Settings
-from ragqa.errors import InputError
+from ragqa.errors import InputError, RagqaError
 from ragqa.loaders import expand_paths
 from ragqa.models import EmbeddingSpec, resolve_embedding
 from ragqa.paths import is_under, kb_path
@@ -35,6 +36,8 @@ from ragqa.words import use_keyword_fold
 
 if TYPE_CHECKING:
     from ragqa.gate import Gate
+
+log = logging.getLogger(__name__)
 
 __all__ = [  # what callers and tests import from ragqa.pipeline, wherever it is defined
     "EMBED_BATCH", "SUMMARY_SETTINGS", "SUMMARY_SETTINGS_IF_SET", "Answer", "IndexReport", "LanguageModel",
@@ -56,6 +59,8 @@ class Pipeline:
         self._backend_name: str | None = None
         self._files_kb: KnowledgeBase | None = None
         self._kbs: dict[str, KnowledgeBase] = {}
+        self._calibrations: dict[tuple[str, str], Any] = {}  # (KB, collection key) -> abstain.Calibration
+        self._too_small: set[tuple[str, str, int]] = set()
         self._load_lock = threading.RLock()  # concurrent first questions load each model once
         self.timings: dict[str, float] = {}
         self.indexer = Indexer(settings, self.splitter, lambda: self.embeddings)
@@ -411,6 +416,9 @@ class Pipeline:
         if dry_run:
             yield self._dry_run(prepared)
             return
+        if prepared.abstained:  # no model call, so no generation slot
+            yield from self.generate(prepared)
+            return
         with self.gate.enter() as ticket:
             ticket.wait()
             yield from self.generate(prepared)
@@ -461,10 +469,61 @@ class Pipeline:
         t = time.perf_counter()
         docs = retriever.invoke(retrieval_query(question, history))
         timings["retrieve_s"] = round(time.perf_counter() - t, 3)
-        if self.backend_name == "openai":
+        notes = [f"skipped {reason}" for reason in report.skipped]
+        abstain = self._abstention(index, question, settings, notes, timings) if docs or report.chunks else None
+        if self.backend_name == "openai" and not (abstain and not abstain["answerable"]):
             self._count_ahead(question, history, settings, docs)
-        return Prepared(question, list(history), settings, docs, timings,
-                        [f"skipped {reason}" for reason in report.skipped])
+        return Prepared(question, list(history), settings, docs, timings, notes, abstain)
+
+    def _abstention(self, index: Any, question: str, settings: Settings, notes: list[str],
+                    timings: dict[str, Any]) -> dict[str, Any] | None:
+        """Whether the documents can answer ``question`` (``ragqa.abstain``): the decision with its
+        signals, or None (``abstain = off``, the refine chain, or too few chunks to calibrate: noted)."""
+        from ragqa.abstain import MIN_CHUNKS, search_signals
+
+        if settings.abstain == "off" or settings.chain != "stuff":
+            return None
+        t = time.perf_counter()
+        cal = self.calibration(index)
+        if cal is None:
+            notes.append(f"abstain: too few chunks to calibrate on ({MIN_CHUNKS} needed); answering as with "
+                         "--abstain off")
+            return None
+        decision = cal.decide(search_signals(index, self.embeddings, question), settings.abstain_strictness)
+        timings["abstain_s"] = round(time.perf_counter() - t, 3)
+        return decision
+
+    def calibration(self, index: Any) -> Any:
+        """The abstention calibration of a KB view (the whole KB, or the files ``ask PATH...`` or
+        ``--doc`` picked): the stored one, or made now and stored when missing or stale; None
+        when the view is too small to calibrate."""
+        from ragqa.abstain import Calibration, calibrate, collection_key
+
+        kb, ids = index.kb, index.file_ids
+        key = collection_key(ids)
+        docs = kb.documents()
+        if ids is not None:
+            wanted = set(ids)
+            docs = [d for d in docs if d[0] in wanted]
+        chunks, embedding = sum(n for _, _, n in docs), self.embedding_spec.cache_id
+        with self._load_lock:
+            cal = self._calibrations.get((kb.name, key)) or Calibration.from_json(kb.read_note(key))
+            if cal is not None and not cal.stale(chunks, len(docs), embedding):
+                self._calibrations[(kb.name, key)] = cal
+                return cal
+            if (kb.name, key, chunks) in self._too_small:
+                return None
+            cal = calibrate(index, self.embeddings, chunk_size=self.settings.chunk_size, embedding=embedding,
+                            records=len(docs), document_of=getattr(index, "document_of", None))
+            if cal is None:
+                self._too_small.add((kb.name, key, chunks))
+                return None
+            self._calibrations[(kb.name, key)] = cal
+            try:
+                kb.write_note(key, cal.to_json())
+            except RagqaError as exc:  # a read-only KB still answers, recalibrating next time
+                log.info("abstain: calibration not stored: %s", exc)
+            return cal
 
     def _count_ahead(self, question: str, history: Sequence[Any], settings: Settings, docs: list[Document]) -> None:
         """Fit the first prompt now, before the question waits for a generation slot: on a server
@@ -490,7 +549,11 @@ class Pipeline:
         prompt, used, fit_notes = first_prompt(prepared.question, prepared.docs, pb, prepared.settings.chain,
                                                prepared.settings.context)
         timings = {**prepared.timings, **self.timings}
-        return Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt])
+        if prepared.abstained:
+            notes.append("abstain: the documents do not answer this (README \"Abstention\"): the model would not "
+                         "be asked; this is the prompt it would get with --abstain off")
+        return Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt],
+                      answerable=not prepared.abstained, abstain=prepared.abstain)
 
     def generate(self, prepared: "Prepared") -> Iterator[str | Answer]:
         """The model part of a question: the answer's pieces as they stream, then the Answer. The
@@ -499,6 +562,9 @@ class Pipeline:
 
         from ragqa.chains import make_qa_chain
 
+        if prepared.abstained:
+            yield from self._abstain_answer(prepared)
+            return
         lm = self.language_model()
         llm, pb = lm.for_settings(prepared.settings)
         chain = make_qa_chain(llm, _NoRetriever(), pb, prepared.settings.chain, context=prepared.settings.context)
@@ -526,9 +592,21 @@ class Pipeline:
             prompts=result.get("prompts", []),
         )
 
+    def _abstain_answer(self, prepared: "Prepared") -> Iterator[str | Answer]:
+        """The fixed "the documents do not say" in the question's language, and the best sources found."""
+        from ragqa.abstain import message
+
+        text = message(prepared.question)
+        a = prepared.abstain or {}
+        note = (f"abstain: no passage matches the question well enough (score {a.get('score')} below "
+                f"{a.get('threshold')}); the model was not asked (--abstain off answers anyway)")
+        yield text
+        yield Answer(text, [Source.from_document(d) for d in prepared.docs], dict(prepared.timings),
+                     prepared.notes + [note], [], answerable=False, abstain=prepared.abstain)
+
     # what one question may set for itself (the web page's options, the API's request fields)
     PER_QUESTION = ("chain", "k", "retriever", "fusion", "temperature", "top_p", "seed", "max_new_tokens",
-                    "system_prompt")
+                    "system_prompt", "abstain", "abstain_strictness")
 
     def _settings_for(self, overrides: dict[str, Any]) -> Settings:
         """The settings with per-question overrides (``PER_QUESTION``), validated."""
@@ -558,6 +636,11 @@ class Prepared:
     docs: list[Document]
     timings: dict[str, Any]
     notes: list[str]
+    abstain: dict[str, Any] | None = None  # ragqa.abstain's decision; None: not decided (abstain off)
+
+    @property
+    def abstained(self) -> bool:
+        return self.abstain is not None and not self.abstain["answerable"]
 
 
 class _NoRetriever(BaseRetriever):

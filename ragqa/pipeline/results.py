@@ -43,9 +43,14 @@ class Answer:
     timings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    answerable: bool = True  # False: ragqa abstained, the documents do not answer the question
+    abstain: dict[str, Any] | None = None  # the abstention decision and its signals (ragqa.abstain)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"answer": self.answer, "sources": [asdict(s) for s in self.sources], "timings": self.timings}
+        d: dict[str, Any] = {"answer": self.answer, "answerable": self.answerable,
+                             "sources": [asdict(s) for s in self.sources], "timings": self.timings}
+        if self.abstain is not None:
+            d["abstain"] = {k: v for k, v in self.abstain.items() if k != "answerable"}
         for s in d["sources"]:
             for key in ("page", "page_label"):
                 if s[key] is None:

@@ -330,6 +330,15 @@ class KnowledgeBase(ABC):
     def close(self) -> None:  # noqa: B027  (engines with connections override it)
         pass
 
+    # -- small derived records kept with the KB (an abstention calibration): no write lock, last write wins
+    def read_note(self, key: str) -> str | None:
+        return getattr(self, "_notes", {}).get(key)
+
+    def write_note(self, key: str, value: str) -> None:
+        if not hasattr(self, "_notes"):
+            self._notes: dict[str, str] = {}
+        self._notes[key] = value
+
     def documents(self) -> list[tuple[int, str, int]]:
         """(id, path, chunks) of every readable file: what ``--doc`` patterns are matched against."""
         return [(int(r.id), r.path, r.chunks) for r in self.files() if r.status == "ok" and r.id is not None]

@@ -208,6 +208,14 @@ class LocalKB(KnowledgeBase):
                 raise _storage_error(exc, self.folder) from None
             raise
 
+    def read_note(self, key: str) -> str | None:
+        return self._meta(f"note:{key}")
+
+    def write_note(self, key: str, value: str) -> None:
+        """In the meta table, in a transaction of its own (a moment's wait behind a writer's commit)."""
+        with self._transaction():
+            self._set_meta(f"note:{key}", value)
+
     def generation(self) -> int:
         return int(self._meta("generation") or 0)
 

@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 CHUNKS_PREFIX = "ragqa_"
 KB_PREFIX = "ragqakb_"  # never a chunk collection's name: those have "_" where this has "k"
-KB_ROW, LOCK_ROW = 0, -1
+KB_ROW, LOCK_ROW, NOTES_ROW = 0, -1, -2
 CONNECT_TIMEOUT_S = 5.0  # an address where nothing answers fails within this
 CALL_TIMEOUT_S = 120.0  # any one call (a server that dies mid-run does not hang ragqa)
 LOCK_TTL_S = 60.0  # a lock whose heartbeat is older than this is free
@@ -371,6 +371,27 @@ class MilvusKB(KnowledgeBase):
     def _write_meta(self) -> None:
         self._meta_name = self.name
         self._call("upsert", self.kb_name, [self._row(KB_ROW, "kb", self.name, info=json.dumps(self._meta))])
+
+    def read_note(self, key: str) -> str | None:
+        rows = self._call("get", self.kb_name, ids=[NOTES_ROW], output_fields=["info"])
+        try:
+            notes = json.loads(rows[0]["info"]) if rows else {}
+        except (ValueError, TypeError):
+            notes = {}
+        value = notes.get(key) if isinstance(notes, dict) else None
+        return value if isinstance(value, str) else None
+
+    def write_note(self, key: str, value: str) -> None:
+        """In a row of their own (not the KB row a writer keeps its counters in)."""
+        rows = self._call("get", self.kb_name, ids=[NOTES_ROW], output_fields=["info"])
+        try:
+            notes = json.loads(rows[0]["info"]) if rows else {}
+        except (ValueError, TypeError):
+            notes = {}
+        notes = {**(notes if isinstance(notes, dict) else {}), key: value}
+        while len(json.dumps(notes)) > VARCHAR_MAX and len(notes) > 1:
+            notes.pop(next(k for k in notes if k != key))  # the oldest other note goes
+        self._call("upsert", self.kb_name, [self._row(NOTES_ROW, "notes", "", info=json.dumps(notes))])
 
     @staticmethod
     def _row(rid: int, kind: str, path: str, *, size: int = 0, mtime_ns: int = 0, hash: str = "", parser: str = "",

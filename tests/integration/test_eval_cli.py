@@ -126,3 +126,52 @@ def test_compare_on_questions_typed_into_a_health_site(cache: Path, tmp_path: Pa
     assert compare["vector"]["recall@1"] > compare["bm25"]["recall@1"] + 0.05
     assert compare["rrf"]["recall@1"] < compare["vector"]["recall@1"]
     _holds_the_rule(compare)
+
+
+def _held_apart(tmp_path: Path, first: int, limit: int = 200) -> Path:
+    """The questions of CMRC's articles none of the first ``first`` contexts belongs to."""
+    data = json.loads(CMRC.read_text("utf-8"))
+    seen, kept, n = set(), [], 0
+    for article in data["data"]:
+        touched = False
+        for para in article["paragraphs"]:
+            if len(seen) < first and para["context"] not in seen:
+                seen.add(para["context"])
+                touched = True
+        if not touched and n < limit:
+            kept += article["paragraphs"]
+            n += sum(len(p["qas"]) for p in article["paragraphs"])
+    path = tmp_path / "held_apart.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": kept}]}, ensure_ascii=False), "utf-8")
+    return path
+
+
+def test_distractors_report_abstention_and_fail_below_gates_it(cache: Path, tmp_path: Path) -> None:
+    other = _held_apart(tmp_path, 80)
+    report = _eval(cache, "--distractors", str(other))
+    ab = report["abstain"]
+    # questions about articles the index does not hold (same encyclopedia: the hard case, README
+    # "Abstention") are refused far more often than its own, which are nearly all kept
+    assert ab["recall"] >= 0.5, ab
+    assert ab["answerable_kept"] >= 0.9, ab
+    assert 0 < ab["precision"] <= 1 and ab["distractors"] > 100
+    assert ab["calibration"]["chunks"] == report["chunks"]
+    # a stricter setting refuses more of both
+    strict = _eval(cache, "--distractors", str(other), "--abstain-strictness", "0.9")["abstain"]
+    assert strict["recall"] >= ab["recall"] and strict["answerable_kept"] <= ab["answerable_kept"]
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}, "RAGQA_CACHE_DIR": str(cache)}
+
+    def gate(spec: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ragqa", "eval", str(CMRC), "--max-contexts", "80",
+                               "--distractors", str(other), "--fail-below", spec],
+                              capture_output=True, text=True, env=env, timeout=900)
+
+    passed = gate(f"recall@5=0.5,abstain.recall={ab['recall'] - 0.05:.2f}")
+    assert passed.returncode == 0, passed.stderr
+    failed = gate(f"abstain.recall={min(ab['recall'] + 0.01, 1.0):.3f},mrr=0.1")
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith("ragqa: error: below the bar: abstain.recall")
+    assert "Traceback" not in failed.stderr
+    typo = gate("recal@5=0.5")
+    assert typo.returncode != 0 and "no metric 'recal@5'" in typo.stderr and "recall@5" in typo.stderr
