@@ -125,7 +125,10 @@ class PromptBuilder:
         them) or ``(question, answer)`` pairs. Incomplete turns are dropped; whole turns are kept
         from the newest back, so the documents still get most of the context.
         """
-        turns = _pair_turns(history)
+        from ragqa.citations import strip_markers
+
+        # an earlier answer's [n] markers point at that turn's passages, not this one's
+        turns = [(q, strip_markers(a)) for q, a in _pair_turns(history)]
         kept: list[tuple[str, str]] = []
         for q, a in reversed(turns):
             candidate = [(q, a), *kept]
@@ -370,10 +373,18 @@ def make_qa_chain(
     system_prompt: str | None = None,
     lang: str = "auto",
     context: str = "chunks",
+    citations: bool = True,
+    embeddings: Any = None,
 ) -> Runnable:
     """A Runnable: ``{"question": str, "history"?: messages, "documents"?: [Document]}`` (or a
-    str) -> ``{"answer", "source_documents", "prompts", "notes"}``. ``documents`` given: those
-    chunks are used as they are and ``retriever`` is not asked.
+    str) -> ``{"answer", "source_documents", "prompts", "notes", "citations", "unsupported"}``.
+    ``documents`` given: those chunks are used as they are and ``retriever`` is not asked.
+
+    With ``citations`` (default) the answer carries ``[n]`` markers after the sentences its
+    sources support, checked by ragqa (``ragqa.citations``; ``embeddings``, optional, picks among
+    near ties): ``citations`` is a list of ``{"n", "source", "start", "end", "quote",
+    "sentence"}`` (``quote`` the file's text at ``[start, end)``), ``unsupported`` the answer
+    sentences no source supports. They come with the last part of a stream.
 
     ``llm`` is any LangChain LLM or chat model. Without a PromptBuilder ``pb``, one is made for
     it from the keyword options (see ``PromptBuilder.for_model``). ``stream`` yields the sources and
@@ -391,6 +402,38 @@ def make_qa_chain(
     generate = _generator(llm, pb)
 
     def run(inputs: Any) -> Iterator[AddableDict]:
+        if not citations:
+            yield from answer(inputs)
+            return
+        from ragqa.citations import Cited, Citer
+
+        sources: list[Document] = []
+        cited = Cited("")
+
+        def pieces() -> Iterator[str]:
+            for part in answer(inputs):
+                if "source_documents" in part:
+                    sources[:] = part["source_documents"]
+                if part.get("answer"):
+                    yield part["answer"]
+                rest = {k: v for k, v in part.items() if k != "answer"}
+                if rest:
+                    held.append(AddableDict(rest))
+
+        held: list[AddableDict] = []
+        citer = Citer(lambda: sources, embeddings)
+        for text in citer.stream(pieces(), cited):
+            while held:
+                yield held.pop(0)
+            yield AddableDict(answer=text)
+        while held:
+            yield held.pop(0)
+        last = AddableDict(citations=[c.to_dict() for c in cited.citations], unsupported=list(cited.unsupported))
+        if not cited.answer:
+            last["answer"] = ""  # (an answer-less run still has an answer)
+        yield last
+
+    def answer(inputs: Any) -> Iterator[AddableDict]:
         question = _question(inputs)
         history = [] if isinstance(inputs, str) else inputs.get("history") or []
         pb, history_notes = base_pb.with_history(history) if history else (base_pb, [])

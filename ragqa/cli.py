@@ -245,7 +245,7 @@ DocOpt = typer.Option(None, "--doc", metavar="PATTERN", help="With --kb: only th
 
 @command(app, settings=(
     "model", "backend", "base_url", "api_model", "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k",
-    "abstain", "abstain_strictness", "retriever", "fusion", "keyword_fold", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
+    "abstain", "abstain_strictness", "citations", "retriever", "fusion", "keyword_fold", "reranker", "chunk_size", "chunk_overlap", "lang", "system_prompt", "n_ctx", "n_threads",
     "n_gpu_layers", "rope_freq_base", "rope_freq_scale", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
     "rope_scaling", "max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "seed", "cache_dir",
     "data_dir", "store", "max_file_mb", "ocr",
@@ -312,11 +312,28 @@ def ask(
 
 
 def _print_sources(answer: Any, err: bool) -> None:
+    """Each source with the sentences of it the answer cites ("cited @120-168: ..."), then the
+    answer sentences no source supports."""
     if not answer.sources:
         return
     typer.echo("\nSources:", err=err)
+    cited: dict[int, list[dict[str, Any]]] = {}
+    for c in answer.citations or []:
+        cited.setdefault(c["n"], []).append(c)
     for i, s in enumerate(answer.sources, 1):
         typer.echo(f"  [{i}] {s.location()}  (score {s.score:.3f})  {_snippet(s.text)}", err=err)
+        seen = set()
+        for c in cited.get(i, []):
+            if (c["start"], c["end"]) not in seen:
+                seen.add((c["start"], c["end"]))
+                typer.echo(f"      cited @{c['start']}-{c['end']}: \u201c{_snippet(c['quote'], 200)}\u201d", err=err)
+    if answer.unsupported:
+        from ragqa.citations import answer_sentences
+
+        sentences = answer_sentences(answer.answer)
+        for i in answer.unsupported:
+            if i < len(sentences):
+                typer.echo(f"  ! not supported by the sources: \u201c{_snippet(sentences[i], 200)}\u201d", err=err)
 
 
 def _print_timings(t: dict[str, Any]) -> None:
@@ -577,7 +594,7 @@ def _print_comparison(report: dict[str, Any]) -> None:
 @command(app, settings=(
     "model", "backend", "base_url", "api_model", "device", "torch_dtype", "load_in_4bit", "load_in_8bit",
     "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k", "retriever", "fusion", "keyword_fold", "n_ctx",
-    "abstain", "abstain_strictness",
+    "abstain", "abstain_strictness", "citations",
     "n_threads", "n_gpu_layers", "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
     "max_concurrency", "max_queue", "api_keys",
 ), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="With abstain=auto: abstain below this quantile of the scores of "
         "questions the knowledge base does not hold (0.5: their median); higher abstains more.",
     )
+    citations: Literal["on", "off"] = Field(
+        "on", description="on: mark each answer sentence with [n] after the source sentence that supports it, "
+        "checked by ragqa (word overlap, numbers, embeddings), and flag sentences no source supports; off: the "
+        "model's answer as it is.",
+    )
     summary_chain: Literal["auto", "stuff", "refine", "map_reduce"] = Field(
         "auto", description="Summary chain; auto = stuff when the document fits the context, else map_reduce."
     )

@@ -623,6 +623,11 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
 
     from ragqa.abstain import message
     from ragqa.chains import make_qa_chain
+    from ragqa.citations import strip_markers
+
+    cite = pipeline.settings.citations == "on"
+    checks = {"answers_right": 0, "right_with_citations": 0, "citations_with_answer": 0, "citations": 0,
+              "claims": 0, "supported": 0}
 
     lm = pipeline.language_model()
     llm, pb = lm.llm, lm.pb
@@ -640,8 +645,11 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
             continue
         docs = index.get_chunks(ranking[:k])
         chain = make_qa_chain(llm, _FixedRetriever(docs=docs), pb, pipeline.settings.chain,
-                              context=pipeline.settings.context)
-        prediction = chain.invoke({"question": item.question})["answer"].strip()
+                              context=pipeline.settings.context, citations=cite, embeddings=pipeline._embeddings)
+        result = chain.invoke({"question": item.question})
+        prediction = strip_markers(result["answer"]).strip()  # scored as the model wrote it
+        if cite:
+            _count_citations(result, prediction, item.answers, checks)
         if stats is not None and stats.prompt_tokens:
             prompt_tokens.append(stats.prompt_tokens)
             ttft.append(stats.prompt_seconds)
@@ -656,8 +664,31 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
     if ttft:  # the last step's prompt for refine
         out.update(prompt_tokens=round(sum(prompt_tokens) / len(prompt_tokens), 1),
                    ttft_s=round(sum(ttft) / len(ttft), 3))
+    if cite:
+        if checks["citations"]:
+            out["citation_precision"] = round(checks["citations_with_answer"] / checks["citations"], 4)
+        if checks["claims"]:
+            out["supported_rate"] = round(checks["supported"] / checks["claims"], 4)
+        out["citation_checks"] = checks
     out["samples"] = samples
     return out
+
+
+def _count_citations(result: dict[str, Any], prediction: str, golds: Sequence[str], checks: dict[str, int]) -> None:
+    """Citation precision counts the answers that contain a gold answer: of their citations, those
+    whose quote contains one too. The supported rate counts every answer's checkable sentences
+    (a claim: informative words, not "the text does not say"): those a source supports."""
+    from ragqa.citations import Citer
+
+    citations = result.get("citations") or []
+    if contains_answer(prediction, golds):
+        checks["answers_right"] += 1
+        checks["right_with_citations"] += bool(citations)
+        checks["citations"] += len(citations)
+        checks["citations_with_answer"] += sum(bool(contains_answer(c["quote"], golds)) for c in citations)
+    claims = Citer(result.get("source_documents") or []).claims(prediction)
+    checks["claims"] += claims
+    checks["supported"] += max(0, claims - len(result.get("unsupported") or []))
 
 
 class _FixedRetriever(BaseRetriever):

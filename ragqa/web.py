@@ -491,20 +491,52 @@ def sources_markdown(answer: Answer) -> str:
     if not answer.sources:
         return "_no sources_"
     blocks = []
+    cited: dict[int, list[tuple[int, int]]] = {}
+    for c in answer.citations or []:
+        cited.setdefault(c["n"], []).append((c["start"], c["end"]))
     for i, s in enumerate(answer.sources, 1):
         where = f" · {html.escape(s.where())}" if s.where() else ""
-        # the chunk's lines stay lines: a heading is not run into its paragraph
-        lines = [" ".join(line.split()) for line in s.text.splitlines() if line.strip()]
-        snippet = "\n".join(lines)
-        if len(snippet) > SNIPPET_CHARS:
-            snippet = snippet[: SNIPPET_CHARS - 1] + "…"
-        shown = "<br>\n".join(_markdown_escape(line) for line in snippet.split("\n"))
+        ranges = sorted({(a - s.start, b - s.start) for a, b in cited.get(i, [])})
+        if ranges:  # the whole passage, the sentences the answer cites highlighted
+            shown = _highlighted(s.text, ranges)
+        else:
+            # the chunk's lines stay lines: a heading is not run into its paragraph
+            lines = [" ".join(line.split()) for line in s.text.splitlines() if line.strip()]
+            snippet = "\n".join(lines)
+            if len(snippet) > SNIPPET_CHARS:
+                snippet = snippet[: SNIPPET_CHARS - 1] + "…"
+            shown = "<br>\n".join(_markdown_escape(line) for line in snippet.split("\n"))
         blocks.append(
-            f"<details><summary>[{i}] {html.escape(_name(s.source))}{where} · @{s.start} · "
-            f"score {s.score:.3f}</summary>\n\n{shown}\n\n</details>"
+            f"<details{' open' if ranges else ''}><summary>[{i}] {html.escape(_name(s.source))}{where} · "
+            f"@{s.start} · score {s.score:.3f}{' · cited' if ranges else ''}</summary>\n\n{shown}\n\n</details>"
         )
+    flags = ""
+    if answer.unsupported:
+        from ragqa.citations import answer_sentences
+
+        sentences = answer_sentences(answer.answer)
+        flags = "".join(f"\n\n<sub>⚠ not supported by the sources: \u201c{_markdown_escape(sentences[i])}\u201d</sub>"
+                        for i in answer.unsupported if i < len(sentences))
     notes = "".join(f"\n\n<sub>note: {html.escape(n)}</sub>" for n in answer.notes)
-    return "\n\n".join(blocks) + notes
+    return "\n\n".join(blocks) + flags + notes
+
+
+def _highlighted(text: str, ranges: list[tuple[int, int]]) -> str:
+    """A passage with ``<mark>`` around the ranges (offsets in ``text``), its lines kept as lines."""
+    parts, at = [], 0
+    for a, b in ranges:
+        a, b = max(a, at), min(b, len(text))
+        if b <= a:
+            continue
+        parts += [(text[at:a], False), (text[a:b], True)]
+        at = b
+    parts.append((text[at:], False))
+    out = ""
+    for piece, marked in parts:
+        lines = [" ".join(line.split()) for line in piece.split("\n")]
+        body = "<br>\n".join(_markdown_escape(line) for line in lines)
+        out += f"<mark>{body}</mark>" if marked and piece.strip() else body
+    return re.sub(r"(<br>\n){2,}", "<br>\n", out).strip()
 
 
 def sources_data(answer: Answer) -> list[dict[str, Any]]:

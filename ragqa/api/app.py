@@ -267,6 +267,18 @@ def _sources(answer: Any, label: Any) -> list[dict[str, Any]]:
     return sources
 
 
+def _checked(answer: Any, label: Any) -> dict[str, Any]:
+    """What ragqa checked of the answer: ``answerable`` (False: it abstained, the documents do not
+    answer), and the ``citations`` (each quote's document named as ``sources`` names it) and
+    ``unsupported`` answer sentences, as ``ragqa ask --json`` gives them."""
+    d = answer.to_dict()
+    out: dict[str, Any] = {"answerable": d["answerable"]}
+    if "citations" in d:
+        out["citations"] = [{**c, "source": label(c["source"])} for c in d["citations"]]
+        out["unsupported"] = d["unsupported"]
+    return out
+
+
 def _usage(answer: Any) -> dict[str, int]:
     t = answer.timings
     prompt, completion = int(t.get("prompt_tokens", 0)), int(t.get("completion_tokens", 0))
@@ -285,6 +297,7 @@ def _completion(completion_id: str, created: int, model: str, answer: Any, max_t
                      "finish_reason": _finish_reason(answer, max_tokens), "logprobs": None}],
         "usage": _usage(answer),
         "sources": _sources(answer, label),
+        **_checked(answer, label),
         **({"notes": answer.notes} if answer.notes else {}),
     }
 
@@ -428,7 +441,7 @@ async def _sse(relay: _Relay, ticket: Any, completion_id: str, created: int, mod
                 yield "".join(out)
         if answer is None:
             raise RuntimeError("the pipeline ended without an answer")
-        extra: dict[str, Any] = {"sources": _sources(answer, label)}
+        extra: dict[str, Any] = {"sources": _sources(answer, label), **_checked(answer, label)}
         if answer.notes:
             extra["notes"] = answer.notes
         finish = _finish_reason(answer, max_tokens)

@@ -567,7 +567,8 @@ class Pipeline:
             return
         lm = self.language_model()
         llm, pb = lm.for_settings(prepared.settings)
-        chain = make_qa_chain(llm, _NoRetriever(), pb, prepared.settings.chain, context=prepared.settings.context)
+        chain = make_qa_chain(llm, _NoRetriever(), pb, prepared.settings.chain, context=prepared.settings.context,
+                              citations=prepared.settings.citations == "on", embeddings=self._embeddings)
         notes = prepared.notes + list(getattr(lm.backend, "notes", []))
         timings = dict(prepared.timings)
         t = time.perf_counter()
@@ -584,13 +585,29 @@ class Pipeline:
         timings["answer_s"] = round(time.perf_counter() - t, 3)
         timings.update(self.timings)
         timings.update(llm.stats.as_dict())
+        sources = result.get("source_documents", [])
+        prompts = result.get("prompts", [])
+        if prompts and prepared.settings.chain == "stuff":  # what the model read of the passages
+            from ragqa.words import estimate_tokens
+
+            timings["context_tokens"] = estimate_tokens(self._context_text(prepared, sources))
         yield Answer(
             answer=result.get("answer", "").strip(),
-            sources=[Source.from_document(d) for d in result.get("source_documents", [])],
+            sources=[Source.from_document(d) for d in sources],
             timings=timings,
             notes=notes + result.get("notes", []),
-            prompts=result.get("prompts", []),
+            prompts=prompts,
+            citations=result.get("citations"),
+            unsupported=result.get("unsupported"),
         )
+
+    @staticmethod
+    def _context_text(prepared: "Prepared", used: list[Document]) -> str:
+        from ragqa.chains import format_context
+        from ragqa.context import compact_chunks
+
+        docs = compact_chunks(prepared.question, used) if prepared.settings.context == "sentences" else used
+        return format_context(docs)
 
     def _abstain_answer(self, prepared: "Prepared") -> Iterator[str | Answer]:
         """The fixed "the documents do not say" in the question's language, and the best sources found."""
@@ -606,7 +623,7 @@ class Pipeline:
 
     # what one question may set for itself (the web page's options, the API's request fields)
     PER_QUESTION = ("chain", "k", "retriever", "fusion", "temperature", "top_p", "seed", "max_new_tokens",
-                    "system_prompt", "abstain", "abstain_strictness")
+                    "system_prompt", "abstain", "abstain_strictness", "citations")
 
     def _settings_for(self, overrides: dict[str, Any]) -> Settings:
         """The settings with per-question overrides (``PER_QUESTION``), validated."""

@@ -45,12 +45,17 @@ class Answer:
     prompts: list[str] = field(default_factory=list)
     answerable: bool = True  # False: ragqa abstained, the documents do not answer the question
     abstain: dict[str, Any] | None = None  # the abstention decision and its signals (ragqa.abstain)
+    citations: list[dict[str, Any]] | None = None  # ragqa.citations.Citation dicts; None: citations off
+    unsupported: list[int] | None = None  # answer sentences no source supports
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"answer": self.answer, "answerable": self.answerable,
                              "sources": [asdict(s) for s in self.sources], "timings": self.timings}
         if self.abstain is not None:
             d["abstain"] = {k: v for k, v in self.abstain.items() if k != "answerable"}
+        if self.citations is not None:
+            d["citations"] = self.citations
+            d["unsupported"] = self.unsupported or []
         for s in d["sources"]:
             for key in ("page", "page_label"):
                 if s[key] is None:

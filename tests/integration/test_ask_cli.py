@@ -42,6 +42,12 @@ def test_ask_answers_from_the_document(ask_json, doc: Path, chain: str) -> None:
     assert top["source"] == str(doc)
     assert DOC[top["start"]: top["start"] + len(top["text"])] == top["text"]
     assert out["timings"]["completion_tokens"] > 0
+    # the sentence that says so, exactly at its offsets in the file, and the answer marked with it
+    cited = [c for c in out["citations"] if "Quell" in c["quote"]]
+    assert cited, out["citations"]
+    for c in out["citations"]:
+        assert DOC[c["start"]:c["end"]] == c["quote"] and len(c["quote"]) < len(top["text"])
+    assert f"[{cited[0]['n']}]" in out["answer"]
 
 
 def test_ask_second_time_uses_the_cache(ask_json, doc: Path) -> None:

@@ -65,12 +65,17 @@ def test_completion_answers_with_sources_and_usage(api) -> None:
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["object"] == "chat.completion" and body["model"] == "pandas"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "熊猫 主要 吃 竹子。"}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "熊猫 主要 吃 竹子。[1]"}  # cited
     assert body["choices"][0]["finish_reason"] == "stop"
     [source] = body["sources"]
     assert source["source"] == str(Path(source["source"]))  # a file indexed from elsewhere: its path
     assert source["text"] == DOC and source["start"] == 0 and 0 < source["score"] <= 1
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] > 0
+    # the cited sentence, exactly at its offsets in the document, named as sources names it
+    assert body["answerable"] is True and body["unsupported"] == []
+    [cite] = body["citations"]
+    assert cite["n"] == 1 and cite["sentence"] == 0 and cite["source"] == source["source"]
+    assert DOC[cite["start"]:cite["end"]] == cite["quote"] and "竹子" in cite["quote"]
 
 
 def test_streaming_sends_openai_chunks_and_sources_last(api) -> None:
@@ -86,11 +91,12 @@ def test_streaming_sends_openai_chunks_and_sources_last(api) -> None:
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text == "熊猫 主要 吃 竹子。"
+    assert text == "熊猫 主要 吃 竹子。[1]"  # the stream carries the markers too
     assert [c for c in chunks if c["choices"]][-1]["choices"][0]["finish_reason"] == "stop"
     last = chunks[-1]
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 4
     assert last["sources"][0]["text"] == DOC
+    assert last["citations"][0]["quote"] in DOC and last["answerable"] is True
     assert not any("sources" in c for c in chunks[:-1])
 
 

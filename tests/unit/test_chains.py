@@ -72,8 +72,9 @@ def test_stuff_stream_yields_sources_before_answer_tokens(pb, fixed_retriever) -
     first_sources = next(i for i, p in enumerate(parts) if "source_documents" in p)
     answer_parts = [i for i, p in enumerate(parts) if "answer" in p]
     assert first_sources < answer_parts[0]
-    assert len(answer_parts) == 2  # streamed: one part per character
-    assert "".join(parts[i]["answer"] for i in answer_parts) == "竹子"
+    assert len(answer_parts) == 3  # streamed: one part per character, then the citation marker
+    assert "".join(parts[i]["answer"] for i in answer_parts) == "竹子[1]"
+    assert parts[-1]["citations"][0]["n"] == 1  # the citations come with the last part
     assert parts[first_sources]["source_documents"] == DOCS
 
 
@@ -161,7 +162,8 @@ def test_follow_up_is_a_multi_turn_alpaca2_prompt(fixed_retriever) -> None:
     llm = RecordingLLM(responses=["十个小时。"], seen=[])
     retriever = fixed_retriever(DOCS[1:2])
     result = make_qa_chain(llm, retriever, pb).invoke({"question": "它睡多久？", "history": HISTORY})
-    assert result["answer"] == "十个小时。"
+    assert result["answer"] == "十个小时。[1]"  # cited: the passage says 它们每天睡十个小时
+    assert result["citations"][0]["quote"] in DOCS[1].page_content and result["unsupported"] == []
     [prompt] = llm.seen
     # ANCHORS: first turn with the system block, assistant turn " {a}</s>", later turns "<s>[INST] ..."
     head = "[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n熊猫吃什么？ [/INST] 竹子。</s><s>[INST] "

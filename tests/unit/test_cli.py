@@ -217,7 +217,8 @@ def test_unusable_cache_dir(runs, files) -> None:
 def test_answer_is_streamed_to_stdout_and_sources_follow(runs, files) -> None:
     run = runs["answer"]
     assert run.proc.returncode == 0, run.proc.stderr
-    assert run.proc.stdout.startswith("熊猫 主要 吃 竹子。\n")
+    assert run.proc.stdout.startswith("熊猫 主要 吃 竹子。[1]\n")  # marked after the sentence its source supports
+    assert "cited @" in run.proc.stdout and "熊猫的主要食物是竹子" in run.proc.stdout.split("cited @")[1]
     assert "Sources:" in run.proc.stdout and f"[1] {files.doc}" in run.proc.stdout
     assert "(0/1 cached)" in run.proc.stderr
     assert len(run.index_entries) == 1
@@ -227,7 +228,7 @@ def test_json_output(runs, files) -> None:
     run = runs["json"]
     assert run.proc.returncode == 0, run.proc.stderr
     data = json.loads(run.proc.stdout)
-    assert data["answer"] == "熊猫 主要 吃 竹子。"
+    assert data["answer"] == "熊猫 主要 吃 竹子。[1]"
     assert 1 <= len(data["sources"]) <= 2
     for s in data["sources"]:
         assert s["source"] == str(files.doc)

@@ -26,7 +26,7 @@ from ragqa.errors import ConfigError, InputError
 
 # The command-line contract: the settings each command exposes. Flags are --field-name except:
 EXPOSED = {
-    "ask": "model backend base_url api_model EMB chat_format chain context k abstain abstain_strictness retriever fusion keyword_fold reranker "
+    "ask": "model backend base_url api_model EMB chat_format chain context k abstain abstain_strictness citations retriever fusion keyword_fold reranker "
            "chunk_size chunk_overlap lang system_prompt n_ctx n_threads n_gpu_layers rope_freq_base "
            "rope_freq_scale device torch_dtype load_in_4bit load_in_8bit rope_scaling max_new_tokens "
            "temperature top_k top_p repeat_penalty seed cache_dir data_dir store max_file_mb ocr",
@@ -36,7 +36,7 @@ EXPOSED = {
     "eval": "EMB retriever fusion keyword_fold k chunk_size chunk_overlap model chat_format chain context max_new_tokens "
             "cache_dir abstain abstain_strictness",
     "serve": "model backend base_url api_model device torch_dtype load_in_4bit load_in_8bit EMB "
-             "chat_format chain context k retriever fusion keyword_fold n_ctx abstain abstain_strictness n_threads n_gpu_layers max_new_tokens temperature "
+             "chat_format chain context k retriever fusion keyword_fold n_ctx abstain abstain_strictness citations n_threads n_gpu_layers max_new_tokens temperature "
              "max_file_mb ocr cache_dir data_dir store max_concurrency max_queue api_keys",
     "index": "EMB chunk_size chunk_overlap keyword_fold max_file_mb ocr data_dir store cache_dir",
     "kb list": "data_dir store",

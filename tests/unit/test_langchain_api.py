@@ -214,7 +214,7 @@ def test_qa_chain_on_a_chat_model_sends_messages_and_streams(store) -> None:
     parts = list(chain.stream({"question": "When is the Zorblat festival held?"}))
     assert "source_documents" in parts[0]
     answers = [p["answer"] for p in parts if "answer" in p]
-    assert len(answers) > 1 and "".join(answers) == "It is held in March."  # token by token
+    assert len(answers) > 1 and "".join(answers) == "It is held in March.[1]"  # token by token
     [prompt] = parts[0]["prompts"]
     assert [type(m) for m in prompt] == [HumanMessage]  # no system prompt unless asked for
     assert "second weekend of March" in prompt[0].content
@@ -224,7 +224,7 @@ def test_qa_chain_on_a_chat_model_sends_messages_and_streams(store) -> None:
 async def test_qa_chain_async_invoke_stream_and_batch(store) -> None:
     chat = GenericFakeChatModel(messages=iter(["In March.", "Herons.", "a", "b"]))
     chain = ragqa.make_qa_chain(chat, store.as_hybrid_retriever(k=2))
-    assert (await chain.ainvoke("When is the festival?"))["answer"] == "In March."
+    assert (await chain.ainvoke("When is the festival?"))["answer"] == "In March.[1]"
     parts = [p async for p in chain.astream({"question": "What does it celebrate?"})]
     assert "source_documents" in parts[0] and "".join(p.get("answer", "") for p in parts) == "Herons."
     assert sorted(r["answer"] for r in await chain.abatch(["one?", "two?"])) == ["a", "b"]
@@ -237,7 +237,7 @@ def test_chat_model_history_becomes_alternating_messages(fixed_retriever) -> Non
     chain = ragqa.make_qa_chain(chat, retriever, system_prompt="Answer briefly.")
     history = [{"role": "user", "content": "What birds live there?"}, {"role": "assistant", "content": "Herons."}]
     result = chain.invoke({"question": "Where do they nest?", "history": history})
-    assert result["answer"] == "In the marsh."
+    assert result["answer"] == "In the marsh.[1]"
     [sent] = chat.seen
     assert [type(m) for m in sent] == [SystemMessage, HumanMessage, AIMessage, HumanMessage]
     assert [m.content for m in sent[:3]] == ["Answer briefly.", "What birds live there?", "Herons."]
@@ -266,7 +266,7 @@ def test_refine_on_a_chat_model(store) -> None:
 def test_completion_llm_gets_the_default_chat_format_and_its_stop_strings(store) -> None:
     llm = RecordingLLM(responses=["March."], seen=[])
     result = ragqa.make_qa_chain(llm, store.as_hybrid_retriever(k=2)).invoke("When is the festival?")
-    assert result["answer"] == "March."
+    assert result["answer"] == "March.[1]"
     [(prompt, stop)] = llm.seen
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
     assert stop == ["<|im_end|>"]
@@ -334,7 +334,7 @@ def test_a_ragqa_llm_brings_its_format_context_and_stops(fake_backend_cls, store
     pb = PromptBuilder.for_model(llm)
     assert pb.chat_format.name == "chatml" and pb.budget == 2048 - 300  # the backend's auto format
     result = ragqa.make_qa_chain(llm, store.as_hybrid_retriever(k=2)).invoke("When is the festival?")
-    assert result["answer"] == "In March."
+    assert result["answer"] == "In March.[1]"
     [call] = backend.calls
     assert call["stop"] == ["<|im_end|>"]  # once, not also passed again by the chain
     assert call["prompt"] == result["prompts"][0]

@@ -254,5 +254,5 @@ def test_a_questions_tokens_are_counted_before_it_waits_for_a_slot(stub, tmp_pat
     assert counted  # the prompt's tokens, counted here
     state.requests.clear()
     answer = [x for x in p.generate(prepared) if not isinstance(x, str)][0]
-    assert answer.answer == "The festival is in March."
+    assert answer.answer == "The festival is in March.[1]"
     assert [what for what, _, _ in state.requests] == ["POST /v1/completions"]

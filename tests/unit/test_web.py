@@ -194,9 +194,12 @@ def test_ask_streams_into_the_chat_then_shows_sources(make_pipeline, doc: Path, 
     assert len({g for g in growing if g}) >= 3  # then the answer grows piece by piece
     assert chat == [
         {"role": "user", "content": "苍鹭节什么时候举行？"},
-        {"role": "assistant", "content": "每年 三月 第二个 周末。"},
+        {"role": "assistant", "content": "每年 三月 第二个 周末。[1]"},
     ]
-    assert "heron.txt" in sources_md and "<details>" in sources_md and "三月第二个周末" in sources_md
+    assert "heron.txt" in sources_md and "<details" in sources_md and "三月第二个周末" in sources_md
+    # the sentence the answer cites is highlighted inside its passage, which is open
+    marked = sources_md.split("<mark>", 1)[1].split("</mark>", 1)[0]
+    assert "三月第二个周末" in marked and "<details open>" in sources_md
     assert sources and sources[0]["file"] == "heron.txt" and "text" in sources[0]
     assert box == ""  # the question box is cleared for the next question
 
