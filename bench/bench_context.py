@@ -12,7 +12,9 @@ point.
 `--answers N` also answers the first N questions of each set both ways with the model (`qwen`:
 the Qwen2.5-Coder-0.5B bench model of bench/requirements.txt; else a model name or GGUF path) and
 prints EM/F1, the model's prompt tokens and its time to the first token, with the goal: F1 not
-lower, time to first token at most 0.6x.
+lower, time to first token at most 0.6x; and the citations' precision (of the answers holding a
+gold answer, the citations whose quote holds it too) and the share of answer sentences a source
+supports (`ragqa.citations`). Abstention is off here: every question is answerable.
 """
 
 from __future__ import annotations
@@ -77,19 +79,22 @@ def answer_table(args: argparse.Namespace, env: dict) -> None:
         sys.path.insert(0, str(ROOT / "bench"))
         from bench_summarize import qwen_gguf
         model = str(qwen_gguf(Path.home() / ".cache" / "ragqa" / "bench"))
-    extra = ("--answers", "--limit", str(args.answers), "-m", model)
+    extra = ("--answers", "--limit", str(args.answers), "-m", model, "--abstain", "off")
     env = {**env, "RAGQA_N_THREADS": args.threads, "RAGQA_TEMPERATURE": "0", "RAGQA_SEED": "0"}
     print()
     print(f"| data ({args.answers} questions) | F1, chunks | sentences | EM, chunks | sentences | "
-          "prompt tokens, chunks | sentences | first token s, chunks | sentences | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "prompt tokens, chunks | sentences | first token s, chunks | sentences | ratio | "
+          "citation precision, chunks | sentences | supported, chunks | sentences |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (path, max_ctx) in SETS.items():
         if not path.exists():
             continue
         whole, cut = (run(path, max_ctx, c, env, *extra)["answers"] for c in ("chunks", "sentences"))
         print(f"| {name} | {whole['f1']:.3f} | {cut['f1']:.3f} | {whole['em']:.3f} | {cut['em']:.3f} | "
               f"{whole['prompt_tokens']:.0f} | {cut['prompt_tokens']:.0f} | {whole['ttft_s']:.2f} | "
-              f"{cut['ttft_s']:.2f} | {cut['ttft_s'] / whole['ttft_s']:.2f}x |", flush=True)
+              f"{cut['ttft_s']:.2f} | {cut['ttft_s'] / whole['ttft_s']:.2f}x | "
+              f"{whole.get('citation_precision', 0):.3f} | {cut.get('citation_precision', 0):.3f} | "
+              f"{whole.get('supported_rate', 0):.3f} | {cut.get('supported_rate', 0):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ support is decided by ragqa:
 
 - word overlap: the share of the answer sentence's idf mass (``ragqa.words`` words: jieba for
   Chinese, a Chinese word counting wherever its characters stand together; Latin words without
-  stop words) found in the source sentence; supported from ``SUPPORT`` (0.5) of the mass;
+  stop words) found in the quote; supported from ``SUPPORT`` (0.6) of the mass. A sentence
+  that joins two facts gets a second quote when the first leaves a fifth of it uncovered;
 - numbers: every number of the answer sentence must be in the quote (a wrong year, amount or
   count is the commonest unsupported claim); a quote with none of its numbers never supports;
 - embedding similarity: among the windows within ``TIE`` of the best overlap, the one the
@@ -31,7 +32,8 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-SUPPORT = 0.5  # share of an answer sentence's idf mass a quote must hold
+SUPPORT = 0.6  # share of an answer sentence's idf mass its quotes must hold
+RESIDUAL = 0.2  # a second quote is looked for when the first leaves this share of the mass uncovered
 TIE = 0.1  # windows this close to the best overlap are told apart by embedding similarity
 PAIR_GAIN = 0.15  # a two-sentence quote only when it holds this much more than the best single one
 MIN_MASS = 2.5  # an answer sentence with less informative idf mass makes no checkable claim
@@ -142,25 +144,49 @@ class Citer:
                   if (word in w.folded if _CJK.search(word) else word in w.words))
         return got / total if total else 0.0
 
-    def support(self, sentence: str) -> tuple[_Window | None, float, bool]:
-        """The best quote for one answer sentence (markers stripped), its overlap, and whether the
-        sentence makes a checkable claim at all."""
+    def support(self, sentence: str) -> tuple[list[_Window], float, bool]:
+        """The quotes for one answer sentence (markers stripped): the best window, and a second
+        one where the first leaves a fifth of the sentence's idf mass uncovered and another
+        covers most of that ("built by Quell, and restored in 1971": two passages); the share of
+        the mass they cover together (0 when a number of the sentence is in neither); and whether
+        the sentence makes a checkable claim at all."""
         plain = strip_markers(sentence).strip()
         weights = self._weights(plain)
         total = sum(weights.values())
         if total < MIN_MASS or _NO_CLAIM.search(plain):
-            return None, 0.0, False
-        numbers = _numbers(plain)
-        shares = [self._share(weights, total, w) if numbers <= w.numbers else 0.0 for w in self.windows]
-        # a pair of sentences is quoted only when it holds much more than its first sentence alone
+            return [], 0.0, False
+        first = self._pick(plain, weights)
+        if first is None:
+            return [], 0.0, True
+        chosen = [first]
+        residual = {w: x for w, x in weights.items() if not self._holds(first, w)}
+        if sum(residual.values()) >= RESIDUAL * total:
+            second = self._pick(plain, residual, exclude=first)
+            if second is not None and self._share(residual, sum(residual.values()), second) >= SUPPORT:
+                chosen.append(second)
+        covered = sum(x for w, x in weights.items() if any(self._holds(c, w) for c in chosen)) / total
+        if not _numbers(plain) <= frozenset().union(*(c.numbers for c in chosen)):
+            covered = 0.0  # a number no quote holds: a wrong year, amount or count
+        return chosen, covered, True
+
+    def _holds(self, w: _Window, word: str) -> bool:
+        return word in w.folded if _CJK.search(word) else word in w.words
+
+    def _pick(self, sentence: str, weights: dict[str, float], exclude: _Window | None = None) -> _Window | None:
+        """The window holding most of ``weights``' mass; a pair of sentences only when it holds
+        much more than either alone; near ties told apart by the embedding model."""
+        total = sum(weights.values())
+        shares = [self._share(weights, total, w) for w in self.windows]
+        if exclude is not None:
+            shares = [0.0 if (w.n == exclude.n and w.start < exclude.end and exclude.start < w.end) else x
+                      for x, w in zip(shares, self.windows)]
         eligible = [(x, w) for x, w in zip(shares, self.windows) if x > 0
                     and (w.single is None or x - max(shares[w.single], shares[w.second or w.single]) >= PAIR_GAIN)]
         if not eligible:
-            return None, 0.0, True
+            return None
         best = max(x for x, _ in eligible)
         near = [(x, w) for x, w in eligible if x >= best - TIE]
-        choice = self._closest(plain, near) if len(near) > 1 else near[0]
-        return choice[1], choice[0], True
+        return (self._closest(sentence, near) if len(near) > 1 else near[0])[1]
 
     def _closest(self, sentence: str, near: list[tuple[float, _Window]]) -> tuple[float, _Window]:
         """Among near ties, the window the embedding model finds closest (else the first: the
@@ -192,18 +218,18 @@ class Citer:
         body = strip_markers(text)
         tail = body[len(body.rstrip()):]
         body = body.rstrip()
-        window, share, claim = self.support(body)  # (builds the windows, and self.sources)
+        chosen, share, claim = self.support(body)  # (builds the windows, and self.sources)
         if not claim:
             return body + tail, [], None
-        if window is None or share < SUPPORT:
+        if not chosen or share < SUPPORT:
             return body + tail, [], False
-        cited = [window]
+        cited = list(chosen)
         for n in dict.fromkeys(model):  # the model's own markers, where that source supports it too
-            if n != window.n and 1 <= n <= len(self.sources):
+            if all(n != w.n for w in cited) and 1 <= n <= len(self.sources):
                 other = self._best_in(body, n)
                 if other is not None:
                     cited.append(other)
-        marks = "".join(f"[{w.n}]" for w in sorted(cited, key=lambda w: w.n))
+        marks = "".join(f"[{n}]" for n in sorted({w.n for w in cited}))
         return body + marks + tail, [self._citation(w, index) for w in cited], True
 
     def _best_in(self, sentence: str, n: int) -> _Window | None:

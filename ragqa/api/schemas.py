@@ -2,7 +2,8 @@
 
 A chat completion takes OpenAI's fields (``model`` = a knowledge base, ``messages``, ``stream``,
 ``stream_options``, ``temperature``, ``max_tokens`` / ``max_completion_tokens``, ``top_p``,
-``seed``) and ragqa's own optional ones (``k``, ``retriever``, ``fusion``, ``chain``). Fields other
+``seed``) and ragqa's own optional ones (``k``, ``retriever``, ``fusion``, ``chain``, ``abstain``,
+``abstain_strictness``, ``citations``). Fields other
 OpenAI clients send that ragqa has no use for (``user``, ``n`` = 1, penalties, ...) are accepted and
 ignored, as OpenAI-compatible servers do; a value ragqa cannot honour is refused.
 """
@@ -65,6 +66,9 @@ class ChatRequest(BaseModel):
     retriever: Literal["vector", "bm25", "hybrid"] | None = None
     fusion: str | None = None
     chain: Literal["stuff", "refine"] | None = None
+    abstain: Literal["auto", "off"] | None = None  # README "Abstention"
+    abstain_strictness: float | None = Field(None, ge=0.0, le=1.0)
+    citations: Literal["on", "off"] | None = None
     # only the KB's documents these patterns match (a name, a folder, a glob: README "Scoped questions")
     documents: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(None, min_length=1,
                                                                                          max_length=100)
@@ -89,6 +93,7 @@ class ChatRequest(BaseModel):
     def overrides(self) -> dict[str, Any]:
         """The per-question settings this request sets (None: the server's own)."""
         return {"k": self.k, "retriever": self.retriever, "fusion": self.fusion, "chain": self.chain,
+                "abstain": self.abstain, "abstain_strictness": self.abstain_strictness, "citations": self.citations,
                 "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
                 "max_new_tokens": self.max_completion_tokens or self.max_tokens}
 

@@ -549,6 +549,11 @@ class Pipeline:
         prompt, used, fit_notes = first_prompt(prepared.question, prepared.docs, pb, prepared.settings.chain,
                                                prepared.settings.context)
         timings = {**prepared.timings, **self.timings}
+        if prepared.settings.chain == "stuff":
+            from ragqa.words import estimate_tokens
+
+            timings["context_tokens"] = estimate_tokens(self._context_text(prepared, used))
+            timings["prompt_tokens"] = backend.count_tokens(prompt)
         if prepared.abstained:
             notes.append("abstain: the documents do not answer this (README \"Abstention\"): the model would not "
                          "be asked; this is the prompt it would get with --abstain off")

@@ -175,3 +175,19 @@ def test_distractors_report_abstention_and_fail_below_gates_it(cache: Path, tmp_
     assert "Traceback" not in failed.stderr
     typo = gate("recal@5=0.5")
     assert typo.returncode != 0 and "no metric 'recal@5'" in typo.stderr and "recall@5" in typo.stderr
+
+
+SQUAD = CMRC.parents[1] / "en_mrc" / "squad_dev_v1.1.json"
+
+
+@pytest.mark.skipif(not SQUAD.exists(), reason="no SQuAD dev file")
+def test_answers_report_citation_precision_and_supported_rate(cache: Path) -> None:
+    report = _eval(cache, "--answers", "--limit", "8", "--abstain", "off", "--max-new-tokens", "40",
+                   data=SQUAD, slice=("--max-contexts", "10", "--json"))
+    a = report["answers"]
+    checks = a["citation_checks"]
+    assert checks["claims"] >= 1 and 0 <= checks["supported"] <= checks["claims"]
+    assert a["supported_rate"] == round(checks["supported"] / checks["claims"], 4)
+    if checks["citations"]:
+        assert a["citation_precision"] == round(checks["citations_with_answer"] / checks["citations"], 4)
+    assert all("[" not in s["prediction"] for s in a["samples"])  # scored without the markers

@@ -142,8 +142,9 @@ def test_upload_ask_stream_sources_follow_up_and_clear(browser, kb_page, web_doc
     sources = page.locator("#sources")
     assert "quillon_bridge.md" in sources.inner_text()
     first = sources.locator("details").first
-    first.locator("summary").click()
+    assert first.get_attribute("open") is not None  # the cited passage opens by itself
     assert "Odile Brask" in first.inner_text()  # the expanded source shows the passage
+    assert "Brask" in first.locator("mark").first.inner_text()  # with the cited sentence highlighted
     OUTPUT.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OUTPUT / "web_ask.png"), full_page=True)
 

@@ -113,3 +113,13 @@ def test_embeddings_pick_among_equally_good_quotes() -> None:
 def test_no_sources_means_every_claim_is_unsupported() -> None:
     r = Citer([]).cite("The lighthouse was built in 1871.")
     assert r.unsupported == [0] and r.citations == [] and r.answer == "The lighthouse was built in 1871."
+
+
+def test_a_sentence_joining_two_facts_cites_both_passages() -> None:
+    docs = _chunks(FILE)
+    r = Citer(docs).cite("Marta Quell built the lighthouse, and a ferry from Dunmore runs three times a day.")
+    assert r.answer.endswith("day.[1][3]") and r.unsupported == []
+    assert {c.n for c in r.citations} == {1, 3} and {c.sentence for c in r.citations} == {0}
+    # half a sentence supported is not support
+    half = Citer(docs).cite("Marta Quell built the lighthouse and painted it with purple stripes every winter.")
+    assert half.unsupported == [0]
