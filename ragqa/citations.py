@@ -119,7 +119,7 @@ class Citer:
         windows: list[_Window] = []
         for n, doc in enumerate(self.sources, 1):
             text = doc.page_content
-            spans = [_trim(text, s, e) for s, e in sentence_spans(text)]
+            spans = [_trim(text, a, b) for s, e in sentence_spans(text) for a, b in _rows(text, s, e)]
             spans = [(s, e) for s, e in spans if e > s]
             for i, (s, e) in enumerate(spans):
                 first = len(windows)
@@ -151,10 +151,10 @@ class Citer:
         the mass they cover together (0 when a number of the sentence is in neither); and whether
         the sentence makes a checkable claim at all."""
         plain = strip_markers(sentence).strip()
+        if not self._is_claim(plain):
+            return [], 0.0, False
         weights = self._weights(plain)
         total = sum(weights.values())
-        if total < MIN_MASS or _NO_CLAIM.search(plain):
-            return [], 0.0, False
         first = self._pick(plain, weights)
         if first is None:
             return [], 0.0, True
@@ -340,6 +340,20 @@ def answer_sentences(answer: str) -> list[str]:
 
 _AFTER_END = re.compile(r"(?<=[.!?。！？])(?:\s*[\[【]\s*\d{1,2}(?:\s*[,，、]\s*\d{1,2})*\s*[\]】])+\s*(?=\S)")
 _PARTIAL = re.compile(r"\s*[\[【][\d\s,，、]*$")  # a marker still being written, at the end of the text
+
+
+def _rows(text: str, s: int, e: int) -> list[tuple[int, int]]:
+    """A "sentence" that is a table or code (most of its lines hold ``|`` or a tab, or none holds
+    sentence punctuation over three lines or more) as its lines, so a quote is a row, not the chunk."""
+    lines = text[s:e].split("\n")
+    tabular = sum(("|" in line or "\t" in line) for line in lines) * 2 > len(lines)
+    if len(lines) < 3 or not (tabular or not re.search(r"[.!?。！？；]", text[s:e])):
+        return [(s, e)]
+    out, at = [], s
+    for line in lines:
+        out.append((at, at + len(line)))
+        at += len(line) + 1
+    return out
 
 
 def _trim(text: str, s: int, e: int) -> tuple[int, int]:

@@ -627,7 +627,7 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
 
     cite = pipeline.settings.citations == "on"
     checks = {"answers_right": 0, "right_with_citations": 0, "citations_with_answer": 0, "citations": 0,
-              "claims": 0, "supported": 0}
+              "all_citations": 0, "all_citations_with_answer": 0, "claims": 0, "supported": 0}
 
     lm = pipeline.language_model()
     llm, pb = lm.llm, lm.pb
@@ -675,17 +675,27 @@ def _evaluate_answers(pipeline: Any, index: Any, items: Sequence[QAItem], rankin
 
 
 def _count_citations(result: dict[str, Any], prediction: str, golds: Sequence[str], checks: dict[str, int]) -> None:
-    """Citation precision counts the answers that contain a gold answer: of their citations, those
-    whose quote contains one too. The supported rate counts every answer's checkable sentences
+    """Citation precision counts the answers that contain a gold answer: of the citations of their
+    sentences that contain it, those whose quote contains it too (``all_citations``: of every
+    citation of those answers). The supported rate counts every answer's checkable sentences
     (a claim: informative words, not "the text does not say"): those a source supports."""
     from ragqa.citations import Citer
+
+    from ragqa.citations import answer_sentences, strip_markers
 
     citations = result.get("citations") or []
     if contains_answer(prediction, golds):
         checks["answers_right"] += 1
         checks["right_with_citations"] += bool(citations)
-        checks["citations"] += len(citations)
-        checks["citations_with_answer"] += sum(bool(contains_answer(c["quote"], golds)) for c in citations)
+        # the citations of the sentences that state the answer (a model that copies a whole passage
+        # cites every sentence of it, rightly, and most of them do not hold the answer)
+        stating = {i for i, x in enumerate(answer_sentences(result.get("answer", "")))
+                   if contains_answer(strip_markers(x), golds)}
+        of_answer = [c for c in citations if c["sentence"] in stating]
+        checks["citations"] += len(of_answer)
+        checks["citations_with_answer"] += sum(bool(contains_answer(c["quote"], golds)) for c in of_answer)
+        checks["all_citations"] += len(citations)
+        checks["all_citations_with_answer"] += sum(bool(contains_answer(c["quote"], golds)) for c in citations)
     claims = Citer(result.get("source_documents") or []).claims(prediction)
     checks["claims"] += claims
     checks["supported"] += max(0, claims - len(result.get("unsupported") or []))

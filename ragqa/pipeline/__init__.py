@@ -491,7 +491,23 @@ class Pipeline:
             return None
         decision = cal.decide(search_signals(index, self.embeddings, question), settings.abstain_strictness)
         timings["abstain_s"] = round(time.perf_counter() - t, 3)
+        if not decision["answerable"] and decision["coverage"] == 0:
+            from ragqa.prompts import detect_lang
+
+            asked = detect_lang(question)
+            found = {detect_lang(d.page_content) for d in self._top_passages(index, question)}
+            if found and asked not in found:
+                names = {"zh": "Chinese", "en": "English"}
+                notes.append(f"abstain: the question is in {names[asked]} and the documents look "
+                             f"{'/'.join(names[x] for x in sorted(found))}: no word of it is in them; ask in "
+                             "their language")
         return decision
+
+    def _top_passages(self, index: Any, question: str) -> list[Document]:
+        from ragqa.retrieval import chunks_by_id
+
+        hits = index.search_ids(self.embeddings.embed_query(question), 3)
+        return list(chunks_by_id(index, [i for i, _ in hits]).values())
 
     def calibration(self, index: Any) -> Any:
         """The abstention calibration of a KB view (the whole KB, or the files ``ask PATH...`` or

@@ -65,3 +65,13 @@ def test_a_question_the_documents_do_not_answer_is_refused_without_the_model(run
     proc = run_ragqa("ask", "How much ibuprofen should an adult take for a migraine?", *flags)
     assert proc.stdout.startswith("The documents do not say.")
     assert "Sources:" in proc.stdout
+
+
+def test_a_question_in_a_language_the_documents_lack_says_so(run_ragqa, handbook) -> None:
+    proc = run_ragqa("ask", "奥尔文灯塔是谁建造的？", "--kb", "guide", "--chunk-size", "200", "--chunk-overlap", "0",
+                     "--json")
+    import json
+
+    out = json.loads(proc.stdout)
+    assert out["answerable"] is False and out["answer"] == "资料中没有找到与问题相关的内容。"
+    assert "the question is in Chinese and the documents look English" in proc.stderr

@@ -702,6 +702,13 @@ CASES: list[Case] = [
     Case("eval-not-squad", ("eval", "squad-not.json"), 2,
          'squad-not.json: not a SQuAD-format file: the top level should be an object with a "data" list'),
     Case("eval-missing-file", ("eval", "nowhere.json"), 2, "nowhere.json: no such file"),
+    Case("eval-fail-below-malformed", ("eval", "squad-not.json", "--fail-below", "recall@5"), 2,
+         "--fail-below: 'recall@5' is not METRIC=VALUE (e.g. recall@5=0.9,answers.f1=0.3)"),
+    Case("eval-distractors-with-abstain-off", ("eval", "squad-not.json", "--distractors", "squad-not.json",
+                                               "--abstain", "off"), 2,
+         "--distractors measures abstention: drop --abstain off"),
+    Case("ask-abstain-strictness-out-of-range", ("ask", "good.md", "q", "--abstain-strictness", "2", "--dry-run"), 2,
+         "invalid settings: abstain_strictness: Input should be less than or equal to 1"),
     # -- serve
     Case("serve-port-out-of-range", ("serve", "--port", "70000"), 2, "'--port' / '-p': Input should be less than or equal to 65535", timeout=SERVE_TIMEOUT_S),
     Case("serve-port-busy", ("serve", "--port", "{port}"), 1,

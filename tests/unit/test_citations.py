@@ -123,3 +123,16 @@ def test_a_sentence_joining_two_facts_cites_both_passages() -> None:
     # half a sentence supported is not support
     half = Citer(docs).cite("Marta Quell built the lighthouse and painted it with purple stripes every winter.")
     assert half.unsupported == [0]
+
+
+def test_a_table_is_quoted_by_its_row_not_as_the_whole_chunk() -> None:
+    table = "| tea | price |\n|---|---|\n| 普洱 | 120 元 |\n| 龙井 | 260 元 |\n| 铁观音 | 90 元 |"
+    docs = [Document(table, metadata={"source": "prices.md", "start": 0, "page_label": "sheet Prices"})]
+    r = Citer(docs).cite("龙井的价格是260元。")
+    [c] = r.citations
+    assert c.quote == "| 龙井 | 260 元 |" and table[c.start:c.end] == c.quote
+    assert c.to_dict()["page_label"] == "sheet Prices"
+    code = "def area(r):\n    return 3.14 * r * r\n\nprint(area(2))"
+    # code: its paragraph (the function), not the whole chunk
+    assert Citer([Document(code, metadata={"start": 0})]).cite("It returns 3.14 * r * r").citations[0].quote \
+        == "def area(r):\n    return 3.14 * r * r"
