@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -75,14 +74,11 @@ def first_questions(path: Path, out: Path) -> Path:
 
 
 def run(path: Path, max_ctx: int | None, distractors: Path, strictness: str, env: dict) -> dict:
-    cmd = [sys.executable, "-m", "ragqa", "eval", str(path), "--distractors", str(distractors),
-           "--abstain-strictness", strictness, "--json"]
-    if max_ctx:
-        cmd += ["--max-contexts", str(max_ctx)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode:
-        raise SystemExit(proc.stderr.strip())
-    return json.loads(proc.stdout)
+    """``ragqa eval --distractors`` with the default context, through bench_context's runner."""
+    from bench_context import run as eval_json  # beside this script
+
+    return eval_json(path, max_ctx, "sentences", env, "--distractors", str(distractors),
+                     "--abstain-strictness", strictness)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Two signals ragqa computes anyway separate questions a knowledge base can answer from questions
 it cannot: the cosine of the best chunk (vector search), and ``coverage``, the share of the
-question's idf mass that BM25's best chunk holds (``ragqa.words.matched_mass``). Their scale
+question's idf mass that BM25's best chunk holds (``ragqa.words.matched_share``). Their scale
 moves with every embedding model, language and collection, so no fixed threshold works; each
 knowledge base (or each set of files ``ask PATH...`` is given) is calibrated from itself,
 without labelled questions:
@@ -70,17 +70,13 @@ class Signals:
     coverage: float  # share of the question's idf mass BM25's best chunk holds (0: no BM25 hit)
 
 
-def coverage(query: str, chunk_words: set[str]) -> float:
-    from ragqa.words import matched_mass
-
-    matched, total = matched_mass(query, chunk_words)
-    return matched / total if total else 0.0
-
-
 def signals_of(query: str, vector: Sequence[tuple[int, float]], keyword: Sequence[tuple[int, float]],
                words: Callable[[int], set[str]]) -> Signals:
     """The signals of one question from its two hit lists (best first) and a chunk's BM25 words."""
-    return Signals(float(vector[0][1]) if vector else 0.0, coverage(query, words(keyword[0][0])) if keyword else 0.0)
+    from ragqa.words import matched_share
+
+    return Signals(float(vector[0][1]) if vector else 0.0,
+                   matched_share(query, words(keyword[0][0])) if keyword else 0.0)
 
 
 def search_signals(index: Any, embeddings: Any, query: str) -> Signals:

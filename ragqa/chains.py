@@ -409,6 +409,7 @@ def make_qa_chain(
 
         sources: list[Document] = []
         cited = Cited("")
+        held: list[AddableDict] = []  # the chain's other parts, passed on before the next answer text
 
         def pieces() -> Iterator[str]:
             for part in answer(inputs):
@@ -420,7 +421,6 @@ def make_qa_chain(
                 if rest:
                     held.append(AddableDict(rest))
 
-        held: list[AddableDict] = []
         citer = Citer(lambda: sources, embeddings)
         for text in citer.stream(pieces(), cited):
             while held:

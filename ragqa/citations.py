@@ -125,23 +125,18 @@ class Citer:
                 first = len(windows)
                 for end in ([e] + ([spans[i + 1][1]] if i + 1 < len(spans) else [])):
                     piece = text[s:end]
+                    pair = end != e  # its first sentence's window is ``first``, the next one's follows it
                     windows.append(_Window(n, s, end, frozenset(tokenize(piece)), fold(piece).lower(),
-                                           _numbers(piece), None if end == e else first))
-        for i, w in enumerate(windows):
-            if w.single is not None:  # the next sentence's own window follows this pair
-                windows[i] = _Window(w.n, w.start, w.end, w.words, w.folded, w.numbers, w.single, i + 1)
+                                           _numbers(piece), first if pair else None, first + 2 if pair else None))
         return windows
 
     def _weights(self, sentence: str) -> dict[str, float]:
-        from ragqa.words import _idf_of, tokenize
+        from ragqa.words import idf_weights
 
-        words = [w for w in dict.fromkeys(tokenize(sentence)) if w.strip()]
-        idf, unknown = _idf_of(words)
-        return {w: idf.get(w, unknown) for w in words}
+        return idf_weights(sentence)
 
     def _share(self, weights: dict[str, float], total: float, w: _Window) -> float:
-        got = sum(x for word, x in weights.items()
-                  if (word in w.folded if _CJK.search(word) else word in w.words))
+        got = sum(x for word, x in weights.items() if self._holds(w, word))
         return got / total if total else 0.0
 
     def support(self, sentence: str) -> tuple[list[_Window], float, bool]:

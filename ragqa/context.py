@@ -42,12 +42,9 @@ class _Sentence:
 
 
 def _weights(question: str) -> dict[str, float]:
-    from ragqa.words import _idf_of, tokenize
+    from ragqa.words import idf_weights
 
-    words = [w for w in dict.fromkeys(tokenize(question)) if w.strip()]
-    idf, unknown = _idf_of(words)
-    weights = {w: idf.get(w, unknown) for w in words}
-    return {w: x for w, x in weights.items() if x >= MIN_IDF}
+    return {w: x for w, x in idf_weights(question).items() if x >= MIN_IDF}
 
 
 def _cjk_pairs(folded: str) -> set[str]:

@@ -262,11 +262,17 @@ def matched_share(query: str, chunk_words: set[str]) -> float:
     return matched / total if total else 0.0
 
 
+def idf_weights(text: str) -> dict[str, float]:
+    """Each distinct word of ``text`` (``tokenize``) with its idf (jieba's table; a word it does
+    not know gets the median)."""
+    words = [w for w in dict.fromkeys(tokenize(text)) if w.strip()]
+    idf, unknown = _idf_of(words)
+    return {w: idf.get(w, unknown) for w in words}
+
+
 def matched_mass(query: str, chunk_words: set[str]) -> tuple[float, float]:
     """(the idf mass of the query's words a chunk holds, the query's whole idf mass)."""
-    words = list(dict.fromkeys(tokenize(query)))
-    idf, unknown = _idf_of(words)
-    weights = {w: idf.get(w, unknown) for w in words}
+    weights = idf_weights(query)
     return sum(x for w, x in weights.items() if w in chunk_words), sum(weights.values())
 
 

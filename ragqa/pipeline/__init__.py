@@ -470,12 +470,12 @@ class Pipeline:
         docs = retriever.invoke(retrieval_query(question, history))
         timings["retrieve_s"] = round(time.perf_counter() - t, 3)
         notes = [f"skipped {reason}" for reason in report.skipped]
-        abstain = self._abstention(index, question, settings, notes, timings) if docs or report.chunks else None
+        abstain = self._abstention(index, question, settings, docs, notes, timings) if docs or report.chunks else None
         if self.backend_name == "openai" and not (abstain and not abstain["answerable"]):
             self._count_ahead(question, history, settings, docs)
         return Prepared(question, list(history), settings, docs, timings, notes, abstain)
 
-    def _abstention(self, index: Any, question: str, settings: Settings, notes: list[str],
+    def _abstention(self, index: Any, question: str, settings: Settings, docs: list[Document], notes: list[str],
                     timings: dict[str, Any]) -> dict[str, Any] | None:
         """Whether the documents can answer ``question`` (``ragqa.abstain``): the decision with its
         signals, or None (``abstain = off``, the refine chain, or too few chunks to calibrate: noted)."""
@@ -495,19 +495,13 @@ class Pipeline:
             from ragqa.prompts import detect_lang
 
             asked = detect_lang(question)
-            found = {detect_lang(d.page_content) for d in self._top_passages(index, question)}
+            found = {detect_lang(d.page_content) for d in docs[:3]}  # the passages it did find
             if found and asked not in found:
                 names = {"zh": "Chinese", "en": "English"}
                 notes.append(f"abstain: the question is in {names[asked]} and the documents look "
                              f"{'/'.join(names[x] for x in sorted(found))}: no word of it is in them; ask in "
                              "their language")
         return decision
-
-    def _top_passages(self, index: Any, question: str) -> list[Document]:
-        from ragqa.retrieval import chunks_by_id
-
-        hits = index.search_ids(self.embeddings.embed_query(question), 3)
-        return list(chunks_by_id(index, [i for i, _ in hits]).values())
 
     def calibration(self, index: Any) -> Any:
         """The abstention calibration of a KB view (the whole KB, or the files ``ask PATH...`` or
