@@ -76,6 +76,12 @@ KB_PREFIX = "ragqakb_"  # never a chunk collection's name: those have "_" where 
 KB_ROW, LOCK_ROW, NOTES_ROW = 0, -1, -2
 CONNECT_TIMEOUT_S = 5.0  # an address where nothing answers fails within this
 CALL_TIMEOUT_S = 120.0  # any one call (a server that dies mid-run does not hang ragqa)
+CONNECT_RETRY_S = 0.5
+# gRPC servers refuse a client's keepalive pings that come more often than every 5 minutes (the default
+# of gRPC's C core, which milvus-lite's Python server keeps): three in a row and the server drops the
+# connection with GOAWAY "too_many_pings", failing whatever was starting on it. pymilvus pings every
+# 10 s; ragqa pings every 6 minutes, and every call has its own deadline (CALL_TIMEOUT_S) for a dead server.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 360_000, "grpc.keepalive_timeout_ms": 20_000}
 LOCK_TTL_S = 60.0  # a lock whose heartbeat is older than this is free
 LOCK_HEARTBEAT_S = 15.0
 LOCK_SETTLE_S = 0.25
@@ -176,13 +182,31 @@ def connect(settings: "Settings") -> Any:
     if uri.startswith("grpc://"):  # pymilvus speaks gRPC over http:// and https:// URIs
         uri = "http://" + uri[len("grpc://"):]
     token = settings.store_token.get_secret_value() if settings.store_token else ""
-    try:
-        # dedicated: a channel of its own. pymilvus otherwise shares one channel between the clients of
-        # a URI, and a client closed in one thread (a finished KB listing in the server) tore down the
-        # channel another thread was using: gRPC aborted the whole process ("epoll_wait: Bad file descriptor")
-        return pymilvus.MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT_S, dedicated=True)
-    except _errors_of(pymilvus) as exc:
-        raise _error(exc, display_uri(settings.store), connecting=True) from None
+    for attempt in (1, 2):
+        started = time.monotonic()
+        try:
+            # dedicated: a channel of its own. pymilvus otherwise shares one channel between the clients of
+            # a URI, and a client closed in one thread (a finished KB listing in the server) tore down the
+            # channel another thread was using: gRPC aborted the whole process ("epoll_wait: Bad file descriptor")
+            return pymilvus.MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT_S, dedicated=True,
+                                         grpc_options=GRPC_OPTIONS)
+        except _errors_of(pymilvus) as exc:
+            # gRPC shares one connection between the channels to an address: a client opened just as the
+            # server sent that connection a GOAWAY gets UNAVAILABLE at once, and a second try connects afresh
+            if attempt == 1 and _unavailable(exc) and time.monotonic() - started < CONNECT_TIMEOUT_S / 2:
+                time.sleep(CONNECT_RETRY_S)
+                continue
+            raise _error(exc, display_uri(settings.store), connecting=True) from None
+    raise AssertionError("unreachable")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether gRPC said UNAVAILABLE (a connection refused or dropped, not a refusal by Milvus itself)."""
+    cause = exc if hasattr(exc, "code") and not hasattr(exc, "message") else exc.__cause__
+    code = getattr(cause, "code", None)
+    with contextlib.suppress(Exception):
+        return "UNAVAILABLE" in str(code() if callable(code) else code)
+    return False
 
 
 def milvus_kb_names(settings: "Settings") -> list[str]:

@@ -64,3 +64,60 @@ def test_the_store_package_and_cli_do_not_import_pymilvus() -> None:
     code = "import ragqa.cli, ragqa.store, ragqa.store.milvus, sys; print('pymilvus' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+class _Unavailable(Exception):
+    """A fake grpc.RpcError (unit test): what gRPC raises when a connection is refused or dropped."""
+
+    def code(self) -> str:
+        return "StatusCode.UNAVAILABLE"
+
+
+class _FakePymilvus:
+    """A fake pymilvus module (unit test): MilvusClient fails `failures` times, then connects."""
+
+    class MilvusException(Exception):
+        def __init__(self, message: str) -> None:
+            super().__init__(message)
+            self.message = message
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[dict] = []
+
+    def MilvusClient(self, **kwargs):  # noqa: N802 (pymilvus's name)
+        self.calls.append(kwargs)
+        if len(self.calls) <= self.failures:
+            exc = self.MilvusException("Fail connecting to server on 127.0.0.1:1, illegal connection params or "
+                                       "server unavailable")
+            raise exc from _Unavailable("GOAWAY received")
+        return "client"
+
+
+def test_clients_ping_no_more_often_than_grpc_servers_allow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC servers (milvus-lite's too) drop a connection whose client pings more often than every 5
+    minutes with GOAWAY "too_many_pings"; pymilvus's own default is every 10 s."""
+    from ragqa.store import milvus
+
+    fake = _FakePymilvus(failures=0)
+    monkeypatch.setattr(milvus, "_pymilvus", lambda: fake)
+    assert milvus.connect(Settings(store="grpc://127.0.0.1:19530")) == "client"
+    options = fake.calls[0]["grpc_options"]
+    assert options["grpc.keepalive_time_ms"] >= 300_000
+    assert fake.calls[0]["uri"] == "http://127.0.0.1:19530"
+
+
+def test_a_connection_dropped_while_connecting_is_tried_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragqa.errors import RagqaError
+    from ragqa.store import milvus
+
+    monkeypatch.setattr(milvus, "CONNECT_RETRY_S", 0.0)
+    fake = _FakePymilvus(failures=1)
+    monkeypatch.setattr(milvus, "_pymilvus", lambda: fake)
+    assert milvus.connect(Settings(store="http://127.0.0.1:1")) == "client" and len(fake.calls) == 2
+
+    fake = _FakePymilvus(failures=5)  # nothing answers: one line, after one more try, not five
+    monkeypatch.setattr(milvus, "_pymilvus", lambda: fake)
+    with pytest.raises(RagqaError, match=r"^cannot reach Milvus at http://127.0.0.1:1: Fail connecting"):
+        milvus.connect(Settings(store="http://127.0.0.1:1"))
+    assert len(fake.calls) == 2
