@@ -85,7 +85,7 @@ class _FakePymilvus:
         self.failures = failures
         self.calls: list[dict] = []
 
-    def MilvusClient(self, **kwargs):  # noqa: N802 (pymilvus's name)
+    def MilvusClient(self, **kwargs):  # pymilvus's name
         self.calls.append(kwargs)
         if len(self.calls) <= self.failures:
             exc = self.MilvusException("Fail connecting to server on 127.0.0.1:1, illegal connection params or "
