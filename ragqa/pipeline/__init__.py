@@ -53,6 +53,7 @@ class Pipeline:
         use_keyword_fold(settings.keyword_fold)  # process-wide: tokenize has no settings of its own
         self.splitter = ChineseTextSplitter(settings.chunk_size, settings.chunk_overlap)
         self._embeddings: Any = None
+        self._remembered: Any = None  # RememberedPassages over _embeddings, for citations
         self._reranker: Any = None
         self._language_model: Any = None
         self._backends: dict[bool, Any] = {}
@@ -570,6 +571,17 @@ class Pipeline:
         return Answer("", [Source.from_document(d) for d in used], timings, notes + fit_notes, [prompt],
                       answerable=not prepared.abstained, abstain=prepared.abstain)
 
+    def _citation_embeddings(self) -> Any:
+        """The embedding model as citations use it: passage vectors remembered across answers."""
+        from ragqa.citations import RememberedPassages
+
+        current = self._remembered
+        if self._embeddings is None:
+            return None
+        if current is None or current.embeddings is not self._embeddings:
+            current = self._remembered = RememberedPassages(self._embeddings)
+        return current
+
     def generate(self, prepared: "Prepared") -> Iterator[str | Answer]:
         """The model part of a question: the answer's pieces as they stream, then the Answer. The
         caller holds a generation slot (``gate``); closing this generator stops the model."""
@@ -583,7 +595,7 @@ class Pipeline:
         lm = self.language_model()
         llm, pb = lm.for_settings(prepared.settings)
         chain = make_qa_chain(llm, _NoRetriever(), pb, prepared.settings.chain, context=prepared.settings.context,
-                              citations=prepared.settings.citations == "on", embeddings=self._embeddings)
+                              citations=prepared.settings.citations == "on", embeddings=self._citation_embeddings())
         notes = prepared.notes + list(getattr(lm.backend, "notes", []))
         timings = dict(prepared.timings)
         t = time.perf_counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from langchain_core.documents import Document
 
-from ragqa.citations import Cited, Citer, answer_sentences, strip_markers
+from ragqa.citations import Cited, Citer, RememberedPassages, answer_sentences, strip_markers
 
 FILE = ("The Orvane Lighthouse stands on Kestrel Point. It was built in 1871 by the engineer Marta Quell. "
         "Its lamp can be seen from 31 kilometres away.\n\n"
@@ -108,6 +108,31 @@ def test_embeddings_pick_among_equally_good_quotes() -> None:
     chosen = Citer(docs, Prefers()).cite("Bells ring.")
     assert plain.citations[0].quote == "Bells ring at noon."  # no model: the earliest
     assert chosen.citations[0].quote == "Bells ring at dusk."
+
+
+def test_a_server_embeds_a_passage_sentence_once_across_answers() -> None:
+    docs = [Document("Bells ring at noon. Bells ring at dusk.", metadata={"source": "b.txt", "start": 0})]
+
+    class Counting:  # a fake embedding model (as above) that counts the passage texts it embeds
+        def __init__(self) -> None:
+            self.embedded: list[str] = []
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            self.embedded += texts
+            return [[1.0, 0.0] if "dusk" in t else [0.0, 1.0] for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return [1.0, 0.0]
+
+    model = Counting()
+    remembered = RememberedPassages(model, limit=2)
+    for _ in range(3):  # three answers, each its own Citer, as a server makes them
+        assert Citer(docs, remembered).cite("Bells ring.").citations[0].quote == "Bells ring at dusk."
+    assert sorted(model.embedded) == ["Bells ring at dusk.", "Bells ring at noon."]
+    other = [Document("Drums beat at dawn. Drums beat at noon.", metadata={"source": "d.txt", "start": 0})]
+    Citer(other, remembered).cite("Drums beat.")  # two new sentences: the oldest two are let go
+    Citer(docs, remembered).cite("Bells ring.")
+    assert len(model.embedded) == 6 and len(remembered._vectors) == 2
 
 
 def test_no_sources_means_every_claim_is_unsupported() -> None:
