@@ -15,7 +15,7 @@
    N = 32 against `--max-queue 8`, where the requests past 1 + 8 are turned away with 429.
 
     make llama-server && .venv/bin/python bench/bench_serve.py [--clients 1,4,16,32] [--questions 4]
-        [--rounds 3] [--pin] [--markdown]
+        [--at-least 24] [--rounds 3] [--pin] [--markdown]
 
 Everything runs on this machine (127.0.0.1); the two servers share its cores, as they would on a
 small box, or with ``--pin`` llama-server keeps the first core to itself (one thread) and ragqa and
@@ -214,6 +214,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds per N, ragqa and raw back to back in each (which goes first alternates): "
                          "the figures pool all rounds, so a noisy minute on a shared machine weighs less")
+    ap.add_argument("--at-least", type=int, default=24,
+                    help="questions per N, round and side at the least: a client asks more than --questions when "
+                         "N is small, so N = 1 is not measured on a couple of seconds")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--parallel", type=int, default=4, help="llama-server slots")
     ap.add_argument("--llama-server", default=os.environ.get("RAGQA_LLAMA_SERVER"))
@@ -286,7 +289,7 @@ def main() -> None:
                 sides = [("ragqa", ragqa_body, f"{url}/chat/completions"), ("raw", raw_body, f"{llama_url}/completions")]
                 for _ in range(args.rounds):
                     for side, body, target in (sides if k % 2 == 0 else sides[::-1]):  # which goes first alternates
-                        runs[side].append(closed_loop(n, args.questions, body, target))
+                        runs[side].append(closed_loop(n, max(args.questions, -(-args.at_least // n)), body, target))
                     k += 1
                     print(f"N={n}: ragqa {runs['ragqa'][-1]['per_minute']:.0f}/min, raw {runs['raw'][-1]['per_minute']:.0f}"
                           f"/min (errors {runs['ragqa'][-1]['errors']}/{runs['raw'][-1]['errors']})", file=sys.stderr)
@@ -321,7 +324,7 @@ def main() -> None:
                  if args.pin and len(cores) > 1 else f"all on {len(cores)} shared cores, llama-server {threads} threads")
     print(f"\nragqa serve -> llama-server --parallel {args.parallel} ({Path(model).name}, {args.max_tokens} new tokens, "
           f"{placement}, "
-          f"{args.questions} questions per client x {args.rounds} rounds; median retrieval {results['retrieve_s'] * 1000:.0f} ms; "
+          f"{args.questions} questions per client (at least {args.at_least} per N) x {args.rounds} rounds; median retrieval {results['retrieve_s'] * 1000:.0f} ms; "
           f"ragqa peak RSS {results['ragqa_peak_rss_mb']:.0f} MB)")
     print(table(rows, cols, args.markdown))
 
