@@ -297,6 +297,9 @@ def ask(
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 
+    if streamed:
+        sys.stdout.write("\n")  # the streamed answer's line ends before any note (stderr) is printed
+        sys.stdout.flush()
     for note in answer.notes:
         typer.echo(f"note: {note}", err=True)
     if as_json:
@@ -306,7 +309,6 @@ def ask(
         sys.stdout.write(answer.prompts[0] + "\n")
         _print_sources(answer, err=True)
         return
-    sys.stdout.write("\n")
     _print_sources(answer, err=False)
     _print_timings(answer.timings)
 

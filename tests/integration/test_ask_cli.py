@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,16 @@ def test_context_sentences_sends_the_best_chunk_whole_and_less_of_the_rest(run_r
     assert "卧云桥" in whole and "卧云桥" not in prompt  # the tea town's bridge bears on nothing asked
     assert len(prompt) < len(whole)
     assert "fishing_village.gbk.txt @0" in proc.stderr and "tea_town.txt @0" in proc.stderr
+
+
+def test_a_note_starts_its_own_line_after_the_streamed_answer(run_ragqa, doc: Path) -> None:
+    """On a terminal stdout and stderr share the screen: the small file's abstain note used to be
+    glued to the answer's last word ("…[1]note: abstain: …")."""
+    run_ragqa("index", str(doc))  # the cache warm, so the merged output is the answer, notes, sources
+    env = {**os.environ, "RAGQA_CACHE_DIR": str(run_ragqa.cache), "RAGQA_DATA_DIR": str(run_ragqa.cache / "data"),
+           "RAGQA_TEMPERATURE": "0"}
+    proc = subprocess.run([sys.executable, "-m", "ragqa", "ask", str(doc), "What does the winning crew receive?",
+                           "--max-new-tokens", "24"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env, timeout=600, check=True)
+    assert "note: " in proc.stdout  # a two-chunk file: too few chunks to calibrate abstention
+    assert all(line.startswith("note: ") for line in proc.stdout.splitlines() if "note: " in line), proc.stdout
