@@ -679,9 +679,7 @@ def _count_citations(result: dict[str, Any], prediction: str, golds: Sequence[st
     sentences that contain it, those whose quote contains it too (``all_citations``: of every
     citation of those answers). The supported rate counts every answer's checkable sentences
     (a claim: informative words, not "the text does not say"): those a source supports."""
-    from ragqa.citations import Citer
-
-    from ragqa.citations import answer_sentences, strip_markers
+    from ragqa.citations import Citer, answer_sentences, strip_markers
 
     citations = result.get("citations") or []
     if contains_answer(prediction, golds):

@@ -575,12 +575,11 @@ class Pipeline:
         """The embedding model as citations use it: passage vectors remembered across answers."""
         from ragqa.citations import RememberedPassages
 
-        current = self._remembered
         if self._embeddings is None:
             return None
-        if current is None or current.embeddings is not self._embeddings:
-            current = self._remembered = RememberedPassages(self._embeddings)
-        return current
+        if self._remembered is None or self._remembered.embeddings is not self._embeddings:
+            self._remembered = RememberedPassages(self._embeddings)
+        return self._remembered
 
     def generate(self, prepared: "Prepared") -> Iterator[str | Answer]:
         """The model part of a question: the answer's pieces as they stream, then the Answer. The

@@ -201,11 +201,12 @@ def connect(settings: "Settings") -> Any:
 
 
 def _unavailable(exc: BaseException) -> bool:
-    """Whether gRPC said UNAVAILABLE (a connection refused or dropped, not a refusal by Milvus itself)."""
-    cause = exc if hasattr(exc, "code") and not hasattr(exc, "message") else exc.__cause__
-    code = getattr(cause, "code", None)
-    with contextlib.suppress(Exception):
-        return "UNAVAILABLE" in str(code() if callable(code) else code)
+    """Whether gRPC said UNAVAILABLE (a connection refused or dropped, not a refusal by Milvus itself):
+    the grpc.RpcError itself, or the one pymilvus raised its error from."""
+    for err in (exc, exc.__cause__):
+        code = getattr(err, "code", None)  # a method on gRPC's errors; MilvusException's is a number
+        if callable(code) and "UNAVAILABLE" in str(code()):
+            return True
     return False
 
 
