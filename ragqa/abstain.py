@@ -41,6 +41,7 @@ from langchain_core.documents import Document
 
 VERSION = 3  # bump when pseudo-queries or the score change: stored calibrations are made again
 PSEUDO_QUERIES = 300
+CALIBRATION_BATCH = 32  # pseudo-queries embedded at a time (a cancelled question stops between batches)
 MIN_CHUNKS = 20
 MIN_DOCUMENTS = 3  # fewer: leave out the pseudo-query's passage and its neighbours, not its document
 NEIGHBOURHOOD = 2.0  # ... the chunks of that document starting within this many chunk sizes of it
@@ -183,6 +184,7 @@ def calibrate(index: Any, embeddings: Any, *, chunk_size: int, embedding: str = 
     staleness is checked against); ``document_of``: a chunk's document (default: its source file;
     ``ragqa eval`` keeps many contexts in one record)."""
     document_of = document_of or (lambda d: d.metadata.get("source", ""))
+    from ragqa.cancel import check_cancelled
     from ragqa.embeddings import embed_queries
     from ragqa.retrieval import chunks_by_id
     from ragqa.words import tokenize
@@ -216,7 +218,12 @@ def calibrate(index: Any, embeddings: Any, *, chunk_size: int, embedding: str = 
     if len(queries) < MIN_CHUNKS:
         return None
     texts = [q for q, _ in queries]
-    vectors = index.search_batch_ids(embed_queries(embeddings, texts), DEPTH)
+    query_vectors: list[list[float]] = []
+    for at in range(0, len(texts), CALIBRATION_BATCH):  # a question whose client left stops between batches
+        check_cancelled()
+        query_vectors += embed_queries(embeddings, texts[at:at + CALIBRATION_BATCH])
+    vectors = index.search_batch_ids(query_vectors, DEPTH)
+    check_cancelled()
     keywords = [index.bm25_search(q, DEPTH) for q in texts]
     ids = {i for hits in vectors + keywords for i, _ in hits}
     found = chunks_by_id(index, sorted(ids))

@@ -5,6 +5,10 @@ A front end that runs a generation in a thread of its own (the HTTP API's relay)
 ``on_cancel(hook)`` (the openai backend: shut its socket down, which wakes a read blocked in a
 long prompt's prefill and closes the request at the server). ``token.cancel()`` from any thread
 runs the hooks. Outside ``cancellable`` nothing is registered and nothing changes.
+
+Work before the model (embedding the question, retrieval, abstention's calibration) cannot be
+interrupted mid-call, so it asks ``check_cancelled()`` between its steps: a question whose
+client left stops at the next step instead of running to the end.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from ragqa.errors import RagqaError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,17 @@ def cancellable(token: CancelToken) -> Iterator[CancelToken]:
         yield token
     finally:
         _current.reset(reset)
+
+
+class Cancelled(RagqaError):
+    """The caller went away (a client that disconnected): the work stopped."""
+
+
+def check_cancelled() -> None:
+    """Raise Cancelled if the work running in this context was cancelled."""
+    token = _current.get()
+    if token is not None and token.cancelled:
+        raise Cancelled("cancelled: the client went away")
 
 
 def on_cancel(hook: Callable[[], None]) -> Callable[[], None]:

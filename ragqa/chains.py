@@ -329,6 +329,24 @@ def _pair_turns(history: Sequence[Any]) -> list[tuple[str, str]]:
     return turns
 
 
+def recent_turns(history: Sequence[Any], budget: int) -> list[tuple[str, str]]:
+    """The latest (question, answer) turns of ``history`` whose text adds up to at most ``budget``
+    characters, oldest first: what a conversation may cost is bounded before anything of it is
+    embedded or put in a prompt.
+
+    >>> recent_turns([("a" * 5, "b" * 5), ("c", "d")], budget=4)
+    [('c', 'd')]
+    """
+    kept: list[tuple[str, str]] = []
+    used = 0
+    for q, a in reversed(_pair_turns(history)):
+        used += len(q) + len(a)
+        if used > budget:
+            break
+        kept.append((q, a))
+    return kept[::-1]
+
+
 def _message_text(content: Any) -> str | None:
     """A message's text: a str, or Gradio 6's list of parts (``{"type": "text", "text": ...}``)."""
     if isinstance(content, str):

@@ -222,10 +222,21 @@ class Settings(BaseSettings):
         32, ge=0, le=10_000,
         description="Questions waiting for a generation slot at most; past it the API answers 429 with Retry-After.",
     )
+    max_question_chars: int = Field(
+        2000, ge=1, le=1_000_000,
+        description="Longest question taken, in characters (the API answers 400 past it). A question is "
+        "embedded whole: this bounds what one question can cost.",
+    )
+    max_messages: int = Field(
+        100, ge=1, le=100_000,
+        description="Most messages one chat request may carry (the API answers 400 past it). Of a "
+        "conversation, only the latest turns that fit 4 x max_question_chars are kept.",
+    )
     api_keys: Path | None = Field(
         None,
-        description="TOML file of API keys ([[key]] tables: token or sha256, read and write KB lists, \"*\" for "
-        "all). Without it the API answers on localhost only (README \"HTTP API\").",
+        description="TOML file of API keys ([[key]] tables: name, token or sha256, read and write KB lists, \"*\" "
+        "for all). The API and the web page both obey it (the page signs in with a key's name and token). "
+        "Without it the server answers on localhost only (README \"Security\").",
     )
 
     # -- generation (the seed's defaults)

@@ -34,9 +34,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragqa.api.errors import ApiError, api_error, bad_request, not_found
-from ragqa.api.keys import KeyRing, OpenAccess
+from ragqa.api.access import OPEN, Door, LoginRefused, Principal
 from ragqa.api.schemas import ChatRequest, parse
-from ragqa.cancel import CancelToken, cancellable
+from ragqa.api.bodies import parse_json, too_large
+from ragqa.cancel import Cancelled, CancelToken, cancellable
+from ragqa.pipeline import check_question_length
 
 if TYPE_CHECKING:
     from ragqa.pipeline import Pipeline
@@ -48,8 +50,10 @@ MAX_JSON_BYTES = 8 * 1024 * 1024  # a chat request: the conversation, never docu
 _DONE = object()
 
 
-def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") -> "FastAPI":
-    """The FastAPI app with the /v1 routes (the web page is mounted beside it by ``serve``)."""
+def build_api(pipeline: "Pipeline", door: Door | None, jobs: "IngestJobs") -> "FastAPI":
+    """The FastAPI app with the /v1 routes (the web page is mounted beside it by ``serve``).
+    ``door``: who may call (``ragqa.api.access``; None: an open door, anyone may do anything)."""
+    door = door or Door()
     app = FastAPI(title="ragqa", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
 
     def error_response(exc: BaseException) -> JSONResponse:
@@ -76,26 +80,39 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
 
-    def caller(request: Request) -> Any:
-        """The key of this request (OpenAccess when the server has no keys): 401 without a good one."""
-        if keys is None:
-            return OpenAccess()
+    def caller(request: Request) -> Principal:
+        """Who this request speaks for (OPEN on an open door): 401 without good credentials, 429
+        while this client is slowed after failed ones (``Door.authenticate``)."""
+        if door.open:
+            return OPEN
         header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "this server needs an API key: send Authorization: Bearer YOUR_KEY",
-                           "authentication_error", "missing_api_key")
-        key = keys.find(token.strip())
-        if key is None:
-            raise ApiError(401, "unknown API key", "authentication_error", "invalid_api_key")
-        return key
+        try:
+            return door.authenticate(header, client_address(request))
+        except LoginRefused as exc:
+            raise ApiError(429, f"too many failed attempts from this address; retry in {exc.retry_after} s",
+                           "rate_limit_error", "too_many_failed_attempts",
+                           headers={"Retry-After": str(exc.retry_after)}) from None
+        except PermissionError as exc:
+            missing = str(exc) in ("missing", "malformed")
+            if door.mode == "keys":
+                if missing:
+                    raise ApiError(401, "this server needs an API key: send Authorization: Bearer YOUR_KEY",
+                                   "authentication_error", "missing_api_key") from None
+                raise ApiError(401, "unknown API key", "authentication_error", "invalid_api_key") from None
+            challenge = {"WWW-Authenticate": 'Basic realm="ragqa"'}
+            if missing:
+                raise ApiError(401, "this server needs a user name and password: HTTP Basic, or "
+                               "Authorization: Bearer USER:PASSWORD", "authentication_error", "missing_credentials",
+                               headers=challenge) from None
+            raise ApiError(401, "wrong user name or password", "authentication_error", "invalid_credentials",
+                           headers=challenge) from None
 
-    async def readable(who: Any, kb: str) -> None:
+    async def readable(who: Principal, kb: str) -> None:
         """404 for a KB that does not exist or that this key may not read (its existence is not told)."""
         if not who.can_read(kb) or not await in_thread(_exists, pipeline, kb):  # Milvus: a network call
             raise not_found(f"no knowledge base {kb!r} (GET /v1/models lists the ones you can use)", "model_not_found")
 
-    async def writable(who: Any, kb: str) -> None:
+    async def writable(who: Principal, kb: str) -> None:
         if not who.can_write(kb):
             if who.can_read(kb) and await in_thread(_exists, pipeline, kb):
                 raise ApiError(403, f"this API key may not change knowledge base {kb!r}", "permission_error",
@@ -117,16 +134,22 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         who = caller(request)
-        req: ChatRequest = parse(ChatRequest, await _json_body(request))
+        data = await _json_body(request)
+        _check_message_count(data, pipeline.settings.max_messages)
+        req: ChatRequest = parse(ChatRequest, data)
         await readable(who, req.model)
         question, history, system = req.conversation()
+        check_question_length(question.strip(), pipeline.settings)  # 400 before any work
         overrides = req.overrides()
         if system is not None:
             overrides["system_prompt"] = system
         ticket = pipeline.gate.enter()  # 429 now when the queue is full
         try:
-            prepared = await in_thread(pipeline.prepare, question, kb=req.model, history=history,
-                                       documents=req.documents, **overrides)
+            prepared = await _while_connected(request, functools.partial(
+                pipeline.prepare, question, kb=req.model, history=history, documents=req.documents, **overrides))
+            if prepared is None:  # the client left while its question was being prepared: the work stopped
+                ticket.release()
+                return _gone()
             await ticket.wait_async()
         except BaseException:
             ticket.release()
@@ -142,8 +165,7 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
                 await relay.aclose()
                 ticket.release()
             if answer is None:  # the client has gone; nobody reads this
-                return JSONResponse({"error": {"message": "the client disconnected", "type": "cancelled",
-                                               "code": "client_disconnected"}}, status_code=499)
+                return _gone()
             return _completion(completion_id, created, req.model, answer, prepared.settings.max_new_tokens, label)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = _sse(_Relay(pipeline.generate(prepared)), ticket, completion_id, created, req.model, include_usage,
@@ -221,6 +243,12 @@ def build_api(pipeline: "Pipeline", keys: KeyRing | None, jobs: "IngestJobs") ->
     return app
 
 
+def client_address(request: Request) -> str:
+    """The calling address, for slowing repeated failures (behind a proxy: what uvicorn's
+    --forwarded-allow-ips trusts of X-Forwarded-For)."""
+    return request.client.host if request.client else "?"
+
+
 def _exists(pipeline: "Pipeline", kb: str) -> bool:
     from ragqa.errors import InputError
 
@@ -240,16 +268,60 @@ def _checked_name(kb: str) -> None:
 
 
 async def _json_body(request: Request) -> Any:
+    """The request's JSON, checked at the door (``ragqa.api.bodies``): 413 past MAX_JSON_BYTES
+    (before reading it when Content-Length says so), 400 for anything malformed."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > MAX_JSON_BYTES:
-        raise ApiError(413, f"the request body is over {MAX_JSON_BYTES // (1024 * 1024)} MB", code="request_too_large")
-    body = await request.body()
-    if len(body) > MAX_JSON_BYTES:
-        raise ApiError(413, f"the request body is over {MAX_JSON_BYTES // (1024 * 1024)} MB", code="request_too_large")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the body is not valid JSON ({exc})") from None
+        raise too_large(MAX_JSON_BYTES)
+    body = bytearray()
+    async for part in request.stream():  # a body without Content-Length is cut off at the limit too
+        body += part
+        if len(body) > MAX_JSON_BYTES:
+            raise too_large(MAX_JSON_BYTES)
+    return parse_json(bytes(body))
+
+
+def _check_message_count(data: Any, limit: int) -> None:
+    """More messages than ``max_messages`` is a 400 before they are read one by one."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if isinstance(messages, list) and len(messages) > limit:
+        raise bad_request(f"messages: {len(messages):,} messages; this server takes at most {limit:,} (max_messages)",
+                          "messages", "too_many_messages")
+
+
+def _gone() -> JSONResponse:
+    return JSONResponse({"error": {"message": "the client disconnected", "type": "cancelled",
+                                   "code": "client_disconnected"}}, status_code=499)
+
+
+async def _while_connected(request: Request, work: Any, poll: float = 0.25) -> Any:
+    """``work()`` in a worker thread while the client stays; -> its result, or None when the client
+    disconnected first: then ``work`` is cancelled (``ragqa.cancel``) and stops at its next step."""
+    token = CancelToken()
+
+    def run() -> Any:
+        with cancellable(token):
+            return work()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await anyio.sleep(poll)
+        token.cancel()
+
+    result, failed = None, None
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            result = await anyio.to_thread.run_sync(run)
+        except Cancelled:
+            pass
+        except Exception as exc:  # raised below, outside the task group (which would wrap it in a group)
+            failed = exc
+        finally:
+            group.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
+    return None if token.cancelled else result
 
 
 async def _receive_files(request: Request, pipeline: "Pipeline") -> list[Any]:

@@ -8,8 +8,10 @@ A TOML file of ``[[key]]`` tables (``ragqa serve --api-keys FILE``)::
     read = ["contracts", "hr"]      # KB names, or "*" for every KB
     write = ["contracts"]
 
-A request then sends ``Authorization: Bearer TOKEN``. Tokens are compared by their SHA-256
-digest in constant time and never logged; a key's ``write`` implies ``read``.
+A request then sends ``Authorization: Bearer TOKEN``; on the web page a person signs in with the
+key's ``name`` and its token (``ragqa.api.access``), and gets the same rights. Tokens are compared
+by their SHA-256 digest in constant time and never logged; a key's ``write`` implies ``read``;
+names are unique (a key without one is called "key N", its place in the file).
 """
 
 from __future__ import annotations
@@ -39,18 +41,6 @@ class Key:
         return bool({ALL, kb} & self.write)
 
 
-class OpenAccess:
-    """No keys configured (the API listens on localhost only): every caller may do everything."""
-
-    name = "local"
-
-    def can_read(self, kb: str) -> bool:
-        return True
-
-    def can_write(self, kb: str) -> bool:
-        return True
-
-
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -60,6 +50,10 @@ class KeyRing:
 
     def __init__(self, keys: list[Key]) -> None:
         self.keys = keys
+        self._by_name = {key.name: key for key in keys}
+
+    def by_name(self, name: str) -> Key | None:
+        return self._by_name.get(name)
 
     @classmethod
     def load(cls, path: str | Path) -> "KeyRing":
@@ -80,10 +74,14 @@ class KeyRing:
                               + (f"; unknown top-level keys: {', '.join(unknown)}" if unknown else ""))
         keys = [_key(t, n, path) for n, t in enumerate(tables, 1)]
         seen: set[str] = set()
+        names: set[str] = set()
         for key in keys:
             if key.digest in seen:
                 raise ConfigError(f"--api-keys {path}: the same token appears twice (key {key.name!r})")
+            if key.name in names:  # the page signs in by name
+                raise ConfigError(f"--api-keys {path}: two keys are named {key.name!r}; names must be unique")
             seen.add(key.digest)
+            names.add(key.name)
         return cls(keys)
 
     def find(self, token: str) -> Key | None:

@@ -45,6 +45,14 @@ __all__ = [  # what callers and tests import from ragqa.pipeline, wherever it is
 ]
 
 
+def check_question_length(question: str, settings: Settings) -> None:
+    """A question over ``max_question_chars`` is refused before any work (one line, with the limit)."""
+    limit = settings.max_question_chars
+    if len(question) > limit:
+        raise InputError(f"the question is {len(question):,} characters long; this server takes at most "
+                         f"{limit:,} (max_question_chars)")
+
+
 class Pipeline:
     """Holds settings and the lazily loaded models; ``ask`` answers one question."""
 
@@ -441,11 +449,15 @@ class Pipeline:
         """Everything before the model: the question checked, the documents indexed (``paths``) or
         opened (``kb``; ``documents``: only those these ``--doc`` patterns match), the chunks
         retrieved. Needs no generation slot."""
-        from ragqa.chains import retrieval_query
+        from ragqa.cancel import check_cancelled
+        from ragqa.chains import recent_turns, retrieval_query
 
         question = (question or "").strip()
         if not question:
             raise InputError("the question is empty")
+        check_question_length(question, self.settings)
+        # what a conversation may cost is bounded before any of it is embedded or put in a prompt
+        history = recent_turns(history, 4 * self.settings.max_question_chars)
         if kb is not None and paths:
             raise InputError("give either PATH... or --kb NAME, not both (add files to a KB with: ragqa index PATH --kb NAME)")
         if not paths and kb is None:
@@ -467,9 +479,11 @@ class Pipeline:
             "chunks": report.chunks,
         }
         retriever = self.retriever(index, settings)
+        check_cancelled()  # a client that left stops here, before the question is embedded
         t = time.perf_counter()
         docs = retriever.invoke(retrieval_query(question, history))
         timings["retrieve_s"] = round(time.perf_counter() - t, 3)
+        check_cancelled()
         notes = [f"skipped {reason}" for reason in report.skipped]
         abstain = self._abstention(index, question, settings, docs, notes, timings) if docs or report.chunks else None
         if self.backend_name == "openai" and not (abstain and not abstain["answerable"]):

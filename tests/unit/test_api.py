@@ -15,6 +15,7 @@ from conftest import FakeBackend
 from fastapi.testclient import TestClient
 
 from ragqa.api.app import build_api
+from ragqa.api.access import Door
 from ragqa.api.keys import KeyRing, digest
 from ragqa.pipeline.jobs import IngestJobs
 
@@ -31,7 +32,7 @@ def api(make_pipeline, tmp_path: Path):
         doc = tmp_path / "panda.txt"
         doc.write_text(DOC, "utf-8")
         pipeline.ingest("pandas", [doc])
-        client = TestClient(build_api(pipeline, keys, IngestJobs(pipeline)), raise_server_exceptions=False)
+        client = TestClient(build_api(pipeline, Door(keys), IngestJobs(pipeline)), raise_server_exceptions=False)
         made.append(client)
         return client, pipeline
 
@@ -138,6 +139,32 @@ def test_bad_requests_are_openai_errors(api, body: dict[str, Any], status: int, 
     reply = chat(client, **body)
     assert reply.status_code == status, reply.text
     assert fragment in error_of(reply)["message"]
+
+
+def test_what_one_request_may_cost_is_checked_before_the_work(api) -> None:
+    backend = FakeBackend()
+    client, pipeline = api(backend=backend, max_question_chars=50, max_messages=4)
+    calls = pipeline.embeddings.calls if hasattr(pipeline.embeddings, "calls") else None
+    reply = chat(client, messages=[{"role": "user", "content": "熊" * 51}])
+    assert reply.status_code == 400 and "at most 50 (max_question_chars)" in error_of(reply)["message"]
+    reply = chat(client, messages=[{"role": "user", "content": "熊猫吃什么？"}] * 5)
+    assert reply.status_code == 400 and error_of(reply)["code"] == "too_many_messages"
+    assert "at most 4 (max_messages)" in error_of(reply)["message"]
+    assert not backend.calls and (calls is None or pipeline.embeddings.calls == calls)
+    # a long conversation within the count keeps only the latest turns that fit (4 x 50 characters)
+    old = [{"role": "user", "content": "旧问题" * 40}, {"role": "assistant", "content": "旧答案" * 40}]
+    reply = chat(client, messages=[*old, {"role": "user", "content": "熊猫吃什么？"}])
+    assert reply.status_code == 200 and "旧问题" not in backend.calls[-1]["prompt"]
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    (b"[" * 50_000 + b"]" * 50_000, "too_deep"),
+    (b'{"model": "pandas", "messages": [{"role": "user", "content": "\\ud800"}]}', "invalid_unicode"),
+])
+def test_deep_or_invalid_unicode_bodies_are_400_not_500(api, body: bytes, code: str) -> None:
+    client, _ = api()
+    reply = client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert reply.status_code == 400 and error_of(reply)["code"] == code
 
 
 def test_malformed_json_and_unknown_endpoints(api) -> None:
