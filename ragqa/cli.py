@@ -598,13 +598,14 @@ def _print_comparison(report: dict[str, Any]) -> None:
     "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k", "retriever", "fusion", "keyword_fold", "n_ctx",
     "abstain", "abstain_strictness", "citations",
     "n_threads", "n_gpu_layers", "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
-    "max_concurrency", "max_queue", "api_keys",
+    "max_concurrency", "max_queue", "max_question_chars", "max_messages", "api_keys",
 ), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",
           "retriever": "serve: the page's default.", "max_file_mb": "serve: also the largest upload accepted."})
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but localhost is reachable from the network: it needs --api-keys (and --auth for the page)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but localhost is reachable from the network: it needs --api-keys (or --auth, or --allow-open)."),
     port: int = typer.Option(7860, "--port", "-p", min=1, max=65535, help="Port to listen on (1-65535)."),
-    auth: str | None = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD required to open the page (env RAGQA_WEB_AUTH)."),
+    auth: str | None = typer.Option(None, "--auth", envvar="RAGQA_WEB_AUTH", help="USER:PASSWORD (several separated by commas): a simple gate for the page and the API, each user with every right (env RAGQA_WEB_AUTH). For per-KB rights use --api-keys."),
+    allow_open: bool = typer.Option(False, "--allow-open", help="Serve beyond localhost with no keys and no --auth: anyone who can reach the port may read and change every knowledge base."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in a browser."),
     no_page: bool = typer.Option(False, "--no-page", help="Serve the HTTP API (/v1) alone, without the web page."),
     watch: list[str] | None = typer.Option(None, "--watch", metavar="DIR:KB", help="Keep knowledge base KB in step with folder DIR while serving, as ragqa index DIR --kb KB --watch does. Repeatable."),
@@ -619,7 +620,7 @@ def serve(
     max_concurrency at once; more wait (max_queue), past that the API answers 429.
 
     Examples: ragqa serve --port 7860   (then open http://127.0.0.1:7860, or use http://127.0.0.1:7860/v1)
-              ragqa serve --host 0.0.0.0 --api-keys keys.toml --auth alice:secret
+              ragqa serve --host 0.0.0.0 --api-keys keys.toml   (the page signs in with a key's name and token)
               ragqa serve --watch ~/notes:notes   (the notes KB follows ~/notes while the server runs)
     """
     _setup_logging(verbose)
@@ -634,7 +635,8 @@ def serve(
             from ragqa.watch import parse_watch_spec
 
             followed = [parse_watch_spec(spec) for spec in watch]  # a missing folder fails before the server starts
-        serve_page(settings, host=host, port=port, auth=auth, open_browser=open_browser, page=not no_page,
+        serve_page(settings, host=host, port=port, auth=auth, allow_open=allow_open, open_browser=open_browser,
+                   page=not no_page,
                    watch=followed, on_file=lambda *change: typer.echo(_file_line(*change), err=True),
                    on_note=lambda line: typer.echo(f"note: {line}", err=True))
     except RagqaError as exc:

@@ -22,12 +22,14 @@ import html
 import logging
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ragqa.api.access import OPEN, Door, Principal
 from ragqa.config import Settings
 from ragqa.errors import ConfigError, InputError, RagqaError
 from ragqa.paths import kb_path, write_atomic
@@ -35,6 +37,7 @@ from ragqa.pipeline import Answer, Pipeline
 from ragqa.store import DEFAULT_KB, check_kb_name
 
 if TYPE_CHECKING:
+    from ragqa.api.guard import UploadRegistry
     from ragqa.store import FileRecord, KnowledgeBase
 
 log = logging.getLogger(__name__)
@@ -190,18 +193,22 @@ class KBPage:
 class Handlers:
     """What each page event does. ``progress`` arguments are Gradio progress trackers."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, uploads: "UploadRegistry | None" = None) -> None:
         self.pipeline = pipeline
         self.settings = pipeline.settings
+        self.uploads = uploads  # the files each principal uploaded through the page (None: not checked)
 
     # -- knowledge bases
-    def kb_names(self) -> list[str]:
-        """Every KB's name, with the default one even before it exists (the first upload makes it)."""
-        return sorted({DEFAULT_KB, *self.pipeline.kb_names()})
+    def kb_names(self, who: Principal = OPEN) -> list[str]:
+        """The names of the KBs ``who`` may read, with the default one even before it exists (the
+        first upload makes it)."""
+        return sorted(n for n in {DEFAULT_KB, *self.pipeline.kb_names()} if who.can_read(n))
 
-    def create_kb(self, name: str | None) -> str:
+    def create_kb(self, name: str | None, who: Principal = OPEN) -> str:
         """Make the KB ``name`` (nothing happens if it exists); -> its checked name."""
         name = _checked(name)
+        _require(who.can_write(name), f"you may not create or change knowledge base {name!r}. "
+                                      f"你无权新建或修改知识库 {name!r}。")
         try:
             self._kb(name, create=True)
         except RagqaError as exc:
@@ -220,10 +227,13 @@ class Handlers:
     def uploads_dir(self, name: str) -> Path:
         return self.pipeline.uploads.folder(name)
 
-    def page(self, name: str | None) -> KBPage:
+    def page(self, name: str | None, who: Principal = OPEN) -> KBPage:
         """The header line and the documents of KB ``name`` (a KB that cannot be opened, e.g. one
-        built with another embedding model, is shown with the reason instead of failing)."""
+        built with another embedding model, is shown with the reason instead of failing). A KB
+        ``who`` may not read is shown as nothing, whether it exists or not."""
         name = _checked(name)
+        if not who.can_read(name):
+            return KBPage(name, f"**{name}** · ✗ {_no_kb(name)}")
         try:
             kb = self._kb(name)
             records = kb.files() if kb is not None else []
@@ -247,11 +257,13 @@ class Handlers:
         return DocRow(label, record.path, record.chunks, record.status, error)
 
     # -- documents
-    def index(self, kb_name: str | None, files: Sequence[Any] | None, progress: Any = None) -> str:
+    def index(self, kb_name: str | None, files: Sequence[Any] | None, progress: Any = None,
+              who: Principal = OPEN) -> str:
         """Copy the uploads into the KB's uploads folder and index them; -> one status line each.
 
         An identical file already in the KB is ``(unchanged)``; a file with the name of one in the
         KB but other bytes replaces it (``updated``); an unreadable one is reported and the rest go on.
+        Only files ``who`` uploaded through the page are taken: never a path a client names.
         """
         from ragqa.loaders import check_supported
 
@@ -259,6 +271,10 @@ class Handlers:
         uploads = _paths(files)
         if not uploads:
             return ""
+        _require(who.can_write(name), f"you may not change knowledge base {name!r}. 你无权修改知识库 {name!r}。")
+        if self.uploads is not None and not all(self.uploads.owns(who.name, u) for u in uploads):
+            raise _page_error(InputError("only files uploaded through this page can be indexed. "
+                                         "只能索引通过本页面上传的文件。"))
         lines: dict[str, str] = {}  # upload name -> its status line, in upload order
         wanted: dict[str, Path] = {}  # upload name -> the upload
         for upload in uploads:
@@ -320,12 +336,14 @@ class Handlers:
         self.pipeline.ingest(name, copies, on_file=on_file, on_wait=on_wait, on_page=on_page)
         return results
 
-    def delete(self, kb_name: str | None, label: str | None) -> str:
+    def delete(self, kb_name: str | None, label: str | None, who: Principal = OPEN) -> str:
         """Remove one document from the KB (and its uploaded copy); -> a status line."""
         name = _checked(kb_name)
         if not label:
             raise _page_error(InputError(MSG["no_doc"]))
-        doc = next((d for d in self.page(name).docs if d.label == label), None)
+        _require(who.can_read(name), _no_kb(name))
+        _require(who.can_write(name), f"you may not change knowledge base {name!r}. 你无权修改知识库 {name!r}。")
+        doc = next((d for d in self.page(name, who).docs if d.label == label), None)
         if doc is None:
             raise _page_error(InputError(f"no document {label!r} in knowledge base {name!r}. "
                                          f"知识库 {name!r} 中没有文档 {label!r}。"))
@@ -341,17 +359,26 @@ class Handlers:
     def ask(
         self, kb_name: str | None, question: str, history: list[dict[str, Any]] | None,
         chain: str | None = None, k: float | None = None, retriever: str | None = None,
-        fusion: str | None = None, scope: Sequence[str] | None = None,
+        fusion: str | None = None, scope: Sequence[str] | None = None, who: Principal = OPEN,
     ) -> Iterator[tuple[list[dict[str, Any]], str, list[dict[str, Any]], str]]:
         """Stream (chat, sources markdown, sources data, question box) as the answer grows.
-        ``scope``: the labels of the documents to ask (none: all of the KB's)."""
+        ``scope``: the labels of the documents to ask (none: all of the KB's). The answer is shown
+        as text: whatever HTML or image the model writes is not rendered (``plain_text``)."""
+        from ragqa.pipeline import check_question_length
+
         question = (question or "").strip()
         name = _checked(kb_name)
         if not question:
             raise _page_error(InputError(MSG["no_question"]))
+        try:
+            check_question_length(question, self.settings)
+        except InputError as exc:
+            raise _page_error(exc) from None
+        _require(who.can_read(name), _no_kb(name))
         self._require_documents(name)
         documents = self._scope_patterns(name, scope) if scope else None
-        earlier = list(history or [])
+        # the page shows earlier answers as escaped text; the model gets them back as written
+        earlier = [_as_written(m) for m in history or []][-self.settings.max_messages:]
         chat = earlier + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         yield list(chat), "", [], ""
         text = ""
@@ -366,12 +393,12 @@ class Handlers:
                     answer = item
                     break
                 text += item
-                chat[-1] = {"role": "assistant", "content": text}
+                chat[-1] = {"role": "assistant", "content": plain_text(text)}
                 yield list(chat), "", [], ""
         except RagqaError as exc:
             raise _page_error(exc) from None
         assert answer is not None
-        chat[-1] = {"role": "assistant", "content": answer.answer or text.strip()}
+        chat[-1] = {"role": "assistant", "content": plain_text(answer.answer or text.strip())}
         answer.notes = [_strip_folder(n, self.uploads_dir(name)) for n in answer.notes]
         yield chat, sources_markdown(answer), sources_data(answer), ""
 
@@ -397,10 +424,11 @@ class Handlers:
         return kb
 
     def summarize(
-        self, kb_name: str | None, picked: Sequence[str] | None, progress: Any = None
+        self, kb_name: str | None, picked: Sequence[str] | None, progress: Any = None, who: Principal = OPEN,
     ) -> tuple[str, str | None]:
         """One summary per picked document of the KB (all if none picked); -> (markdown, downloadable file)."""
         name = _checked(kb_name)
+        _require(who.can_read(name), _no_kb(name))
         self._require_documents(name)
         docs = [d for d in self.page(name).docs if d.status == "ok"]
         if picked:
@@ -419,7 +447,7 @@ class Handlers:
             except RagqaError as exc:
                 raise _page_error(exc) from None
             done += 1
-            parts.append(f"### {doc.label}\n\n{record['summary']}\n\n"
+            parts.append(f"### {plain_text(doc.label)}\n\n{plain_text(record['summary'])}\n\n"
                          f"<sub>{record['chain']}, {record['chunks']} part(s), {record['seconds']:.1f}s</sub>")
         body = "\n\n".join(parts)
         if not done:
@@ -428,7 +456,8 @@ class Handlers:
 
     def _write_download(self, body: str) -> str:
         folder = Path(self.settings.cache_dir) / SUMMARIES
-        path = folder / f"summaries-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.md"
+        # a name nobody can guess: the downloads folder is shared by everyone the server serves
+        path = folder / f"summaries-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(12)}.md"
         write_atomic(path, body + "\n")
         return str(path)
 
@@ -439,6 +468,35 @@ def _following(name: str) -> str:
 
     folders = [_markdown_escape(folder) + ("" if there else " (gone 已不在)") for folder, there in followed(name)]
     return f" · follows 跟随文件夹 {', '.join(folders)}" if folders else ""
+
+
+def _require(allowed: bool, message: str) -> None:
+    """A right the caller lacks: a message in the page, and nothing done."""
+    if not allowed:
+        raise _page_error(InputError(message))
+
+
+def _no_kb(name: str) -> str:
+    """The same words for a KB that does not exist and one the caller may not read."""
+    return f"no knowledge base {name!r} that you may read. 没有你可读取的知识库 {name!r}。"
+
+
+def plain_text(text: str) -> str:
+    """Model output for a Markdown component, shown as the text it is: HTML tags are escaped (an
+    ``<img src=…>`` a document talked the model into writing is not rendered, so nothing is
+    fetched) and Markdown images become plain text; ordinary Markdown (lists, bold) still renders.
+
+    >>> plain_text('<img src="http://x/a.png"> ![t](http://x/b.png) **ok**')
+    '&lt;img src="http://x/a.png"&gt; !\\[t](http://x/b.png) **ok**'
+    """
+    return re.sub(r"!\[", r"!\\[", html.escape(text, quote=False))
+
+
+def _as_written(message: Any) -> Any:
+    """A message of the page's chat history with ``plain_text``'s escapes undone."""
+    if isinstance(message, dict) and isinstance(message.get("content"), str) and message.get("role") == "assistant":
+        return {**message, "content": html.unescape(message["content"].replace("!\\[", "!["))}
+    return message
 
 
 def _checked(name: str | None) -> str:
@@ -564,12 +622,16 @@ def embedding_info(settings: Settings) -> str:
     return f"`{settings.embedding_model if named else 'the server’s model'}` via `{settings.embedding_base_url}`"
 
 
-def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
-    """The Blocks app, opened on KB ``kb``. Building it loads no model and opens no KB (it lists
-    the KBs' names); a browser's page load shows the KB's documents."""
+def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB, *, door: Door | None = None,
+              uploads: "UploadRegistry | None" = None) -> Any:
+    """The Blocks app, opened on KB ``kb``. Building it loads no model, opens no KB and names no KB
+    but ``kb`` (its config is the same for everyone); a browser's page load shows the KBs and
+    documents its user may read. ``door``: who may do what (None: everyone everything);
+    ``uploads``: the files each user uploaded, the only files the page takes."""
     gr = _gradio()
     t = gr.I18n(**UI_TEXT)
-    h = Handlers(pipeline)
+    door = door or Door()
+    h = Handlers(pipeline, uploads)
     s = pipeline.settings
     start = check_kb_name(kb)
 
@@ -579,7 +641,7 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
         gr.Markdown(model_info(s, pipeline.backend_name), elem_id="model-info")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                kb_pick = gr.Dropdown(sorted({start, *h.kb_names()}), value=start, label=t("kb"), elem_id="kb",
+                kb_pick = gr.Dropdown([start], value=start, label=t("kb"), elem_id="kb",
                                       allow_custom_value=True, filterable=True)
                 kb_info = gr.Markdown(f"**{start}**", elem_id="kb-info")
                 with gr.Accordion(t("kb_new"), open=False):
@@ -608,7 +670,8 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
                                          elem_id="fusion", allow_custom_value=True)
             with gr.Column(scale=2):
                 with gr.Tab(t("tab_ask"), elem_id="tab-ask"):
-                    chat = gr.Chatbot(label=t("chat"), elem_id="chat", height=420, feedback_options=None)
+                    chat = gr.Chatbot(label=t("chat"), elem_id="chat", height=420, feedback_options=None,
+                                      allow_tags=False)
                     question = gr.Textbox(label=t("question"), placeholder=t("question_ph"), lines=1,
                                           max_lines=4, elem_id="question", submit_btn=True)
                     scope = gr.Dropdown([], value=[], multiselect=True, label=t("scope"), elem_id="scope")
@@ -627,29 +690,42 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
 
         shown = [kb_info, docs, picked, doc_pick, scope]  # what depends on the KB's documents
 
-        def view(name: str | None, keep_scope: Sequence[str] = ()) -> tuple[Any, ...]:
-            page = h.page(name)
+        def who(request: Any) -> Principal:
+            """The caller, as the guard and the door signed them in (``ragqa.api.guard``)."""
+            found = door.named(getattr(request, "username", None))
+            if found is None:  # the guard lets no one through unsigned; this is the second lock
+                raise _page_error(InputError("sign in first. 请先登录。"))
+            return found
+
+        def view(name: str | None, caller: Principal, keep_scope: Sequence[str] = ()) -> tuple[Any, ...]:
+            page = h.page(name, caller)
             readable = page.labels(ok_only=True)
             return (page.info + _following(page.name), page.rows(), gr.Dropdown(choices=readable, value=[]),
                     gr.Dropdown(choices=page.labels(), value=None),
                     gr.Dropdown(choices=readable, value=[label for label in keep_scope if label in readable]))
 
-        def on_load(name):
-            return gr.Dropdown(choices=sorted({name or start, *h.kb_names()})), *view(name)
+        def on_load(name, request):
+            caller = who(request)
+            names = h.kb_names(caller)
+            name = name if name and caller.can_read(name) else (names[0] if names else start)
+            return gr.Dropdown(choices=sorted({name, *names}), value=name), *view(name, caller)
 
-        def on_switch(name):  # another KB: its documents; the chat and last upload's lines were about the other
-            return *view(name), [], "", [], ""
+        def on_switch(name, request):  # another KB: its documents; the chat and last upload's lines were about the other
+            return *view(name, who(request)), [], "", [], ""
 
-        def on_create(name):
-            name = h.create_kb(name)
-            return gr.Dropdown(choices=sorted({name, *h.kb_names()}), value=name), ""
+        def on_create(name, request):
+            caller = who(request)
+            name = h.create_kb(name, caller)
+            return gr.Dropdown(choices=sorted({name, *h.kb_names(caller)}), value=name), ""
 
-        def on_upload(name, uploaded, in_scope, progress: Any = gr.Progress()):
-            text = h.index(name, uploaded, progress)
-            return text, *view(name, in_scope or ()), None
+        def on_upload(name, uploaded, in_scope, request, progress: Any = gr.Progress()):
+            caller = who(request)
+            text = h.index(name, uploaded, progress, caller)
+            return text, *view(name, caller, in_scope or ()), None
 
-        def on_delete(name, label, in_scope):
-            return h.delete(name, label), *view(name, in_scope or ())
+        def on_delete(name, label, in_scope, request):
+            caller = who(request)
+            return h.delete(name, label, caller), *view(name, caller, in_scope or ())
 
         def on_select(evt):
             row = evt.row_value or []
@@ -657,11 +733,15 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB) -> Any:
 
         on_select.__annotations__["evt"] = gr.SelectData  # how Gradio knows to pass the clicked row
 
-        def on_ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec, in_scope=None):
-            yield from h.ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec, in_scope)
+        def on_ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec, in_scope=None, request=None):
+            yield from h.ask(name, q, history, chain_type, k_value, retriever_kind, fusion_spec, in_scope,
+                             who(request))
 
-        def on_summarize(name, labels, progress: Any = gr.Progress()):
-            return h.summarize(name, labels, progress)
+        def on_summarize(name, labels, request, progress: Any = gr.Progress()):
+            return h.summarize(name, labels, progress, who(request))
+
+        for fn in (on_load, on_switch, on_create, on_upload, on_delete, on_ask, on_summarize):
+            fn.__annotations__["request"] = gr.Request  # how Gradio knows to pass the request (and its user)
 
         app.load(on_load, kb_pick, [kb_pick, *shown], api_visibility="private")
         kb_pick.change(on_switch, kb_pick, [*shown, chat, sources, sources_json, status], api_name="documents")
@@ -688,6 +768,7 @@ def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     auth: str | None = None,
+    allow_open: bool = False,
     open_browser: bool = False,
     page: bool = True,
     watch: Sequence[tuple[str, str]] = (),
@@ -696,59 +777,78 @@ def serve(
 ) -> None:
     """Serve the HTTP API at /v1 and (unless ``page`` is False) the page at /, on one port, and block.
 
-    Beyond localhost the API needs keys (``settings.api_keys``): without them the start is refused.
+    One door for both (``ragqa.api.access``, README "Security"): with keys (``settings.api_keys``)
+    or ``auth`` users, every request to the page or the API must name one, and each gets the same
+    rights on both; beyond localhost the start is refused without them unless ``allow_open``.
     The page and the API share one pipeline: one copy of each model, one gate in front of the LLM.
     ``watch``: (folder, KB) pairs each KB follows while the server runs (``ragqa.watch``; a thread
     per KB, its changes told to ``on_file`` and ``on_note``)."""
     import uvicorn
 
+    from ragqa.api.access import Door
     from ragqa.api.app import build_api
+    from ragqa.api.guard import Guard, UploadRegistry
     from ragqa.api.keys import KeyRing
+    from ragqa.api.login import add_login_routes
     from ragqa.pipeline.jobs import IngestJobs
 
     credentials = parse_auth(auth)
     keys = KeyRing.load(settings.api_keys) if settings.api_keys else None
-    if host not in LOCAL_HOSTS and keys is None:
-        raise ConfigError(f"--host {host} is reachable from the network, and the API there would answer anyone: "
-                          "give it keys with --api-keys FILE (README \"HTTP API\"), or serve on 127.0.0.1")
-    if host not in LOCAL_HOSTS and page and credentials is None:
-        log.warning("serving the page on %s without --auth: anyone who can reach this port can read and change "
-                    "the knowledge bases through it", host)
+    if keys is not None and credentials:
+        raise ConfigError("give --api-keys or --auth, not both: with keys, people sign in to the page with a "
+                          "key's name and token")
+    door = Door(keys, credentials)
+    if host not in LOCAL_HOSTS and door.open and not allow_open:
+        raise ConfigError(f"--host {host} is reachable from the network, and the page and the API there would "
+                          "answer anyone: give keys with --api-keys FILE (README \"Security\"), serve on 127.0.0.1, "
+                          "or pass --allow-open if that is what you mean")
+    if host not in LOCAL_HOSTS and door.open:
+        log.warning("serving on %s with no keys (--allow-open): anyone who can reach this port can read and change "
+                    "every knowledge base", host)
     sock = _bind(host, port)  # a busy port fails first, before the models are checked
     try:
         pipeline = Pipeline(settings)
         pipeline.check_models()  # a bad model path fails now, not at the first question
-        api = build_api(pipeline, keys, IngestJobs(pipeline))
+        api = build_api(pipeline, door, IngestJobs(pipeline))
+        uploads = None
         if page:
+            # the page's uploads land in a folder of this server's own, not the machine-wide /tmp/gradio
+            os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(settings.cache_dir) / "page-uploads"))
             gr = _gradio()
-            blocks = build_app(pipeline)
+            from gradio.utils import get_upload_folder
+
+            uploads = UploadRegistry(_folder(get_upload_folder(), settings))
+            blocks = build_app(pipeline, door=door, uploads=uploads)
             # the page's model events run as many at once as the gate lets through; the gate orders them
             # with the API's questions, so the page never serialises what the backend can batch
             blocks.queue(default_concurrency_limit=1, max_size=pipeline.gate.slots + pipeline.gate.queue)
-            downloads = Path(settings.cache_dir) / SUMMARIES
-            try:
-                downloads.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RagqaError(f"cannot use the cache folder {settings.cache_dir}: {exc.strerror or exc}") from None
+            downloads = _folder(Path(settings.cache_dir) / SUMMARIES, settings)
+            if not door.open:
+                add_login_routes(api, door)  # before the page's mount at /, so these paths are ours
             api = gr.mount_gradio_app(
-                api, blocks, path="/", auth=credentials, show_error=True, ssr_mode=False,
+                api, blocks, path="/", show_error=True, ssr_mode=False,
+                # who the page's user is: the guard signed them in (a session or an Authorization header)
+                auth_dependency=None if door.open else _page_user,
                 # the framework's cap only stops absurd uploads; ragqa refuses a file over max_file_mb itself,
                 # with a ✗ line for that file while the others of the upload go on
                 max_file_size=int(max(4 * settings.max_file_mb, settings.max_file_mb + 64) * 1024 * 1024),
                 allowed_paths=[str(downloads)],  # the summaries offered for download; never the uploads
                 i18n=blocks.ragqa_i18n, theme=_theme(gr), footer_links=["api", "settings"],
             )
+        app = Guard(api, door, uploads)
     except BaseException:
         sock.close()
         raise
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    log.warning("serving %s/v1 (API)%s", url, f" and {url}/ (page)" if page else "")
+    log.warning("serving %s/v1 (API)%s%s", url, f" and {url}/ (page)" if page else "",
+                {"keys": "; keys required (page: sign in at /login)", "users": "; sign-in required",
+                 "open": ""}[door.mode])
     if open_browser and page:
         import threading
         import webbrowser
 
         threading.Timer(1.5, webbrowser.open, args=(url,)).start()
-    config = uvicorn.Config(api, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     from ragqa.watch import start_watchers
 
     watchers = start_watchers(pipeline, watch, on_file=on_file, on_note=on_note)
@@ -757,6 +857,24 @@ def serve(
     finally:
         for watcher in watchers:
             watcher.stop(timeout=5)  # one mid-way through a file is left: the next start catches up
+
+
+def _page_user(request: Any) -> str | None:
+    """Gradio's ``auth_dependency``: the name of the principal the guard found for this request."""
+    from ragqa.api.guard import PRINCIPAL_KEY
+
+    found = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    return found.name if found is not None else None
+
+
+def _folder(path: str | Path, settings: Settings) -> Path:
+    """A folder the server writes into, made now: a folder it cannot make is one clear line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RagqaError(f"cannot use the cache folder {settings.cache_dir}: {exc.strerror or exc}") from None
+    return path
 
 
 def _bind(host: str, port: int) -> Any:

@@ -3,6 +3,7 @@ tests/integration/test_web_browser.py)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -282,7 +283,10 @@ def test_building_the_page_loads_no_model_and_opens_no_knowledge_base(make_setti
     names = {d.get("api_name") for d in app.config["dependencies"]}
     assert {"ask", "summarize", "index", "delete", "create_kb", "documents"} <= names
     kb_dropdown = next(c for c in app.config["components"] if c.get("props", {}).get("elem_id") == "kb")
-    assert [c[0] for c in kb_dropdown["props"]["choices"]] == ["default", "合同"]
+    # the config is the same for everyone (it is sent before a user's rights are known): it names
+    # no KB but the one the page opens on; a page load lists the KBs its user may read
+    assert [c[0] for c in kb_dropdown["props"]["choices"]] == ["default"]
+    assert "合同" not in json.dumps(app.config, ensure_ascii=False, default=str)
     assert kb_dropdown["props"]["value"] == "default"
 
 
@@ -369,3 +373,56 @@ def test_the_fusion_option_changes_how_hybrid_scores(make_pipeline, doc: Path) -
     assert zscore[0]["score"] > 0.2 and rrf[0]["score"] < 0.04  # a logistic z-score vs two reciprocal ranks (2/61)
     with pytest.raises(gr.Error, match="zscore"):  # an unknown fusion lists the known ones
         list(h.ask("default", "苍鹭节什么时候举行？", [], None, None, "hybrid", "average"))
+
+
+def test_the_handlers_obey_the_callers_rights(make_pipeline, doc: Path, fake_backend_cls) -> None:
+    from ragqa.api.keys import Key
+
+    h = Handlers(make_pipeline(backend=fake_backend_cls(["苍鹭节 在 三月。"])))
+    _upload(h, doc)  # "default" holds heron.txt
+    reader = Key("bob", "0" * 64, read=frozenset({"public"}))
+    writer = Key("carol", "1" * 64, write=frozenset({"default"}))
+    assert "default" not in h.kb_names(reader) and "default" in h.kb_names(writer)
+    assert "✗" in h.page("default", reader).info and not h.page("default", reader).docs
+    assert [d.label for d in h.page("default", writer).docs] == ["heron.txt"]
+    refused = "no knowledge base 'default' that you may read"
+    with pytest.raises(gr.Error, match=refused):
+        _run(h.ask("default", "苍鹭节在什么时候？", [], who=reader))
+    with pytest.raises(gr.Error, match=refused):
+        h.summarize("default", [], who=reader)
+    with pytest.raises(gr.Error, match=refused):
+        h.delete("default", "heron.txt", who=reader)
+    with pytest.raises(gr.Error, match="may not change knowledge base 'public'"):
+        h.index("public", [str(doc)], who=reader)
+    with pytest.raises(gr.Error, match="may not create or change knowledge base 'new'"):
+        h.create_kb("new", who=reader)
+    assert h.page("default", writer).docs  # nothing was removed
+
+
+def test_the_page_takes_only_files_its_caller_uploaded(make_pipeline, doc: Path, tmp_path: Path) -> None:
+    from ragqa.api.guard import UploadRegistry
+
+    folder = tmp_path / "page-uploads"
+    (folder / "h1").mkdir(parents=True)
+    uploaded = folder / "h1" / "heron.txt"
+    uploaded.write_text(DOC, encoding="utf-8")
+    registry = UploadRegistry(folder)
+    registry.add("local", str(uploaded))
+    h = Handlers(make_pipeline(), registry)
+    with pytest.raises(gr.Error, match="only files uploaded through this page"):
+        h.index("default", [str(doc)])  # a path on the server that no one uploaded
+    assert not h.page("default").docs
+    assert _lines(h.index("default", [str(uploaded)]))[0].startswith("✓ **heron.txt**")
+
+
+def test_model_output_is_shown_as_text_not_html(make_pipeline, doc: Path, fake_backend_cls) -> None:
+    trap = '<img src="http://127.0.0.1:9/leak.png"> ![x](http://127.0.0.1:9/md.png)'
+    h = Handlers(make_pipeline(backend=fake_backend_cls([trap])))
+    _upload(h, doc)
+    chat = _run(h.ask("default", "苍鹭节在什么时候？", []))[-1][0]
+    shown = chat[-1]["content"]
+    assert "<img" not in shown and "&lt;img" in shown and "![x]" not in shown
+    # the next question hands the model its answer as it was written
+    from ragqa.web import _as_written
+
+    assert "<img" in _as_written(chat[-1])["content"] and "![x]" in _as_written(chat[-1])["content"]
