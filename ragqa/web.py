@@ -639,6 +639,8 @@ def build_app(pipeline: Pipeline, kb: str = DEFAULT_KB, *, door: Door | None = N
         gr.Markdown(t("title"))
         gr.Markdown(t("intro"))
         gr.Markdown(model_info(s, pipeline.backend_name), elem_id="model-info")
+        if not door.open:
+            gr.Markdown("[Sign out 退出登录](/logout)", elem_id="sign-out")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 kb_pick = gr.Dropdown([start], value=start, label=t("kb"), elem_id="kb",

@@ -38,6 +38,7 @@ from ragqa.api.access import OPEN, Door, LoginRefused, Principal
 from ragqa.api.schemas import ChatRequest, parse
 from ragqa.api.bodies import parse_json, too_large
 from ragqa.cancel import Cancelled, CancelToken, cancellable
+from ragqa.errors import RagqaError
 from ragqa.pipeline import check_question_length
 
 if TYPE_CHECKING:
@@ -76,9 +77,14 @@ def build_api(pipeline: "Pipeline", door: Door | None, jobs: "IngestJobs") -> "F
                 405: "invalid_request_error"}.get(exc.status_code, "server_error")
         return error_response(ApiError(exc.status_code, str(exc.detail), kind))
 
+    @app.exception_handler(RagqaError)
+    async def _ragqa_error(request: Request, exc: RagqaError) -> JSONResponse:
+        # ragqa's own errors are answers, not crashes: handled here, uvicorn logs no traceback for them
+        return error_response(exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc)  # a real bug: Starlette re-raises it after this, and the log has its traceback
 
     def caller(request: Request) -> Principal:
         """Who this request speaks for (OPEN on an open door): 401 without good credentials, 429
