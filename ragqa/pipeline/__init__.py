@@ -417,19 +417,19 @@ class Pipeline:
         The documents are the files at ``paths`` or, with ``kb``, that knowledge base.
         ``skip_unreadable`` treats named files like files found in a folder: an unreadable one is
         left out with a note (the web page, where one bad upload must not block the rest). The
-        model part waits for a slot of the pipeline's ``gate`` (``QueueFullError`` when its queue
-        is full); indexing and retrieval never wait.
+        question is admitted by the pipeline's ``gate`` before anything (``QueueFullError`` when its
+        queue is full); indexing and retrieval then go on at once, the model part waits for a slot.
         """
-        prepared = self.prepare(question, paths=paths, kb=kb, history=history, skip_unreadable=skip_unreadable,
-                                **overrides)
-        if dry_run:
-            yield self._dry_run(prepared)
-            return
-        if prepared.abstained:  # no model call, so no generation slot
-            yield from self.generate(prepared)
-            return
+        # admitted first, as the API admits a question: retrieval and embedding count against the
+        # same gate as generation, so no front end's questions can crowd out the others'
         with self.gate.enter() as ticket:
-            ticket.wait()
+            prepared = self.prepare(question, paths=paths, kb=kb, history=history, skip_unreadable=skip_unreadable,
+                                    **overrides)
+            if dry_run:
+                yield self._dry_run(prepared)
+                return
+            if not prepared.abstained:  # an abstention calls no model, so it needs no generation slot
+                ticket.wait()
             yield from self.generate(prepared)
 
     @functools.cached_property

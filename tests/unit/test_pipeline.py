@@ -271,3 +271,23 @@ def test_a_50_page_scan_shows_ocr_progress_and_indexes_every_page(make_pipeline,
     stored = list(kb.iter_chunks())
     assert sorted(d.metadata["page"] for d in stored) == list(range(1, 51))
     assert all(d.metadata["ocr"] is True for d in stored)
+
+
+def test_a_question_is_admitted_by_the_gate_before_its_retrieval(make_pipeline, tmp_path: Path) -> None:
+    """Every front end's question counts against the same gate from its start: with the line full,
+    a page or CLI question is turned away before anything of it is embedded."""
+    from ragqa.gate import QueueFullError
+
+    pipeline = make_pipeline(max_concurrency=1, max_queue=0)
+    doc = tmp_path / "a.txt"
+    doc.write_text("熊猫吃竹子。", "utf-8")
+    pipeline.ingest("k", [doc])
+    queries = pipeline.embeddings.query_calls
+    held = pipeline.gate.enter()  # another question holds the only place
+    try:
+        with pytest.raises(QueueFullError):
+            list(pipeline.ask_stream([], "熊猫吃什么？", kb="k"))
+        assert pipeline.embeddings.query_calls == queries
+    finally:
+        held.release()
+    assert list(pipeline.ask_stream([], "熊猫吃什么？", kb="k"))[-1].sources
