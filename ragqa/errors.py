@@ -25,6 +25,10 @@ class ModelError(RagqaError):
     exit_code = 3
 
 
+class ShuttingDown(RagqaError):
+    """The server is stopping: work it has not started is left for its next start (HTTP 503)."""
+
+
 class ConfigError(RagqaError):
     """A setting, config file or chat-format file is invalid."""
 

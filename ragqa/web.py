@@ -811,7 +811,9 @@ def serve(
     try:
         pipeline = Pipeline(settings)
         pipeline.check_models()  # a bad model path fails now, not at the first question
-        api = build_api(pipeline, door, IngestJobs(pipeline))
+        jobs = IngestJobs(pipeline)
+        jobs.resume()  # what the last run accepted and did not finish is taken up again
+        api = build_api(pipeline, door, jobs)
         uploads = None
         if page:
             # the page's uploads land in a folder of this server's own, not the machine-wide /tmp/gradio
@@ -859,6 +861,7 @@ def serve(
     finally:
         for watcher in watchers:
             watcher.stop(timeout=5)  # one mid-way through a file is left: the next start catches up
+        jobs.stop(timeout=60)  # the file being indexed finishes; the rest stays queued for the next start
 
 
 def _page_user(request: Any) -> str | None:

@@ -193,9 +193,13 @@ def build_api(pipeline: "Pipeline", door: Door | None, jobs: "IngestJobs") -> "F
         who = caller(request)
         await readable(who, kb)
         _, _, files = await in_thread(pipeline.kb_details, kb)
-        return {"object": "list", "data": [
-            {"source": pipeline.uploads.label(kb, f.path), "chunks": f.chunks,
-             "status": "ok" if f.status == "ok" else "failed", "error": f.error or None} for f in files]}
+        listed = [{"source": pipeline.uploads.label(kb, f.path), "chunks": f.chunks,
+                   "status": "ok" if f.status == "ok" else "failed", "error": f.error or None} for f in files]
+        # uploads accepted but not (yet) in the KB: waiting their turn, being retried, or failed for good
+        names = {d["source"] for d in listed}
+        pending = [{"chunks": 0, **u} for u in await in_thread(jobs.open_uploads, kb) if u["source"] not in names
+                   or u["status"] != "failed"]
+        return {"object": "list", "data": listed + pending}
 
     @app.post("/v1/kbs/{kb}/documents", status_code=202)
     async def upload(kb: str, request: Request) -> Any:
@@ -203,7 +207,12 @@ def build_api(pipeline: "Pipeline", door: Door | None, jobs: "IngestJobs") -> "F
         _checked_name(kb)
         await writable(who, kb)
         staged = await _receive_files(request, pipeline)
-        job = jobs.submit(kb, staged)
+        try:  # written down before the 202: from here on the upload survives a crash
+            job = await in_thread(jobs.submit, kb, staged)
+        except BaseException:
+            for s in staged:
+                s.path.unlink(missing_ok=True)
+            raise
         return JSONResponse({"id": job.id, "object": "ingest.job", "status": job.status}, status_code=202)
 
     @app.get("/v1/jobs/{job_id}")

@@ -10,7 +10,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ragqa.errors import ConfigError, InputError, MissingDependencyError, ModelError, RagqaError, one_line
+from ragqa.errors import (
+    ConfigError,
+    InputError,
+    MissingDependencyError,
+    ModelError,
+    RagqaError,
+    ShuttingDown,
+    one_line,
+)
 from ragqa.store.scope import DocumentScopeError
 from ragqa.gate import QueueFullError
 
@@ -42,6 +50,8 @@ def api_error(exc: BaseException) -> ApiError:
     """Any exception as the ApiError a client should see."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, ShuttingDown):
+        return ApiError(503, one_line(exc), "server_error", "shutting_down", headers={"Retry-After": "5"})
     if isinstance(exc, QueueFullError):
         return ApiError(429, str(exc), "rate_limit_error", "rate_limit_exceeded",
                         headers={"Retry-After": str(exc.retry_after)})

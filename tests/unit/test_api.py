@@ -261,9 +261,13 @@ def test_upload_is_a_background_job_and_the_document_is_then_answered(api, data_
     assert files["bad.bin"]["status"] == "failed" and ".bin" in files["bad.bin"]["error"]
     assert files["empty.txt"]["status"] == "failed" and "empty" in files["empty.txt"]["error"]
     assert all(str(data_dir) not in f["error"] for f in job["files"] if f["error"])  # no server folders told
-    docs = client.get("/v1/kbs/new-kb/documents").json()["data"]  # an unsupported type is never recorded
-    assert [(d["source"], d["status"]) for d in docs] == [("bamboo.md", "ok"), ("empty.txt", "failed")]
+    # every accepted upload is accounted for: in the KB, or failed with its reason (and no copy kept)
+    docs = {d["source"]: d for d in client.get("/v1/kbs/new-kb/documents").json()["data"]}
+    assert [(n, d["status"]) for n, d in docs.items()] == [("bamboo.md", "ok"), ("bad.bin", "failed"),
+                                                           ("empty.txt", "failed")]
+    assert "empty" in docs["empty.txt"]["error"]
     assert (data_dir / "uploads" / "new-kb" / "bamboo.md").is_file()
+    assert sorted(p.name for p in (data_dir / "uploads").rglob("*") if p.is_file()) == ["bamboo.md"]
     body = chat(client, model="new-kb").json()
     assert body["sources"][0]["source"] == "bamboo.md"
     again = wait_job(client, client.post("/v1/kbs/new-kb/documents",
