@@ -230,6 +230,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# How untrusted files are parsed (ragqa/isolation.py, ragqa/caps.py), for the commands that ingest
+PARSING = ("parse_isolation", "parse_memory_mb", "parse_cpu_seconds", "parse_timeout", "ingest_concurrency",
+           "max_unpacked_mb", "max_pages", "max_image_pixels", "max_line_chars")
+
 # The settings of embeddings on a server, for every command that embeds
 EMBEDDING_SERVER = ("embedding_base_url", "embedding_query_prefix", "embedding_passage_prefix",
                     "embedding_batch_size", "embedding_concurrency", "embedding_timeout")
@@ -598,7 +602,7 @@ def _print_comparison(report: dict[str, Any]) -> None:
     "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k", "retriever", "fusion", "keyword_fold", "n_ctx",
     "abstain", "abstain_strictness", "citations",
     "n_threads", "n_gpu_layers", "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
-    "max_concurrency", "max_queue", "max_question_chars", "max_messages", "api_keys",
+    "max_concurrency", "max_queue", "max_question_chars", "max_messages", "api_keys", *PARSING,
 ), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",
           "retriever": "serve: the page's default.", "max_file_mb": "serve: also the largest upload accepted."})
 def serve(
@@ -650,6 +654,7 @@ def serve(
 
 @command(app, "index", settings=(
     "embedding_model", *EMBEDDING_SERVER, "chunk_size", "chunk_overlap", "keyword_fold", "max_file_mb", "ocr", "data_dir", "store", "cache_dir",
+    *PARSING,
 ))
 def index_command(
     paths: list[str] = typer.Argument(..., metavar="PATH...", help="Files and folders to add."),

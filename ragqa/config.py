@@ -85,6 +85,23 @@ class Settings(BaseSettings):
     chunk_size: int = Field(600, ge=50, le=20000, description="Maximum characters per chunk.")
     chunk_overlap: int = Field(100, ge=0, description="Characters shared by neighbouring chunks.")
     max_file_mb: float = Field(200.0, gt=0, allow_inf_nan=False, description="Refuse files larger than this (MB).")
+    parse_isolation: Literal["process", "off"] = Field(
+        "process",
+        description="Where files are parsed: 'process' (worker processes with memory, CPU and time limits, "
+        "so a hostile file fails alone) or 'off' (in this process: only for files you trust).",
+    )
+    parse_memory_mb: int = Field(4096, ge=256, le=1_048_576,
+                                 description="A parsing worker's memory limit (MB of address space), its programs included.")
+    parse_cpu_seconds: int = Field(600, ge=1, le=86_400, description="CPU seconds a parsing worker may spend on one file.")
+    parse_timeout: float = Field(900.0, gt=0, le=86_400, allow_inf_nan=False,
+                                 description="Wall-clock seconds one file may take to parse before its worker is killed.")
+    ingest_concurrency: int = Field(1, ge=1, le=64,
+                                    description="Files parsed at once (parsing workers); the server's uploads share them.")
+    max_unpacked_mb: float = Field(512.0, gt=0, allow_inf_nan=False,
+                                   description="Refuse an Office/EPUB/ODF file that unpacks to more than this (MB).")
+    max_pages: int = Field(2000, ge=1, description="Refuse a PDF with more pages than this.")
+    max_image_pixels: int = Field(100_000_000, ge=1, description="Refuse an image with more pixels than this.")
+    max_line_chars: int = Field(1_000_000, ge=1000, description="Refuse a text file with a longer line than this.")
     ocr: Literal["auto", "never", "always"] = Field(
         "auto", description="OCR (Tesseract) of scanned pages: auto (PDF pages without a text layer, and "
         "images), always (every PDF page, ignoring its text layer), never.",

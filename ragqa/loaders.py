@@ -22,11 +22,14 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import Document
 
 from ragqa.errors import InputError, MissingDependencyError, OcrUnavailableError
+
+if TYPE_CHECKING:
+    from ragqa.caps import Caps
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +183,7 @@ def load_documents(paths: Iterable[str | Path], **options: Any) -> list[Document
 
 def load_file(
     path: str | Path, data: bytes | None = None, *, ocr: str = "auto", ocr_languages: str = "auto",
-    on_page: Callable[[int, int], None] | None = None,
+    on_page: Callable[[int, int], None] | None = None, caps: "Caps | None" = None,
 ) -> list[Document]:
     """One file -> Documents (one per PDF page, slide or sheet; one for any other file).
 
@@ -191,7 +194,9 @@ def load_file(
 
     ``ocr``: ``auto`` (OCR PDF pages without a text layer, and images), ``always`` (OCR every PDF
     page too, ignoring its text layer), ``never``. ``on_page(done, total)`` hears OCR progress.
+    ``caps``: what the file may make the reader do (``ragqa.caps``), checked before reading it.
     """
+    from ragqa.caps import Caps, check_caps
     from ragqa.ocr import OCR_MODES
 
     if ocr not in OCR_MODES:
@@ -200,6 +205,7 @@ def load_file(
     check_supported(path)
     if data is None:
         data = read_bytes(path)
+    check_caps(path, data, caps or Caps())
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
         docs = [Document(page_content=decode_text(data, path), metadata={"source": str(path)})]
@@ -628,6 +634,8 @@ def _partition(path: Path, suffix: str, data: bytes, ocr: str = "auto", ocr_lang
             raise MissingDependencyError(exc.name or "unstructured") from None
         except InputError:
             raise
+        except RecursionError:  # MIME parts inside parts inside parts...: refused, not a crash
+            raise InputError(f"{path}: nested too deeply to read") from None
         except Exception as exc:  # partitioners raise many types on corrupt files
             if damage:
                 raise InputError(damaged) from None

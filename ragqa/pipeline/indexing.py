@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from ragqa.words import tokenize
 
 if TYPE_CHECKING:
     from ragqa.config import Settings
+    from ragqa.isolation import ReaderPool
     from ragqa.splitting import ChineseTextSplitter
 
 log = logging.getLogger(__name__)
@@ -36,9 +38,33 @@ class Indexer:
     """Brings a KB up to date with files on disk, with the settings' splitter and OCR options."""
 
     def __init__(self, settings: "Settings", splitter: "ChineseTextSplitter", embeddings: Callable[[], Any]) -> None:
+        from ragqa.caps import Caps
+
         self.settings = settings
         self.splitter = splitter
         self._embeddings = embeddings  # -> a LangChain Embeddings, loaded by the pipeline on first call
+        self.caps = Caps.of(settings)
+        self._readers: "ReaderPool | None" = None
+        self._readers_lock = threading.Lock()
+
+    def readers(self) -> "ReaderPool | None":
+        """The parsing workers (``ragqa.isolation``), started on the first file; None when
+        ``parse_isolation`` is off."""
+        if self.settings.parse_isolation == "off":
+            return None
+        with self._readers_lock:
+            if self._readers is None:
+                from ragqa.isolation import ReaderPool, WorkerLimits
+
+                self._readers = ReaderPool(self.settings.ingest_concurrency, WorkerLimits.of(self.settings))
+            return self._readers
+
+    def close(self) -> None:
+        """Stop the parsing workers (a new one starts if a file comes after)."""
+        with self._readers_lock:
+            readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.close()
 
     def index_paths(
         self, kb: KnowledgeBase, paths: Sequence[str | Path], *, sync: bool = False, strict: bool = False,
@@ -147,9 +173,13 @@ class Indexer:
                   on_page: Callable[[int, int], None] | None = None) -> list[Document]:
         """One file's Documents, read with the OCR settings. OCR shows a progress bar per page on
         stderr when ``show``, and tells ``on_page(done, total)``."""
+        readers = self.readers()
         with PageProgress(path.name, show, on_page) as pages:
+            if readers is not None:  # a worker process with limits: a hostile file fails alone
+                return readers.read(path, data, ocr=self.settings.ocr, ocr_languages=self.settings.ocr_languages,
+                                    caps=self.caps, on_page=pages)
             return load_file(path, data, ocr=self.settings.ocr, ocr_languages=self.settings.ocr_languages,
-                             on_page=pages)
+                             on_page=pages, caps=self.caps)
 
     def embed_chunks(self, chunks: list[Document], name: str) -> tuple[Any, list[list[str]]]:
         """Chunks -> (their vectors, their BM25 words): what a KB stores per chunk."""

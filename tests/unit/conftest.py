@@ -152,6 +152,8 @@ def make_settings(cache_dir: Path, data_dir: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         overrides.setdefault("cache_dir", cache_dir)
         overrides.setdefault("data_dir", data_dir)
+        # unit tests parse in process (fakes, tiny files); worker isolation has tests of its own
+        overrides.setdefault("parse_isolation", "off")
         return Settings(**overrides)
 
     return make

@@ -37,8 +37,9 @@ EXPOSED = {
             "cache_dir abstain abstain_strictness",
     "serve": "model backend base_url api_model device torch_dtype load_in_4bit load_in_8bit EMB "
              "chat_format chain context k retriever fusion keyword_fold n_ctx abstain abstain_strictness citations n_threads n_gpu_layers max_new_tokens temperature "
-             "max_file_mb ocr cache_dir data_dir store max_concurrency max_queue max_question_chars max_messages api_keys",
-    "index": "EMB chunk_size chunk_overlap keyword_fold max_file_mb ocr data_dir store cache_dir",
+             "max_file_mb ocr cache_dir data_dir store max_concurrency max_queue max_question_chars max_messages api_keys "
+             "PARSING",
+    "index": "EMB chunk_size chunk_overlap keyword_fold max_file_mb ocr data_dir store cache_dir PARSING",
     "kb list": "data_dir store",
     "kb show": "data_dir store",
     "kb remove": "data_dir store",
@@ -46,7 +47,9 @@ EXPOSED = {
 }
 # every command that embeds takes the embedding server's settings beside embedding_model
 EXPOSED = {k: v.replace("EMB", "embedding_model embedding_base_url embedding_query_prefix embedding_passage_prefix "
-                        "embedding_batch_size embedding_concurrency embedding_timeout") for k, v in EXPOSED.items()}
+                        "embedding_batch_size embedding_concurrency embedding_timeout")
+               .replace("PARSING", "parse_isolation parse_memory_mb parse_cpu_seconds parse_timeout ingest_concurrency "
+                        "max_unpacked_mb max_pages max_image_pixels max_line_chars") for k, v in EXPOSED.items()}
 IRREGULAR_FLAGS = {
     "model": ["--model", "-m"],
     "embedding_model": ["--embedding-model", "-e"],
