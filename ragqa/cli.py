@@ -602,7 +602,8 @@ def _print_comparison(report: dict[str, Any]) -> None:
     "embedding_model", *EMBEDDING_SERVER, "chat_format", "chain", "context", "k", "retriever", "fusion", "keyword_fold", "n_ctx",
     "abstain", "abstain_strictness", "citations",
     "n_threads", "n_gpu_layers", "max_new_tokens", "temperature", "max_file_mb", "ocr", "cache_dir", "data_dir", "store",
-    "max_concurrency", "max_queue", "max_question_chars", "max_messages", "api_keys", *PARSING,
+    "max_concurrency", "max_queue", "max_question_chars", "max_messages", "api_keys", "request_timeout",
+    "first_token_timeout", *PARSING,
 ), notes={"chain": "serve: the page's default.", "k": "serve: the page's default.",
           "retriever": "serve: the page's default.", "max_file_mb": "serve: also the largest upload accepted."})
 def serve(

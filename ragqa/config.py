@@ -230,6 +230,16 @@ class Settings(BaseSettings):
     )
 
     # -- serving (ragqa serve: the web page and the HTTP API)
+    request_timeout: float = Field(
+        300.0, gt=0, le=86_400, allow_inf_nan=False,
+        description="openai backend: seconds the model server may stay silent (before its answer starts, or "
+        "between two streamed tokens) before the question fails with a timeout (HTTP 504).",
+    )
+    first_token_timeout: float = Field(
+        180.0, gt=0, le=86_400, allow_inf_nan=False,
+        description="openai backend: seconds from sending a prompt to its first token (the server reading a "
+        "long prompt counts); past it the question fails with a timeout (HTTP 504) and its slot is freed.",
+    )
     max_concurrency: int | None = Field(
         None, ge=1, le=1024,
         description="Questions generating at once; more wait in the queue. Default: 1 for the in-process "

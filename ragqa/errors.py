@@ -25,6 +25,10 @@ class ModelError(RagqaError):
     exit_code = 3
 
 
+class ModelTimeout(ModelError):
+    """The model server stayed silent past a timeout (``request_timeout``, ``first_token_timeout``): HTTP 504."""
+
+
 class ShuttingDown(RagqaError):
     """The server is stopping: work it has not started is left for its next start (HTTP 503)."""
 

@@ -15,6 +15,7 @@ from ragqa.errors import (
     InputError,
     MissingDependencyError,
     ModelError,
+    ModelTimeout,
     RagqaError,
     ShuttingDown,
     one_line,
@@ -59,6 +60,8 @@ def api_error(exc: BaseException) -> ApiError:
         return bad_request(one_line(exc), "documents", "document_not_found")
     if isinstance(exc, (InputError, ConfigError)):
         return bad_request(one_line(exc))
+    if isinstance(exc, ModelTimeout):
+        return ApiError(504, one_line(exc), "server_error", "model_timeout")
     if isinstance(exc, ModelError):
         return ApiError(502, one_line(exc), "server_error", "model_error")
     if isinstance(exc, MissingDependencyError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from ragqa.cancel import on_cancel
 from ragqa.chat_formats import AUTO, ChatFormat, get_chat_format
 from ragqa.config import Settings
-from ragqa.errors import ConfigError, MissingDependencyError, ModelError, one_line
+from ragqa.errors import ConfigError, MissingDependencyError, ModelError, ModelTimeout, one_line
 from ragqa.llms.base import GenerationStats, StopCutter, check_fits
 from ragqa.words import estimate_tokens
 
@@ -43,8 +44,10 @@ class OpenAIBackend:
         self.stats = GenerationStats()
         # servers started without an API key accept any; the client insists on one
         self._key = settings.api_key.get_secret_value() if settings.api_key else ""
+        # read: the longest the server may stay silent; the first token has a clock of its own (stream)
+        self.request_timeout, self.first_token_timeout = settings.request_timeout, settings.first_token_timeout
         self.client = openai.OpenAI(base_url=self.url, api_key=self._key or "no-key", max_retries=0,
-                                    timeout=openai.Timeout(600.0, connect=10.0))
+                                    timeout=openai.Timeout(self.request_timeout, connect=10.0))
         self._n_ctx = settings.n_ctx
         self.model = self._pick_model(settings.api_model)
         self._token_counts: dict[str, int] = {}
@@ -145,6 +148,8 @@ class OpenAIBackend:
         t0 = time.perf_counter()
         first = last = None
         response = None
+        late = threading.Event()  # set when the first token did not come in time and the stream was shut
+        watchdog: threading.Timer | None = None
         try:
             response = self.client.completions.create(
                 model=self.model, prompt=prompt, stream=True, max_tokens=max_tokens,
@@ -153,6 +158,16 @@ class OpenAIBackend:
             )
 
             undo = on_cancel(functools.partial(_shut, response))
+            left = self.first_token_timeout - (time.perf_counter() - t0)
+
+            def too_late() -> None:
+                if first is None:
+                    late.set()
+                    _shut(response)
+
+            watchdog = threading.Timer(max(0.0, left), too_late)
+            watchdog.daemon = True
+            watchdog.start()
 
             def pieces() -> Iterator[str]:
                 nonlocal first, last
@@ -169,10 +184,18 @@ class OpenAIBackend:
             finally:
                 undo()
         except Exception as exc:
+            if late.is_set():
+                raise ModelTimeout(f"the server at {self.url} sent no first token within "
+                                   f"{self.first_token_timeout:g} s (first_token_timeout)") from None
+            if _is_timeout(exc):
+                raise ModelTimeout(f"the server at {self.url} was silent for {self.request_timeout:g} s "
+                                   "(request_timeout)") from None
             if isinstance(exc, ModelError) or not _is_openai_error(exc):
                 raise
             raise self._error(exc, self.model) from None
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if response is not None:
                 response.close()
             if first is not None:
@@ -210,6 +233,13 @@ def _shut(response: Any) -> None:
     sock = stream.get_extra_info("socket") if stream is not None else None
     if sock is not None:
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import httpx
+    import openai
+
+    return isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException))
 
 
 def _is_openai_error(exc: BaseException) -> bool:

@@ -38,7 +38,7 @@ EXPOSED = {
     "serve": "model backend base_url api_model device torch_dtype load_in_4bit load_in_8bit EMB "
              "chat_format chain context k retriever fusion keyword_fold n_ctx abstain abstain_strictness citations n_threads n_gpu_layers max_new_tokens temperature "
              "max_file_mb ocr cache_dir data_dir store max_concurrency max_queue max_question_chars max_messages api_keys "
-             "PARSING",
+             "request_timeout first_token_timeout PARSING",
     "index": "EMB chunk_size chunk_overlap keyword_fold max_file_mb ocr data_dir store cache_dir PARSING",
     "kb list": "data_dir store",
     "kb show": "data_dir store",

@@ -256,3 +256,19 @@ def test_a_questions_tokens_are_counted_before_it_waits_for_a_slot(stub, tmp_pat
     answer = [x for x in p.generate(prepared) if not isinstance(x, str)][0]
     assert answer.answer == "The festival is in March.[1]"
     assert [what for what, _, _ in state.requests] == ["POST /v1/completions"]
+
+
+def test_a_server_that_sends_no_first_token_in_time_is_a_timeout_not_a_wait(tmp_path) -> None:
+    """A stand-in that answers the headers, then stays silent (a hung server, or one reading a
+    huge prompt): past first_token_timeout the question fails in one line and the request is closed."""
+    from standin_openai import StandIn
+
+    from ragqa.errors import ModelTimeout
+
+    with StandIn(latency=0.1, prefill=30.0) as server:
+        settings = Settings(backend="openai", base_url=server.url, chat_format="chatml", first_token_timeout=0.5,
+                            cache_dir=tmp_path, data_dir=tmp_path / "d")
+        backend = OpenAIBackend(settings)
+        with pytest.raises(ModelTimeout, match=r"no first token within 0.5 s \(first_token_timeout\)"):
+            list(backend.stream("hello", max_tokens=5))
+        assert server.completed == 0 and server.in_flight == 1  # it gave up while the server was still silent
