@@ -25,6 +25,21 @@ class ModelError(RagqaError):
     exit_code = 3
 
 
+class DiskFull(RagqaError):
+    """A write failed because the disk (or a quota) is full: nothing was half-written; free space and
+    it works again, no restart needed (HTTP 507)."""
+
+
+def is_disk_full(exc: BaseException | str) -> bool:
+    """Whether an error (an OSError, SQLite's or tantivy's text) says the disk is full."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("no space left", "storagefull", "disk is full", "quota exceeded"))
+
+
 class ModelTimeout(ModelError):
     """The model server stayed silent past a timeout (``request_timeout``, ``first_token_timeout``): HTTP 504."""
 

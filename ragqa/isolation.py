@@ -173,7 +173,18 @@ def _rebuild(name: str, text: str) -> RagqaError:
 
 
 def _serve(conn: Any, memory_mb: int) -> None:
-    """The worker's loop: one file at a time, until the pipe closes."""
+    """The worker's loop: one file at a time, until the pipe closes. Never a traceback on the
+    server's stderr: whatever goes wrong is the file's one-line error, or the worker's exit code."""
+    import sys
+
+    try:
+        _loop(conn, memory_mb)
+    except BaseException as exc:  # noqa: BLE001 - the parent reports the worker's end in one line
+        print(f"ragqa reader: {type(exc).__name__}: {exc}"[:300], file=sys.stderr)
+        sys.exit(1)
+
+
+def _loop(conn: Any, memory_mb: int) -> None:
     import resource
 
     os.setsid()  # a process group of its own: the parent kills it and its children together
@@ -192,8 +203,11 @@ def _serve(conn: Any, memory_mb: int) -> None:
             return
         _, path, ocr, ocr_languages, caps, cpu_seconds = message
         used = resource.getrusage(resource.RUSAGE_SELF)
-        spent = int(used.ru_utime + used.ru_stime)
-        resource.setrlimit(resource.RLIMIT_CPU, (spent + cpu_seconds, spent + cpu_seconds + 5))
+        spent = int(used.ru_utime + used.ru_stime) + 1
+        # the soft limit only (SIGXCPU ends the worker there); a hard limit, once lowered, cannot be raised
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        soft = spent + cpu_seconds if hard == resource.RLIM_INFINITY else min(spent + cpu_seconds, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
         try:
             docs = load_file(Path(path), data, ocr=ocr, ocr_languages=ocr_languages, caps=caps,
                              on_page=lambda done, total: conn.send(("page", done, total)))

@@ -12,6 +12,7 @@ from typing import Any
 
 from ragqa.errors import (
     ConfigError,
+    DiskFull,
     InputError,
     MissingDependencyError,
     ModelError,
@@ -51,6 +52,8 @@ def api_error(exc: BaseException) -> ApiError:
     """Any exception as the ApiError a client should see."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, DiskFull):
+        return ApiError(507, one_line(exc), "server_error", "disk_full")
     if isinstance(exc, ShuttingDown):
         return ApiError(503, one_line(exc), "server_error", "shutting_down", headers={"Retry-After": "5"})
     if isinstance(exc, QueueFullError):

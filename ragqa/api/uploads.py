@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragqa.api.errors import ApiError, bad_request
+from ragqa.errors import DiskFull, RagqaError, is_disk_full
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -109,6 +110,10 @@ async def receive_files(request: "Request", uploads: "Uploads", max_file_mb: flo
                 s.path.unlink()
         if isinstance(exc, ApiError):
             raise
+        if isinstance(exc, OSError):  # the server's disk, not the client's body
+            if is_disk_full(exc):
+                raise DiskFull(f"the server's disk is full: the upload was not kept ({uploads.root})") from None
+            raise RagqaError(f"cannot keep uploads in {uploads.root}: {exc.strerror or exc}") from None
         if isinstance(exc, Exception):
             raise bad_request(f"the multipart body could not be read ({exc})") from None
         raise

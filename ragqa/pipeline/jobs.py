@@ -22,7 +22,6 @@ file ends in the KB or is reported failed with a reason, through crashes and res
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import sqlite3
 import threading
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragqa.errors import InputError, RagqaError, ShuttingDown, one_line
+from ragqa.errors import DiskFull, InputError, RagqaError, ShuttingDown, is_disk_full, one_line
 
 if TYPE_CHECKING:
     from ragqa.pipeline import Pipeline
@@ -121,7 +120,8 @@ class JobStore:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise RagqaError(f"cannot write the ingest queue {self.path}: {_reason(exc)}") from None
+                kind = DiskFull if is_disk_full(exc) else RagqaError
+                raise kind(f"cannot write the ingest queue {self.path}: {_reason(exc)}") from None
 
     def add(self, job: Job) -> None:
         with self._tx() as db:
@@ -215,7 +215,19 @@ class IngestJobs:
         return live if live is not None else self.store.load(job_id)
 
     def open_uploads(self, kb: str) -> list[dict[str, Any]]:
-        return self.store.open_uploads(kb)
+        """The uploads of ``kb`` still waiting or failed, as the store has them, with the jobs in
+        hand told as they are now (their latest step may not be written yet: a full disk)."""
+        listed = {u["source"]: u for u in self.store.open_uploads(kb)}
+        with self._cond:
+            live = [job for job in self._live.values() if job.kb == kb]
+        for job in live:
+            for f in job.files:
+                if f.status in DONE:
+                    listed.pop(f.name, None)
+                else:
+                    listed[f.name] = {"source": f.name, "status": f.status, "error": f.error,
+                                      **({"tries": f.tries} if f.tries else {})}
+        return list(listed.values())
 
     # -- start and stop
     def resume(self) -> int:
@@ -299,9 +311,21 @@ class IngestJobs:
                 if job.finished is not None:
                     self._live.pop(job.id, None)
 
+    def _save_file(self, job: Job, n: int) -> None:
+        """Record a file's progress; a store that cannot be written (a full disk) loses only this
+        step: the job goes on in memory, and a restart before the next write redoes the file
+        (the KB then finds it unchanged)."""
+        try:
+            self.store.save_file(job, n)
+        except RagqaError as exc:
+            log.warning("ingest: %s; going on without recording it", exc)
+
     def _run(self, job: Job) -> None:
         job.status = "running"
-        self.store.save_job(job)
+        try:
+            self.store.save_job(job)
+        except RagqaError as exc:
+            log.warning("ingest: %s; going on without recording it", exc)
         while True:
             waiting = [n for n, f in enumerate(job.files) if f.status in PENDING]
             if not waiting:
@@ -331,7 +355,7 @@ class IngestJobs:
         uploads = self.pipeline.uploads
         kept = uploads.folder(job.kb) / uploads.safe_name(f.name)
         f.status = "running"
-        self.store.save_file(job, n)
+        self._save_file(job, n)
         try:
             check_supported(Path(f.name))  # an unsupported type fails alone; the others go on
             if f.staged is not None:
@@ -341,13 +365,15 @@ class IngestJobs:
                 elif not kept.exists():  # moved before a crash, then lost: nothing left to read
                     raise InputError(f"{f.name}: the uploaded copy is gone")
                 f.staged = None
-                self.store.save_file(job, n)
+                self._save_file(job, n)
             outcome: dict[str, str] = {}
             self.pipeline.ingest(job.kb, [kept],
                                  on_file=lambda path, status, detail: outcome.update(status=status, detail=detail))
             status, detail = outcome.get("status", "failed"), outcome.get("detail", "not read")
             if status == "failed":
                 raise InputError(_strip(detail, str(kept), f.name))
+            if status == "unchanged" and f.tries:  # an earlier try committed it, then failed after (a full disk)
+                status = "added"
             f.status, f.error = status, None
             f.chunks = int(detail.split()[0]) if detail.split() and detail.split()[0].isdigit() else 0
         except InputError as exc:  # can never be read as it is: failed, and its copy goes
@@ -367,7 +393,7 @@ class IngestJobs:
             f.tries += 1
             log.warning("ingest: %s into %s: %s; trying again in %.0f s", f.name, job.kb, reason,
                         RETRY_DELAYS[f.tries - 1])
-        self.store.save_file(job, n)
+        self._save_file(job, n)
 
     def _give_up(self, job: Job, n: int, reason: str, kept: Path) -> None:
         """A file that failed for good: reported with its reason, and no copy of it left behind
@@ -378,7 +404,7 @@ class IngestJobs:
             with contextlib.suppress(OSError):
                 self._absolute(f.staged).unlink()
             f.staged = None
-        self.store.save_file(job, n)
+        self._save_file(job, n)
         with contextlib.suppress(RagqaError, OSError):
             self.pipeline.remove_document(job.kb, f.name)  # a failed record in the KB, with its copy
         with contextlib.suppress(OSError):
@@ -393,7 +419,7 @@ class IngestJobs:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if is_disk_full(exc):
         return "the disk is full"
     return getattr(exc, "strerror", None) or one_line(exc)
 

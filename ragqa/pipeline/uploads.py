@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragqa.errors import RagqaError
+from ragqa.errors import DiskFull, RagqaError, is_disk_full
 from ragqa.paths import atomic_file, kb_path
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ class Uploads:
                 with atomic_file(target, binary=True) as out, open(source, "rb") as src:
                     shutil.copyfileobj(src, out, 1024 * 1024)
         except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(f"cannot keep the upload {target.name} in {target.parent}: the disk is full") from None
             raise RagqaError(f"cannot keep the upload {target.name} in {target.parent}: {exc.strerror or exc}") from None
         return target
 

@@ -127,6 +127,11 @@ class KeywordIndex:
         except BaseException:
             with contextlib.suppress(Exception):
                 writer.rollback()
+            # tantivy frees the folder's writer lock when the writer goes: drop it now, not when the
+            # traceback that holds this frame is collected (a full disk left it held, and every later
+            # write failed with LockBusy until a restart)
+            writer = None  # noqa: F841
+            self._index = None
             raise
         index.reload()
         write_state(self.state_path, {"generation": generation})

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import Document
 
-from ragqa.errors import InputError, RagqaError
+from ragqa.errors import DiskFull, InputError, RagqaError, is_disk_full
 from ragqa.paths import atomic_path
 from ragqa.store.base import (
     DamagedKBError, FileRecord, KBStats, KnowledgeBase, Manifest,
@@ -103,11 +104,20 @@ def _storage_error(exc: BaseException, where: Path) -> RagqaError:
     text = str(getattr(exc, "strerror", None) or exc)
     if "readonly" in text or "read-only" in text.lower() or isinstance(exc, PermissionError):
         return RagqaError(f"cannot write the knowledge base in {where}: the folder is read-only")
-    if "full" in text or getattr(exc, "errno", None) == 28:
-        return RagqaError(f"cannot write the knowledge base in {where}: the disk is full (nothing was half-written)")
+    if is_disk_full(exc):
+        return DiskFull(f"cannot write the knowledge base in {where}: the disk is full (nothing was half-written)")
     if "not a database" in text or "malformed" in text:
         return DamagedKBError(f"the knowledge base in {where} is damaged ({text}); drop and rebuild it")
     return RagqaError(f"cannot use the knowledge base folder {where}: {text}")
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MB left on the folder's file system."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1024 * 1024
 
 
 class LocalKB(KnowledgeBase):
@@ -413,6 +423,10 @@ class LocalKB(KnowledgeBase):
                 self._vectors.compact_if_needed()
         except (sqlite3.DatabaseError, OSError) as exc:
             raise _storage_error(exc, self.folder) from None
+        except ValueError as exc:  # tantivy reports its I/O errors (a full disk) as ValueError
+            if is_disk_full(exc) or _nearly_full(self.folder):  # a writer "killed" by I/O says no more
+                raise _storage_error(OSError(28, "No space left on device"), self.folder) from None
+            raise
 
     def _repair_if_free(self) -> None:
         """On open: a keyword index behind the truth (a writer was killed), or words made by

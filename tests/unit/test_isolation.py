@@ -84,6 +84,11 @@ def pool():
         p.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read(pool: ReaderPool, path: Path, **kw) -> list:
     return pool.read(path, path.read_bytes(), ocr="auto", ocr_languages="auto", caps=Caps(), **kw)
 
@@ -97,8 +102,15 @@ def test_a_worker_reads_as_the_server_would_and_is_kept_for_the_next_file(pool, 
     docs = read(readers, doc)
     assert [(d.page_content, d.metadata) for d in docs] == [(d.page_content, d.metadata) for d in load_file(doc)]
     [worker] = readers._idle
-    read(readers, doc)
+    for _ in range(3):
+        read(readers, doc)
     assert readers._idle == [worker]  # the same process: no start-up per file
+    # the CPU limit is per file: a worker that has spent seconds on earlier files reads the next one
+    spin = tmp_path / "many.md"
+    spin.write_text("\n\n".join(f"## 第{i}节\n\n" + "熊猫吃竹子。" * 50 for i in range(3000)), "utf-8")
+    while cpu_seconds(worker.proc.pid) < 3:
+        assert read(readers, spin)
+    assert read(readers, doc) and readers._idle == [worker]
 
 
 def test_a_refused_file_fails_alone_and_the_worker_goes_on(pool, tmp_path: Path) -> None:
