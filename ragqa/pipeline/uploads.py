@@ -72,10 +72,18 @@ class Uploads:
         return parent == self.folder(kb) or (parent.name == kb and parent.parent.name == UPLOADS)
 
     def discard(self, kb: str, path: str) -> None:
-        """Delete the kept copy of an upload (a file indexed from elsewhere is never touched)."""
+        """Delete the kept copy of an upload in *this* data folder (a file indexed from elsewhere is
+        never touched, nor a copy under another data folder's path a moved KB still names)."""
         if self.is_upload(kb, path):
             with contextlib.suppress(OSError):
-                Path(path).unlink()
+                (self.folder(kb) / Path(path).name).unlink()
+
+    def moved(self, kb: str, paths: list[str]) -> dict[str, str]:
+        """The uploads a KB names under another data folder's path (the folder was copied, moved or
+        restored elsewhere) -> their path in this one."""
+        here = self.folder(kb)
+        return {p: str(here / Path(p).name) for p in paths
+                if self.is_upload(kb, p) and Path(p).parent != here}
 
     def drop(self, kb: str) -> None:
         """Delete every upload kept for ``kb`` (the KB was dropped)."""

@@ -286,6 +286,10 @@ class KnowledgeBase(ABC):
         """Change a record's size/mtime/path-independent fields (a touched, unchanged file)."""
 
     @abstractmethod
+    def rename_files(self, renames: dict[str, str]) -> int:
+        """Give files new paths, keeping their chunks (a data folder that moved); -> how many."""
+        raise NotImplementedError
+
     def mark_failed(self, record: FileRecord) -> None:
         """Remember an unreadable file and why (its old chunks, if any, are removed)."""
 

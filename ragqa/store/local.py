@@ -366,6 +366,19 @@ class LocalKB(KnowledgeBase):
             self.db.execute("UPDATE files SET size = ?, mtime_ns = ?, updated = ? WHERE path = ?",
                             (record.size, record.mtime_ns, time.time(), record.path))
 
+    def rename_files(self, renames: dict[str, str]) -> int:
+        """Give files new paths (their chunks, vectors and words stay): a data folder that moved.
+        One transaction; a new path a file already has is skipped. -> how many were renamed."""
+        self._require_writer()
+        done = 0
+        with self._transaction():
+            gen = self._next_generation()  # cached path -> id maps (scopes) are read anew
+            for old, new in renames.items():
+                if self.db.execute("SELECT 1 FROM files WHERE path = ?", (new,)).fetchone():
+                    continue
+                done += self.db.execute("UPDATE files SET path = ?, gen = ? WHERE path = ?", (new, gen, old)).rowcount
+        return done
+
     def mark_failed(self, record: FileRecord) -> None:
         self._require_writer()
         with self._transaction():

@@ -162,3 +162,28 @@ def test_a_graceful_stop_finishes_the_file_in_progress_and_leaves_the_rest_queue
     again = IngestJobs(make_pipeline())
     again.resume()
     assert [f["status"] for f in wait_done(again, job.id)["files"]] == ["added", "added", "added"]
+
+
+def test_a_copied_data_folder_keeps_working_and_never_touches_the_original(make_pipeline, make_settings,
+                                                                         data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from ragqa.pipeline import Pipeline
+
+    original = make_pipeline()
+    jobs = IngestJobs(original)
+    assert wait_done(jobs, jobs.submit("k", stage(original, ["a.md", "b.md"])).id)["status"] == "done"
+    jobs.store.close()
+    original.forget_kb("k")
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(data_dir, copy_dir)
+    copy = Pipeline(make_settings(data_dir=copy_dir))
+    copy._embeddings = original.embeddings
+    assert sorted(Path(r.path).parent for r in copy.kb("k").files()) == [copy_dir / "uploads" / "k"] * 2
+    assert copy.remove_document("k", "a.md")
+    assert not (copy_dir / "uploads" / "k" / "a.md").exists()
+    assert (data_dir / "uploads" / "k" / "a.md").exists()  # the original's copy is untouched
+    again = IngestJobs(copy)
+    done = wait_done(again, again.submit("k", stage(copy, ["b.md"])).id)
+    assert done["files"][0]["status"] == "unchanged"  # the same file, not a second document
+    assert sorted(Path(r.path).name for r in copy.kb("k").files()) == ["b.md"]
