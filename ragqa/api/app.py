@@ -232,7 +232,7 @@ def build_api(pipeline: "Pipeline", door: Door | None, jobs: "IngestJobs") -> "F
             raise bad_request("name the document: DELETE /v1/kbs/KB/documents?source=SOURCE (as GET lists it)",
                               "source")
         removed = await in_thread(pipeline.remove_document, kb, source)
-        if not removed:
+        if not removed and not await in_thread(jobs.dismiss, kb, source):  # a failed upload is dismissed
             raise not_found(f"no document {source!r} in knowledge base {kb!r}")
         return {"object": "document.deleted", "source": source, "deleted": True}
 
@@ -242,6 +242,7 @@ def build_api(pipeline: "Pipeline", door: Door | None, jobs: "IngestJobs") -> "F
         await readable(who, kb)
         await writable(who, kb)
         await in_thread(pipeline.drop_kb, kb)
+        await in_thread(jobs.dismiss, kb)
         return {"object": "kb.deleted", "name": kb, "deleted": True}
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

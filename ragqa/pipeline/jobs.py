@@ -22,6 +22,7 @@ file ends in the KB or is reported failed with a reason, through crashes and res
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -43,6 +44,7 @@ STORE = "ingest.sqlite"
 KEEP_FINISHED = 1000  # finished jobs kept for GET /v1/jobs; older ones are forgotten
 RETRY_DELAYS = (2.0, 5.0, 15.0, 60.0)  # seconds before each retry of a file that failed for a passing reason
 DONE = ("added", "updated", "unchanged")
+GONE = (*DONE, "dismissed")  # not listed as an open upload
 PENDING = ("queued", "running", "retrying")
 
 SCHEMA = """
@@ -178,7 +180,18 @@ class JobStore:
         for name, status, error, tries in rows:
             latest[name] = (status, error, tries)
         return [{"source": name, "status": status, "error": error, **({"tries": tries} if tries else {})}
-                for name, (status, error, tries) in latest.items() if status not in DONE]
+                for name, (status, error, tries) in latest.items() if status not in GONE]
+
+    def dismiss(self, kb: str, name: str | None = None) -> int:
+        """Stop listing failed uploads of ``kb`` (of file ``name``; all when None): someone deleted
+        them. -> how many were dismissed."""
+        with self._tx() as db:
+            query = ("UPDATE files SET status = 'dismissed' WHERE status = 'failed' "
+                     "AND job IN (SELECT id FROM jobs WHERE kb = ?)")
+            args: tuple[Any, ...] = (kb,)
+            if name is not None:
+                query, args = query + " AND name = ?", (kb, name)
+            return db.execute(query, args).rowcount
 
     def close(self) -> None:
         with self._lock:
@@ -214,6 +227,10 @@ class IngestJobs:
             live = self._live.get(job_id)
         return live if live is not None else self.store.load(job_id)
 
+    def dismiss(self, kb: str, name: str | None = None) -> bool:
+        """Stop listing ``kb``'s failed upload ``name`` (all of them when None); -> whether any was."""
+        return self.store.dismiss(kb, name) > 0
+
     def open_uploads(self, kb: str) -> list[dict[str, Any]]:
         """The uploads of ``kb`` still waiting or failed, as the store has them, with the jobs in
         hand told as they are now (their latest step may not be written yet: a full disk)."""
@@ -222,8 +239,8 @@ class IngestJobs:
             live = [job for job in self._live.values() if job.kb == kb]
         for job in live:
             for f in job.files:
-                if f.status in DONE:
-                    listed.pop(f.name, None)
+                if f.status in GONE or (f.status == "failed" and f.name not in listed):
+                    listed.pop(f.name, None)  # done, or a failure already dismissed
                 else:
                     listed[f.name] = {"source": f.name, "status": f.status, "error": f.error,
                                       **({"tries": f.tries} if f.tries else {})}
@@ -411,11 +428,13 @@ class IngestJobs:
             kept.unlink()  # a copy the KB never took in
 
     def _finish(self, job: Job, status: str, error: str | None) -> None:
-        job.status, job.error, job.finished = status, error, time.time()
+        """Written down first, then told: whoever sees the job finished finds it so in the store too."""
+        finished = time.time()
         try:
-            self.store.save_job(job)
+            self.store.save_job(dataclasses.replace(job, status=status, error=error, finished=finished))
         except RagqaError as exc:
             log.warning("ingest: %s", exc)
+        job.status, job.error, job.finished = status, error, finished
 
 
 def _reason(exc: BaseException) -> str:

@@ -105,8 +105,10 @@ def test_upload_delete_and_drop(starter: str) -> None:
     job = wait_job(starter, reply.json()["id"])
     assert {f["name"]: f["status"] for f in job["files"]} == {"note.md": "added", "junk.exe": "failed"}
     listed = httpx.get(f"{starter}/kbs/scratch/documents").json()["data"]
-    assert [d["source"] for d in listed] == ["note.md"]
+    # every accepted file is accounted for: the failed one is listed with its reason until dismissed
+    assert [(d["source"], d["status"]) for d in listed] == [("note.md", "ok"), ("junk.exe", "failed")]
     assert httpx.delete(f"{starter}/kbs/scratch/documents", params={"source": "note.md"}).json()["deleted"]
+    assert httpx.delete(f"{starter}/kbs/scratch/documents", params={"source": "junk.exe"}).json()["deleted"]
     assert httpx.get(f"{starter}/kbs/scratch/documents").json()["data"] == []
     assert httpx.delete(f"{starter}/kbs/scratch").status_code == 200
     assert "scratch" not in [k["name"] for k in httpx.get(f"{starter}/kbs").json()["data"]]
