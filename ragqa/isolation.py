@@ -3,7 +3,7 @@
 Every file ``ragqa index``, an upload or a watched folder brings in is parsed (read, decoded,
 OCR'd, converted) by a worker process, never by the server itself:
 
-- the worker runs in a process group of its own with ``RLIMIT_AS`` (``parse_memory_mb``) and a
+- the worker runs in a process group of its own with ``RLIMIT_DATA`` (``parse_memory_mb``) and a
   CPU-time limit per file (``parse_cpu_seconds``); every program it starts (pandoc, Tesseract,
   LibreOffice) inherits both and dies with it;
 - the parent waits at most ``parse_timeout`` seconds of wall time for a file, then kills the whole
@@ -190,7 +190,9 @@ def _loop(conn: Any, memory_mb: int) -> None:
     os.setsid()  # a process group of its own: the parent kills it and its children together
     _die_with_parent()
     limit = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # RLIMIT_DATA, not RLIMIT_AS: it counts memory written to (heap, anonymous maps), not address space
+    # reserved (onnxruntime, torch and pandoc's runtime reserve gigabytes they never touch)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _children_die_with_this_process()
     from ragqa.loaders import load_file

@@ -158,30 +158,23 @@ class Pipeline:
         """The knowledge base ``name``, checked against this run's embeddings and splitter."""
         from ragqa.store import open_kb
 
-        kb = open_kb(self.settings, name, self.manifest(), create=create)
-        self._adopt_moved_uploads(kb)
-        return kb
+        return open_kb(self.settings, name, self.manifest(), create=create)
 
     def _adopt_moved_uploads(self, kb: KnowledgeBase) -> None:
         """A KB whose data folder was copied or moved names its uploads under the old folder's path:
-        they are renamed to this folder's (one transaction; nothing re-embedded), so deleting in the
-        copy never touches the original and re-uploading a file finds it unchanged."""
+        before a write they are renamed to this folder's (one transaction; nothing re-embedded), so
+        deleting in the copy never touches the original and re-uploading a file finds it unchanged."""
         if getattr(kb, "engine", "") != "local":  # a Milvus KB is shared by replicas, each with its own folder
             return
-        here = str(self.uploads.folder(kb.name))
-        if kb.read_note("uploads_folder") == here:  # the usual case: one read, no scan of the files
-            return
         moved = self.uploads.moved(kb.name, [r.path for r in kb.files()])
-        done = 0
+        if not moved:
+            return
         try:
-            if moved:
-                with kb.writing():
-                    done = kb.rename_files(moved)
-            kb.write_note("uploads_folder", here)
+            with kb.writing():
+                done = kb.rename_files(moved)
         except (RagqaError, NotImplementedError) as exc:  # read-only, or an engine that cannot rename
-            if moved:
-                log.warning("knowledge base %s: uploads under another data folder's path were not renamed: %s",
-                            kb.name, exc)
+            log.warning("knowledge base %s: uploads under another data folder's path were not renamed: %s",
+                        kb.name, exc)
             return
         if done:
             log.warning("knowledge base %s: %d upload(s) renamed to this data folder (%s)", kb.name, done,
@@ -347,6 +340,7 @@ class Pipeline:
         ``options``: on_file, on_wait, on_page as ``Indexer.index_paths`` takes them."""
         kb = self.open_kb(name, create=True)
         try:
+            self._adopt_moved_uploads(kb)  # writers only: a read never changes the KB
             return self.index_paths(kb, paths, progress=False, **options)
         finally:
             kb.close()
@@ -358,6 +352,7 @@ class Pipeline:
 
         kb = open_kb(self.settings, name)
         try:
+            self._adopt_moved_uploads(kb)
             with kb.writing():
                 paths = [r.path for r in kb.files() if self.uploads.label(name, r.path) == label]
                 removed = kb.remove_files(paths)

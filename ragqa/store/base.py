@@ -285,11 +285,12 @@ class KnowledgeBase(ABC):
     def update_record(self, record: FileRecord) -> None:
         """Change a record's size/mtime/path-independent fields (a touched, unchanged file)."""
 
-    @abstractmethod
     def rename_files(self, renames: dict[str, str]) -> int:
-        """Give files new paths, keeping their chunks (a data folder that moved); -> how many."""
+        """Give files new paths, keeping their chunks (a data folder that moved); -> how many.
+        An engine that cannot (Milvus, shared by replicas with folders of their own) says so."""
         raise NotImplementedError
 
+    @abstractmethod
     def mark_failed(self, record: FileRecord) -> None:
         """Remember an unreadable file and why (its old chunks, if any, are removed)."""
 
