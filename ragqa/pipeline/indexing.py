@@ -71,6 +71,7 @@ class Indexer:
         progress: bool | None = None, on_file: Callable[[str, str, str], None] | None = None,
         on_wait: Callable[[str], None] | None = None, files: list[Path] | None = None,
         on_page: Callable[[str, int, int], None] | None = None, retry_failed: bool = False,
+        on_chunks: Callable[[str, int, int], None] | None = None,
     ) -> SyncReport:
         """Bring ``kb`` up to date with the files at ``paths``: add new files, re-index changed ones,
         skip unchanged ones (same size and mtime, or same content), record unreadable ones.
@@ -78,7 +79,8 @@ class Indexer:
         ``sync`` also removes the KB's files under the given folders that are gone from disk.
         ``strict`` raises on an unreadable file named directly (``ask``); otherwise it is recorded
         as failed and the run goes on. ``on_file(path, status, detail)`` hears about every file,
-        ``on_page(path, done, total)`` about every page OCR reads. ``retry_failed`` reads a file that
+        ``on_page(path, done, total)`` about every page OCR reads, ``on_chunks(path, done, total)``
+        about every batch of chunks embedded. ``retry_failed`` reads a file that
         failed before again even when its size and mtime are the same (a watched file whose
         permission was fixed: chmod changes neither).
         """
@@ -95,7 +97,8 @@ class Indexer:
                 bar.set_postfix_str(path.name[:30], refresh=False)
                 try:
                     # OCR's page lines also go to a log (a long scan must show it moves) unless told not to
-                    status, record = self.sync_file(kb, path, existing, progress is not False, on_page, retry_failed)
+                    status, record = self.sync_file(kb, path, existing, progress is not False, on_page, retry_failed,
+                                                    on_chunks)
                 except InputError as exc:
                     if strict and kb_path(path) in named:
                         raise
@@ -126,7 +129,8 @@ class Indexer:
 
     def sync_file(self, kb: KnowledgeBase, path: Path, existing: dict[str, FileRecord], show: bool = False,
                   on_page: Callable[[str, int, int], None] | None = None,
-                  retry_failed: bool = False) -> tuple[str, FileRecord]:
+                  retry_failed: bool = False,
+                  on_chunks: Callable[[str, int, int], None] | None = None) -> tuple[str, FileRecord]:
         """One file into the KB; -> (added | updated | unchanged, its record). InputError if unreadable."""
         check_supported(path)
         real = kb_path(path)
@@ -164,7 +168,8 @@ class Indexer:
             kb.mark_failed(record)
             existing[real] = record
             raise
-        vectors, tokens = self.embed_chunks(chunks, path.name)
+        done = (lambda n, total: on_chunks(str(path), n, total)) if on_chunks else None
+        vectors, tokens = self.embed_chunks(chunks, path.name, done)
         existing[real] = kb.put_file(record, chunks, vectors, tokens)
         log.info("indexed %s: %d chunks", path, len(chunks))
         return status, record
@@ -181,25 +186,36 @@ class Indexer:
             return load_file(path, data, ocr=self.settings.ocr, ocr_languages=self.settings.ocr_languages,
                              on_page=pages, caps=self.caps)
 
-    def embed_chunks(self, chunks: list[Document], name: str) -> tuple[Any, list[list[str]]]:
-        """Chunks -> (their vectors, their BM25 words): what a KB stores per chunk."""
+    def embed_chunks(self, chunks: list[Document], name: str,
+                     on_done: Callable[[int, int], None] | None = None) -> tuple[Any, list[list[str]]]:
+        """Chunks -> (their vectors, their BM25 words): what a KB stores per chunk. ``on_done(done,
+        total)`` hears the chunks embedded so far."""
         import numpy as np
 
         texts = [c.page_content for c in chunks]
-        vectors = np.asarray(self._embed_with_progress(texts, name), dtype="float32")
+        vectors = np.asarray(self._embed_with_progress(texts, name, on_done), dtype="float32")
         return vectors, [tokenize(t) for t in texts]
 
-    def _embed_with_progress(self, texts: list[str], name: str) -> list[list[float]]:
+    def _embed_with_progress(self, texts: list[str], name: str,
+                             on_done: Callable[[int, int], None] | None = None) -> list[list[float]]:
         """Embed in batches under one progress bar (a long file takes minutes on a CPU)."""
         vectors: list[list[float]] = []
         embeddings = self._embeddings()
         with progress_bar(len(texts), f"embedding {name[:30]}", "chunk", enabled=len(texts) > EMBED_BATCH) as bar:
+            count = [0]
+
+            def step(n: int) -> None:
+                bar.update(n)
+                count[0] += n
+                if on_done is not None:
+                    on_done(count[0], len(texts))
+
             if hasattr(embeddings, "embed_many"):  # a server: its own batches, several in flight
-                return embeddings.embed_many(texts, bar.update)
+                return embeddings.embed_many(texts, step)
             for i in range(0, len(texts), EMBED_BATCH):
                 batch = texts[i:i + EMBED_BATCH]
                 vectors.extend(embeddings.embed_documents(batch))
-                bar.update(len(batch))
+                step(len(batch))
         return vectors
 
     def view_of(self, kb: KnowledgeBase, paths: Sequence[str | Path], files: list[Path], *,

@@ -71,6 +71,7 @@ class JobFile:
     error: str | None = None
     tries: int = 0
     next_try: float = 0.0
+    progress: dict[str, list[int]] = field(default_factory=dict)  # while it runs: pages read, chunks embedded
 
 
 @dataclass
@@ -88,7 +89,9 @@ class Job:
         return {
             "id": self.id, "object": "ingest.job", "kb": self.kb, "status": self.status,
             "files": [{"name": f.name, "status": f.status, "chunks": f.chunks, "error": f.error,
-                       **({"tries": f.tries} if f.tries else {})} for f in self.files],
+                       **({"tries": f.tries} if f.tries else {}),
+                       **({"progress": f.progress} if f.status == "running" and f.progress else {})}
+                      for f in self.files],
             "progress": {"files_done": done, "files_total": len(self.files)},
             "error": self.error, "created": int(self.created),
             "finished": int(self.finished) if self.finished else None,
@@ -384,8 +387,11 @@ class IngestJobs:
                 f.staged = None
                 self._save_file(job, n)
             outcome: dict[str, str] = {}
-            self.pipeline.ingest(job.kb, [kept],
-                                 on_file=lambda path, status, detail: outcome.update(status=status, detail=detail))
+            f.progress = {}
+            self.pipeline.ingest(
+                job.kb, [kept], on_file=lambda path, status, detail: outcome.update(status=status, detail=detail),
+                on_page=lambda path, done, total: f.progress.update(pages=[done, total]),
+                on_chunks=lambda path, done, total: f.progress.update(chunks=[done, total]))
             status, detail = outcome.get("status", "failed"), outcome.get("detail", "not read")
             if status == "failed":
                 raise InputError(_strip(detail, str(kept), f.name))

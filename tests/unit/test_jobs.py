@@ -187,3 +187,37 @@ def test_a_copied_data_folder_keeps_working_and_never_touches_the_original(make_
     assert done["files"][0]["status"] == "unchanged"  # the same file, not a second document
     assert [(Path(r.path).parent, Path(r.path).name) for r in copy.kb("k").files()] == [(copy_dir / "uploads" / "k",
                                                                                             "b.md")]
+
+
+class SecondBatchWaits(CountingEmbeddings):
+    """Blocks on the second batch of a file's chunks until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+        self.blocked, self.release = threading.Event(), threading.Event()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        from ragqa.store.base import PROBE_TEXTS
+
+        if list(texts) != list(PROBE_TEXTS):
+            self.batches += 1
+            if self.batches == 2:
+                self.blocked.set()
+                self.release.wait()
+        return super().embed_documents(texts)
+
+
+def test_a_running_file_shows_its_progress(make_pipeline) -> None:
+    slow = SecondBatchWaits()
+    pipeline = make_pipeline(embeddings=slow)
+    staged = stage(pipeline, ["long.md"])
+    staged[0].path.write_text("\n\n".join(f"第{i}段。" + "熊猫吃竹子，住在四川的山里。" * 30 for i in range(80)), "utf-8")
+    jobs = IngestJobs(pipeline)
+    job = jobs.submit("k", staged)
+    assert slow.blocked.wait(30)
+    [running] = jobs.get(job.id).to_dict()["files"]
+    done, total = running["progress"]["chunks"]
+    assert running["status"] == "running" and done == 32 and total > 32
+    slow.release.set()
+    assert "progress" not in wait_done(jobs, job.id)["files"][0]
