@@ -16,24 +16,23 @@ where per-file start-up would show), plus corpora/.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
-import zlib
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from hostilefiles import png_header, zip_bomb  # noqa: E402
+
 CMRC = ROOT.parent / "shared" / "eval" / "zh_mrc" / "cmrc2018_trial.squad.json"
 
 
@@ -135,29 +134,13 @@ def time_api(paths: list[Path], mode: str) -> float:
         server.close()
 
 
-def zip_bomb(member: str, mb: int = 400) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        with z.open(member, "w") as part:
-            block = b"0" * (1024 * 1024)
-            for _ in range(mb):
-                part.write(block)
-    return out.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-
-
 def hostile_rss() -> dict[str, float]:
     server = Server("process")
     try:
         server.wait(server.upload([("warm.md", b"A first document, to load the models.")]))
         before = server.rss_mb()
-        files = [("bomb.docx", zip_bomb("word/document.xml")), ("bomb.xlsx", zip_bomb("xl/sharedStrings.xml")),
-                 ("bomb.epub", zip_bomb("OEBPS/c1.xhtml")), ("huge.png", png_header(50_000, 50_000)),
+        files = [("bomb.docx", zip_bomb("word/document.xml", 400)), ("bomb.xlsx", zip_bomb("xl/sharedStrings.xml", 400)),
+                 ("bomb.epub", zip_bomb("OEBPS/c1.xhtml", 400)), ("huge.png", png_header(50_000, 50_000)),
                  ("one-line.txt", b"word " * 2_000_000), ("deep.json", b"[" * 100_000 + b"]" * 100_000),
                  ("good.md", b"The lighthouse was built in 1871 by Marta Quell.")]
         peak = [before]

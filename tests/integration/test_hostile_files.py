@@ -4,67 +4,15 @@ program a reader started outlives its file."""
 
 from __future__ import annotations
 
-import io
 import os
-import struct
 import time
-import zipfile
-import zlib
 from pathlib import Path
 
 import httpx
-import pytest
+from hostilefiles import blank_pdf, jpeg_claiming, nested_mime, png_header, zip_bomb
 from netfixtures import start_ragqa_serve, stop
 
 GOOD = "The Orvane Lighthouse stands on Kestrel Point. It was built in 1871 by the engineer Marta Quell."
-
-
-def zip_bomb(member: str, mb: int = 200) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("mimetype", "application/zip")
-        with z.open(member, "w") as part:  # streamed: the test never holds the inflated member
-            block = b"0" * (1024 * 1024)
-            for _ in range(mb):
-                part.write(block)
-    return out.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-
-
-def jpeg_claiming(width: int, height: int) -> bytes:
-    """A small real JPEG whose frame header is rewritten to claim ``width`` x ``height``."""
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new("RGB", (16, 16), "white").save(out, "JPEG")
-    data = bytearray(out.getvalue())
-    at = data.index(b"\xff\xc0")  # SOF0: length(2) precision(1) height(2) width(2)
-    data[at + 5:at + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
-def blank_pdf(pages: int) -> bytes:
-    import pypdfium2 as pdfium
-
-    pdf = pdfium.PdfDocument.new()
-    for _ in range(pages):
-        pdf.new_page(200, 200)
-    out = io.BytesIO()
-    pdf.save(out)
-    return out.getvalue()
-
-
-def nested_mime(depth: int) -> bytes:
-    head = "From: a@example.com\nTo: b@example.com\nSubject: nested\nMIME-Version: 1.0\n"
-    body = "text at the bottom\n"
-    for i in range(depth):
-        body = (f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n{body}\n--b{i}--\n')
-    return (head + body).encode()
 
 
 HOSTILE = {  # name -> (bytes, what the one-line reason must name)

@@ -14,7 +14,6 @@ on the network would, with raw HTTP, gradio_client and a real headless Chromium.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading

@@ -6,50 +6,27 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import subprocess
 import threading
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
+from hostilefiles import blank_pdf, png_header, zip_bomb
 
 from ragqa.caps import Caps, check_caps
 from ragqa.errors import InputError
 from ragqa.isolation import ReaderCrashed, ReaderPool, WorkerLimits
 
 
-def zip_bomb(member: str = "word/document.xml", mb: int = 5) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml", "<Types/>")
-        z.writestr(member, b"<w:t>" + b"0" * (mb * 1024 * 1024) + b"</w:t>")
-    return out.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares ``width`` x ``height`` and holds no pixels: only its header is read."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-
-
-def blank_pdf(pages: int) -> bytes:
-    import pypdfium2 as pdfium
-
-    pdf = pdfium.PdfDocument.new()
-    for _ in range(pages):
-        pdf.new_page(200, 200)
-    out = io.BytesIO()
-    pdf.save(out)
-    return out.getvalue()
+def small_bomb(member: str = "word/document.xml", mb: int = 5) -> bytes:
+    return zip_bomb(member, mb)
 
 
 @pytest.mark.parametrize(("name", "data", "caps", "limit"), [
-    ("bomb.docx", zip_bomb(mb=5), Caps(), "decompression bomb"),
-    ("big.xlsx", zip_bomb("xl/sharedStrings.xml", mb=3), Caps(max_unpacked_mb=1), "max_unpacked_mb"),
+    ("bomb.docx", small_bomb(), Caps(), "decompression bomb"),
+    ("big.xlsx", small_bomb("xl/sharedStrings.xml", 3), Caps(max_unpacked_mb=1), "max_unpacked_mb"),
     ("huge.png", png_header(50_000, 50_000), Caps(), "max_image_pixels"),
     ("blank.pdf", blank_pdf(6), Caps(max_pages=5), "max_pages"),
     ("line.txt", b"x" * 5000, Caps(max_line_chars=1000), "max_line_chars"),
@@ -115,7 +92,7 @@ def test_a_worker_reads_as_the_server_would_and_is_kept_for_the_next_file(pool, 
 
 def test_a_refused_file_fails_alone_and_the_worker_goes_on(pool, tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.docx"
-    bomb.write_bytes(zip_bomb(mb=5))
+    bomb.write_bytes(small_bomb())
     good = tmp_path / "good.txt"
     good.write_text("fine text", "utf-8")
     readers = pool()
