@@ -90,20 +90,37 @@ class ReaderPool:
 
 
 class _Worker:
-    """One worker process and the pipe to it."""
+    """One worker process and the socket to it.
+
+    A fresh interpreter (``python -c``), not multiprocessing's spawn: spawn re-imports the caller's
+    ``__main__``, so a user's script without an ``if __name__ == "__main__"`` guard would run again
+    inside every worker."""
 
     def __init__(self, limits: WorkerLimits) -> None:
-        import multiprocessing
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
 
-        ctx = multiprocessing.get_context("spawn")  # never fork a threaded server
+        import ragqa
+
         self.limits = limits
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, limits.memory_mb), name="ragqa-reader", daemon=True)
-        self.proc.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        package_root = str(Path(ragqa.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                                            if p)}
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from ragqa.isolation import worker_main; worker_main()",
+                 str(theirs.fileno()), str(limits.memory_mb)],
+                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+                start_new_session=True)  # a process group of its own: killed with everything it starts
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
 
     def alive(self) -> bool:
-        return self.proc.is_alive()
+        return self.proc.poll() is None
 
     def read(self, path: Path, data: bytes, *, ocr: str, ocr_languages: str, caps: Caps,
              on_page: Callable[[int, int], None] | None) -> list[Document]:
@@ -120,7 +137,7 @@ class _Worker:
                     self.kill()
                     raise ReaderCrashed(f"{path}: reading it took longer than {self.limits.timeout:g} s "
                                         "(parse_timeout)")
-                if not self.proc.is_alive():
+                if self.proc.poll() is not None:
                     raise self._died(path)
                 continue
             try:
@@ -137,8 +154,10 @@ class _Worker:
                 raise _rebuild(name, text)
 
     def _died(self, path: Path) -> ReaderCrashed:
-        self.proc.join(5)
-        code = self.proc.exitcode
+        try:
+            code = self.proc.wait(5)
+        except Exception:  # noqa: BLE001 - still there: it is killed by the caller
+            code = None
         if code == -signal.SIGXCPU:
             why = f"it used more than {self.limits.cpu_seconds} s of CPU (parse_cpu_seconds)"
         elif code == -signal.SIGKILL:
@@ -149,13 +168,14 @@ class _Worker:
 
     def kill(self) -> None:
         """The worker and everything it started (its process group)."""
-        pid = self.proc.pid
-        if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.proc.join(5)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(5)
+        except Exception:  # noqa: BLE001 - a process that will not go: nothing more to do here
+            pass
         self.conn.close()
 
 
@@ -170,6 +190,16 @@ def _rebuild(name: str, text: str) -> RagqaError:
 
 
 # -- the worker's side ----------------------------------------------------------------------------
+
+
+def worker_main() -> None:
+    """The worker process's entry point: ``python -c ... FD MEMORY_MB``."""
+    import sys
+    from multiprocessing.connection import Connection
+
+    _die_with_parent()
+    conn = Connection(int(sys.argv[1]))
+    _serve(conn, int(sys.argv[2]))
 
 
 def _serve(conn: Any, memory_mb: int) -> None:
@@ -187,8 +217,6 @@ def _serve(conn: Any, memory_mb: int) -> None:
 def _loop(conn: Any, memory_mb: int) -> None:
     import resource
 
-    os.setsid()  # a process group of its own: the parent kills it and its children together
-    _die_with_parent()
     limit = memory_mb * 1024 * 1024
     # RLIMIT_DATA, not RLIMIT_AS: it counts memory written to (heap, anonymous maps), not address space
     # reserved (onnxruntime, torch and pandoc's runtime reserve gigabytes they never touch)

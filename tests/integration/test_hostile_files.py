@@ -84,7 +84,7 @@ def test_hostile_files_fail_alone_naming_their_limit_and_the_server_is_untouched
             assert f["status"] == "failed" and limit in f["error"] and "\n" not in f["error"], (name, f)
         after = rss_mb(proc.pid)
         assert after - before < 150, f"the server grew from {before:.0f} MB to {after:.0f} MB"
-        left = {pid: cmd for pid, cmd in descendants(proc.pid).items() if "multiprocessing" not in cmd}
+        left = {pid: cmd for pid, cmd in descendants(proc.pid).items() if "ragqa.isolation" not in cmd}
         assert left == {}, left  # only the kept reader workers remain; nothing they started
         listed = {d["source"]: d["status"] for d in httpx.get(f"{api}/kbs/k/documents", timeout=30).json()["data"]}
         assert listed["lighthouse.md"] == "ok" and all(listed[name] == "failed" for name in HOSTILE)
