@@ -131,10 +131,11 @@ class Guard:
             return
         scope.setdefault("state", {})[PRINCIPAL_KEY] = who
         method = scope.get("method", "GET")
-        if scope["type"] == "http" and method == "POST" and self.uploads is not None:
+        if scope["type"] == "http" and method in ("POST", "PUT", "PATCH") and self.uploads is not None:
             if path.endswith(UPLOAD_ROUTE):
                 send = self._recording_uploads(send, who)
-            elif "json" in headers.get("content-type", ""):
+            else:  # every other body is read here first, whatever its Content-Type says (FastAPI parses
+                # a body without one as JSON): no file reference reaches the page unchecked
                 checked = await self._checked_body(scope, receive, send, headers, who)
                 if checked is None:
                     return

@@ -212,6 +212,10 @@ def test_the_guard_refuses_a_file_reference_that_is_no_upload_of_the_caller(keys
 
     status, _, body, seen = run_guard(guard, "POST", "/gradio_api/queue/join", join("/etc/passwd"), alice)
     assert status == 403 and json.loads(body)["error"]["code"] == "not_an_upload" and not seen
+    for content_type in ({}, {"Content-Type": "text/plain"}):  # FastAPI reads a body with no type as JSON
+        headers = {"Authorization": "Bearer sk-alice-1234", **content_type}
+        status, _, _, seen = run_guard(guard, "POST", "/gradio_api/queue/join", join("/etc/passwd"), headers)
+        assert status == 403 and not seen
     status, _, _, seen = run_guard(guard, "POST", "/gradio_api/queue/join", join(str(upload)), bob)
     assert status == 403 and not seen  # another principal's upload
     status, _, _, seen = run_guard(guard, "POST", "/gradio_api/queue/join", join(str(upload)), alice)
