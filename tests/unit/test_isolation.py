@@ -154,8 +154,11 @@ def test_a_worker_that_dies_fails_its_file_in_one_line(pool, tmp_path: Path) -> 
 
 
 def test_a_worker_over_its_memory_fails_the_file_not_the_server(pool, tmp_path: Path) -> None:
-    big = tmp_path / "big.csv"
-    big.write_text("\n".join(f"{i},{'word ' * 60}" for i in range(200_000)), "utf-8")  # ~60 MB of text
+    big = tmp_path / "big.txt"  # 160 MB of text: the bytes and their decoded copy alone pass 300 MB
+    line = b"the harbour master logged the ferry at dawn with wool and slate\n"
+    with open(big, "wb") as out:
+        for _ in range(160):
+            out.write(line * (1024 * 1024 // len(line)))
     readers = pool(memory_mb=300)
     t = time.monotonic()
     with pytest.raises(InputError, match="parse_memory_mb|killed|crashed"):
