@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ragqa.api.keys import KeyRing, digest
 
@@ -62,6 +62,13 @@ class FullAccess:
 
 
 OPEN = FullAccess("local")
+
+
+def client_address(scope: Mapping[str, Any]) -> str:
+    """The calling address of an ASGI request, for slowing repeated failures (behind a proxy: what
+    uvicorn's --forwarded-allow-ips trusts of X-Forwarded-For)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
 
 
 class LoginRefused(Exception):

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragqa.api.errors import ApiError, api_error, bad_request, not_found
-from ragqa.api.access import OPEN, Door, LoginRefused, Principal
+from ragqa.api.access import OPEN, Door, LoginRefused, Principal, client_address
 from ragqa.api.schemas import ChatRequest, parse
 from ragqa.api.bodies import parse_json, too_large
 from ragqa.cancel import Cancelled, CancelToken, cancellable
@@ -93,7 +93,7 @@ def build_api(pipeline: "Pipeline", door: Door | None, jobs: "IngestJobs") -> "F
             return OPEN
         header = request.headers.get("authorization", "")
         try:
-            return door.authenticate(header, client_address(request))
+            return door.authenticate(header, client_address(request.scope))
         except LoginRefused as exc:
             raise ApiError(429, f"too many failed attempts from this address; retry in {exc.retry_after} s",
                            "rate_limit_error", "too_many_failed_attempts",
@@ -257,12 +257,6 @@ def build_api(pipeline: "Pipeline", door: Door | None, jobs: "IngestJobs") -> "F
         raise not_found(f"no such endpoint: {path} (see /v1/docs)", "unknown_url")
 
     return app
-
-
-def client_address(request: Request) -> str:
-    """The calling address, for slowing repeated failures (behind a proxy: what uvicorn's
-    --forwarded-allow-ips trusts of X-Forwarded-For)."""
-    return request.client.host if request.client else "?"
 
 
 def _exists(pipeline: "Pipeline", kb: str) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ragqa.api.access import OPEN, Door, LoginRefused, Principal
+from ragqa.api.access import Door, LoginRefused, Principal, client_address
 from ragqa.api.bodies import parse_json, too_large
 from ragqa.api.errors import ApiError
 
@@ -121,7 +121,7 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         try:
-            who = self.door.principal(headers, _cookies(headers.get("cookie", "")), _client(scope))
+            who = self.door.principal(headers, _cookies(headers.get("cookie", "")), client_address(scope))
         except LoginRefused as exc:
             await _respond(scope, send, ApiError(429, str(exc), "rate_limit_error", "too_many_failed_attempts",
                                                  headers={"Retry-After": str(exc.retry_after)}))
@@ -223,12 +223,6 @@ class Guard:
         return sending
 
 
-def principal_of(scope_state: Any) -> Principal:
-    """The principal the guard found for a request (OPEN where no guard ran: an open server)."""
-    found = scope_state.get(PRINCIPAL_KEY) if isinstance(scope_state, dict) else getattr(scope_state, PRINCIPAL_KEY, None)
-    return found if found is not None else OPEN
-
-
 def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -254,8 +248,3 @@ def _cookies(header: str) -> dict[str, str]:
     from starlette.requests import cookie_parser  # lenient, as browsers are: one odd cookie spoils nothing
 
     return cookie_parser(header)
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "?"

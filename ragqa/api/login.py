@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request  # a module-level name: FastAPI reads the routes' annotations from here
 from fastapi.responses import Response
 
-from ragqa.api.access import SESSION_COOKIE, Door, LoginRefused
+from ragqa.api.access import SESSION_COOKIE, Door, LoginRefused, client_address
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -77,8 +77,6 @@ def add_login_routes(app: "FastAPI", door: Door) -> None:
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        from ragqa.api.app import client_address
-
         raw = bytearray()
         async for part in request.stream():
             raw += part
@@ -89,7 +87,7 @@ def add_login_routes(app: "FastAPI", door: Door) -> None:
         secret = (fields.get("password") or [""])[0]
         next_path = safe_next((fields.get("next") or ["/"])[0])
         try:
-            _, token = door.sign_in(username, secret, client_address(request))
+            _, token = door.sign_in(username, secret, client_address(request.scope))
         except LoginRefused as exc:
             return form(429, next_path=next_path, username=username,
                         message=f"Too many failed sign-ins: try again in {exc.retry_after} s. "
